@@ -1,0 +1,184 @@
+"""Ingest benchmark: images/s into DCMTK storescp, Orthanc and the node, measured in one run.
+
+Sends the same synthetic CT series (default 300 slices of 512×512, 16-bit)
+with DCMTK ``storescu`` — over one association, then split over N parallel
+associations — to each receiver, and prints images/s and the node's ratio
+to each baseline. storescp writes without fsync; Orthanc keeps a durable
+index; the node fsyncs every object and its index before answering Success.
+
+Run: ``.venv/bin/python -m bench.ingest [--slices 300] [--parallel 4] [--receivers 4]``
+(``--smoke`` sends a few slices only: CI runs it so the benchmark cannot rot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+# the real-peer harness of the test suite runs the baselines and the node
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from node import NODE_AET, TEST_AET, NodeProcess, node_config  # noqa: E402
+from peers import Orthanc, StoreSCP, storescu  # noqa: E402
+
+
+def write_ct_series(folder: Path, slices: int, size: int = 512, seed: int = 0) -> list[Path]:
+    """A synthetic axial CT series (one study, one series) as uncompressed DICOM files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    study, series, frame = (generate_uid(entropy_srcs=[str(seed), k]) for k in "abc")
+    yy, xx = np.mgrid[:size, :size]
+    body = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (0.42 * size) ** 2
+    paths = []
+    for i in range(slices):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(seed), "sop", str(i)])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.PatientName, ds.PatientID = "BENCH^CT", "BENCH-1"
+        ds.Modality, ds.BodyPartExamined, ds.SeriesDescription = "CT", "ABDOMEN", "bench 1mm"
+        ds.InstanceNumber = i + 1
+        ds.ImagePositionPatient = [-250.0, -250.0, float(i)]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelSpacing, ds.SliceThickness = [0.98, 0.98], 1.0
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        pixels = np.where(body, 1064, 24) + rng.normal(0, 20, (size, size))
+        ds.PixelData = pixels.astype(np.int16).tobytes()
+        path = folder / f"ct{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def timed_send(port: int, called: str, calling: str, groups: Sequence[Sequence[Path]]) -> float:
+    """Send each group over its own association, all at once; return the wall time."""
+
+    def one(group: Sequence[Path]) -> None:
+        result = storescu("127.0.0.1", port, list(group), called_ae=called, calling_ae=calling)
+        if result.returncode != 0:
+            raise RuntimeError(f"storescu to {called} failed:\n{result.stderr[-2000:]}")
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(len(groups)) as pool:
+        list(pool.map(one, groups))
+    return time.perf_counter() - started
+
+
+def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
+    return [list(files[i::parts]) for i in range(parts)]
+
+
+def measure(
+    name: str,
+    send: Callable[[Sequence[Sequence[Path]]], float],
+    files: Sequence[Path],
+    parallel: int,
+    reset: Callable[[], None],
+) -> dict[str, float]:
+    rates = {}
+    for label, groups in (("1 assoc", [files]), (f"{parallel} assoc", split(files, parallel))):
+        reset()
+        seconds = send(groups)
+        rates[label] = len(files) / seconds
+        print(f"  {name:<10} {label:>8}: {rates[label]:8.1f} img/s ({seconds:.2f} s)", flush=True)
+    return rates
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--receivers", type=int, default=4, help="node receiver processes")
+    parser.add_argument("--smoke", action="store_true", help="a few slices, to check it runs")
+    args = parser.parse_args(argv)
+    slices = 8 if args.smoke else args.slices
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        files = write_ct_series(work / "series", slices)
+        mb = sum(p.stat().st_size for p in files) / 1e6
+        print(f"{slices} CT slices, {mb:.0f} MB, storescu with TCP_NODELAY=1", flush=True)
+        results: dict[str, dict[str, float]] = {}
+
+        scp = StoreSCP(work / "storescp", extra_args=["--fork"]).start()
+        try:
+            results["storescp"] = measure(
+                "storescp",
+                lambda g: timed_send(scp.port, scp.aet, "STORESCU", g),
+                files,
+                args.parallel,
+                lambda: shutil.rmtree(scp.output_dir, ignore_errors=True) or scp.output_dir.mkdir(),
+            )
+        finally:
+            scp.stop()
+
+        orthanc = Orthanc(work / "orthanc").start()
+        try:
+            results["orthanc"] = measure(
+                "orthanc",
+                lambda g: timed_send(orthanc.dicom_port, orthanc.aet, "STORESCU", g),
+                files,
+                args.parallel,
+                orthanc.delete_all,
+            )
+        finally:
+            orthanc.stop()
+
+        runs = iter(range(100))
+
+        def fresh_node() -> None:
+            nonlocal node
+            if node is not None:
+                node.stop()
+            folder = work / f"node{next(runs)}"
+            config = node_config(folder, f"sqlite:///{folder}/index.db", routes=[])
+            config["pipelines"] = {}
+            config["node"]["receiver_processes"] = args.receivers
+            config["storage"]["min_free_disk_mb"] = 0
+            node = NodeProcess(folder, config).start()
+
+        node: NodeProcess | None = None
+        try:
+            results["node"] = measure(
+                "dicom-node",
+                lambda g: timed_send(node.port, NODE_AET, TEST_AET, g),  # type: ignore[union-attr]
+                files,
+                args.parallel,
+                fresh_node,
+            )
+            stored = node.scalar("SELECT count(*) FROM instances")  # type: ignore[union-attr]
+            if stored != len(files):
+                raise RuntimeError(f"node indexed {stored} of {len(files)} instances")
+        finally:
+            if node is not None:
+                node.stop()
+
+        print("\nratios (node / baseline):")
+        for label in results["node"]:
+            for base in ("storescp", "orthanc"):
+                ratio = results["node"][label] / results[base][label]
+                print(f"  {label:>8}: node/{base} = {ratio:.2f}")
+        one, many = results["node"]["1 assoc"], results["node"][f"{args.parallel} assoc"]
+        print(f"  node {args.parallel} assoc / 1 assoc = {many / one:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Study completion: decide when a study has finished arriving, then hand it on for routing.
+
+DICOM has no "end of study" message, so completeness is a policy
+(``completion:`` in config.yaml):
+
+* a **series** is quiet when nothing arrived for it for ``series_quiet_seconds``;
+* a **study** is complete when every series with new instances is quiet and
+  nothing arrived for the study for ``study_quiet_seconds``;
+* it is **forced** complete ``force_after_seconds`` after its first new
+  instance arrived, even if instances still trickle in.
+
+Each hand-over is a :class:`~dicom_node.complete.tables.Completion` row with a
+generation number and the highest instance id it covered. Instances that
+arrive after a study completed are *new* instances of a new generation: when
+that generation completes, the series that received them are routed again and
+produce new jobs (with new result UIDs). A resent copy of an instance already
+covered (same SOP Instance UID) is not new and starts nothing.
+
+The completion row and the jobs it creates are written in one transaction,
+so a crash either leaves the study pending (and it completes again after a
+restart) or fully handed on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.complete.tables import Completion
+from dicom_node.config import CompletionSection, Config
+from dicom_node.db import transaction, utcnow
+from dicom_node.events import record
+from dicom_node.receive.tables import Instance, Series, Study
+
+log = logging.getLogger(__name__)
+
+#: called inside the completion's transaction to route the study and create jobs
+OnComplete = Callable[[Session, Completion, Config], None]
+
+
+class CompletionStage:
+    """Polls the index for studies whose new instances have gone quiet.
+
+    Parameters
+    ----------
+    config : callable returning Config
+        The live configuration.
+    sessions : sessionmaker
+        The index.
+    on_complete : callable
+        Routes the completed study and creates its jobs (same transaction).
+    """
+
+    def __init__(
+        self, config: Callable[[], Config], sessions: sessionmaker[Session], on_complete: OnComplete
+    ) -> None:
+        self._config = config
+        self.sessions = sessions
+        self.on_complete = on_complete
+        #: every instance with an id at or below this is covered by some completion
+        self._floor = 0
+
+    def poll(self, now: datetime | None = None) -> list[Completion]:
+        """Complete every study that is due; return the new completion rows."""
+        now = now or utcnow()
+        config = self._config()
+        policy = config.completion
+        done: list[Completion] = []
+        with transaction(self.sessions) as session:
+            pending = self._pending(session)
+            if not pending:
+                self._advance_floor(session, now)
+                return []
+        for study_uid, (mark, generation, first_at, last_id) in pending.items():
+            with transaction(self.sessions) as session:
+                completion = self._decide(
+                    session, study_uid, mark, generation, first_at, last_id, now, policy
+                )
+                if completion is None:
+                    continue
+                session.add(completion)
+                session.flush()
+                record(
+                    session,
+                    "complete",
+                    "study-complete",
+                    study_uid,
+                    f"generation {completion.generation}, {len(completion.series_uids)} series, "
+                    f"{completion.reason}",
+                )
+                self.on_complete(session, completion, config)
+            log.info(
+                "study %s complete (generation %d, %d series, %s)",
+                study_uid,
+                completion.generation,
+                len(completion.series_uids),
+                completion.reason,
+            )
+            done.append(completion)
+        return done
+
+    def _pending(self, session: Session) -> dict[str, tuple[int, int, datetime, int]]:
+        """Studies with instances above their watermark: uid → (mark, generation, first, last id)."""
+        marks = (
+            select(
+                Completion.study_instance_uid.label("study"),
+                func.max(Completion.through_instance_id).label("mark"),
+                func.max(Completion.generation).label("generation"),
+            )
+            .group_by(Completion.study_instance_uid)
+            .subquery()
+        )
+        mark = func.coalesce(marks.c.mark, 0)
+        rows = session.execute(
+            select(
+                Instance.study_instance_uid,
+                func.max(mark),
+                func.max(func.coalesce(marks.c.generation, 0)),
+                func.min(Instance.received_at),
+                func.max(Instance.id),
+            )
+            .outerjoin(marks, marks.c.study == Instance.study_instance_uid)
+            .where(Instance.id > self._floor, Instance.id > mark)
+            .group_by(Instance.study_instance_uid)
+        ).all()
+        return {study: (m, g, first, last) for study, m, g, first, last in rows}
+
+    def _advance_floor(self, session: Session, now: datetime) -> None:
+        # Only instances older than a margin: on PostgreSQL a lower id can commit after a higher one.
+        floor = session.scalar(
+            select(func.max(Instance.id)).where(Instance.received_at < now - timedelta(seconds=10))
+        )
+        if floor:
+            self._floor = max(self._floor, floor)
+
+    def _decide(
+        self,
+        session: Session,
+        study_uid: str,
+        mark: int,
+        generation: int,
+        first_at: datetime,
+        last_id: int,
+        now: datetime,
+        policy: CompletionSection,
+    ) -> Completion | None:
+        new_series = (
+            select(Instance.series_instance_uid)
+            .where(
+                Instance.study_instance_uid == study_uid,
+                Instance.id > mark,
+                Instance.id <= last_id,
+            )
+            .distinct()
+        )
+        series = session.execute(
+            select(Series.series_instance_uid, Series.last_received_at).where(
+                Series.series_instance_uid.in_(new_series)
+            )
+        ).all()
+        study_last = session.scalar(
+            select(Study.last_received_at).where(Study.study_instance_uid == study_uid)
+        )
+        if not series or study_last is None:
+            return None
+        series_quiet = now - timedelta(seconds=policy.series_quiet_seconds)
+        study_quiet = now - timedelta(seconds=policy.study_quiet_seconds)
+        quiet = study_last <= study_quiet and all(at <= series_quiet for _, at in series)
+        forced = first_at.replace(tzinfo=now.tzinfo) <= now - timedelta(
+            seconds=policy.force_after_seconds
+        )
+        if not (quiet or forced):
+            return None
+        return Completion(
+            study_instance_uid=study_uid,
+            generation=generation + 1,
+            through_instance_id=last_id,
+            series_uids=sorted(uid for uid, _ in series),
+            reason="quiet" if quiet else "forced",
+            completed_at=now,
+        )

@@ -1,0 +1,347 @@
+"""The node's configuration: ``config.yaml`` parsed once into typed, validated models.
+
+Every section forbids unknown keys, so a typo is an error that names the key
+rather than a setting silently ignored. Relative paths resolve against the
+folder of the config file. :func:`load_config` raises :class:`ConfigError`
+with one line per problem, each naming the dotted key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from dicom_node.route.rules import Route
+
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, 16 chars
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing or invalid; the message lists every problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _ae_title(v: str) -> str:
+    v = v.strip()
+    if not AE_TITLE.match(v):
+        raise ValueError(f"{v!r} is not a valid AE title (1-16 printable characters, no backslash)")
+    return v
+
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16)]
+
+
+class Peer(_Strict):
+    """A calling application allowed to store to the node.
+
+    ``host`` is an IP address or a CIDR network; omitted, any source address
+    is accepted for that AE title. A PACS that stores from several AE titles
+    gets one entry per title.
+    """
+
+    ae_title: AETitle
+    host: str | None = None
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _network(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address or CIDR network") from None
+        return v
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        if ae_title.strip() != self.ae_title:
+            return False
+        if self.host is None:
+            return True
+        try:
+            return ipaddress.ip_address(address) in ipaddress.ip_network(self.host, strict=False)
+        except ValueError:
+            return False
+
+
+class NodeSection(_Strict):
+    ae_title: AETitle = "DICOM_NODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    #: associations at once, per receiver process
+    max_associations: int = Field(16, ge=1)
+    #: SCP processes sharing the port (SO_REUSEPORT); associations are threads under one GIL
+    receiver_processes: int = Field(1, ge=1, le=64)
+    peers: list[Peer] = Field(default_factory=list)
+    #: largest PDU we accept, bytes (0 = unlimited); large PDUs cut per-PDU overhead
+    maximum_pdu_size: int = Field(1_048_576, ge=0)
+    #: seconds of silence after which an association is aborted (a stalled peer holds a thread)
+    network_timeout: float = Field(60.0, gt=0)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+    def allows(self, ae_title: str, address: str) -> bool:
+        """True if some peer entry allows this calling AE title from this address."""
+        return any(peer.allows(ae_title, address) for peer in self.peers)
+
+
+class StorageSection(_Strict):
+    spool: Path = Path("var/spool")
+    database_url: str = "sqlite:///var/dicom-node.db"
+    #: below this much free space on the spool's disk, new objects are refused (0xA700)
+    min_free_disk_mb: int = Field(1024, ge=0)
+    #: fsync each received object before answering Success (turn off only for benchmarks)
+    fsync: bool = True
+
+
+class CompletionSection(_Strict):
+    series_quiet_seconds: float = Field(10, ge=0)
+    study_quiet_seconds: float = Field(30, ge=0)
+    force_after_seconds: float = Field(600, gt=0)
+    #: how often the completion check runs
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class Destination(_Strict):
+    #: destination kind (see dicom_node/dispatch/destinations.py); ``dicom`` is C-STORE
+    kind: Literal["dicom"] = "dicom"
+    ae_title: AETitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    _check_ae = field_validator("ae_title")(_ae_title)
+
+
+class RetryPolicy(_Strict):
+    initial_seconds: float = Field(5, ge=0)
+    multiplier: float = Field(2, ge=1)
+    max_seconds: float = Field(900, ge=0)
+    max_attempts: int = Field(10, ge=1)
+
+    def delay(self, attempts: int) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt (1-based)."""
+        return min(self.max_seconds, self.initial_seconds * self.multiplier ** max(0, attempts - 1))
+
+
+class DispatchSection(_Strict):
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    poll_seconds: float = Field(1.0, gt=0)
+    #: seconds to wait for a destination to answer
+    timeout_seconds: float = Field(30, gt=0)
+
+
+class PipelineConfig(_Strict):
+    card: Path
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"{v!r} is not a device: use auto, cpu, cuda or cuda:N")
+        return v
+
+
+class LoggingSection(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Strict):
+    """The whole ``config.yaml``."""
+
+    node: NodeSection = Field(default_factory=NodeSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    completion: CompletionSection = Field(default_factory=CompletionSection)
+    destinations: dict[str, Destination] = Field(default_factory=dict)
+    dispatch: DispatchSection = Field(default_factory=DispatchSection)
+    pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+    routes: list[Route] = Field(default_factory=list)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    #: the file this was read from; not part of the YAML
+    path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        problems = []
+        seen: set[str] = set()
+        for i, route in enumerate(self.routes):
+            where = f"routes.{i} ({route.name})"
+            if route.name in seen:
+                problems.append(f"{where}: duplicate route name")
+            seen.add(route.name)
+            if route.pipeline not in self.pipelines:
+                problems.append(
+                    f"{where}.pipeline: {route.pipeline!r} is not in pipelines "
+                    f"(known: {', '.join(self.pipelines) or 'none'})"
+                )
+            for dest in route.destinations:
+                if dest not in self.destinations:
+                    problems.append(
+                        f"{where}.destinations: {dest!r} is not in destinations "
+                        f"(known: {', '.join(self.destinations) or 'none'})"
+                    )
+            if not route.shadow and not route.destinations:
+                problems.append(f"{where}: needs destinations, or shadow: true")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make relative paths in the raw mapping absolute against ``base``."""
+    storage = raw.get("storage")
+    if isinstance(storage, dict):
+        spool = storage.get("spool")
+        if isinstance(spool, str) and not Path(spool).is_absolute():
+            storage["spool"] = str(base / spool)
+        url = storage.get("database_url")
+        if (
+            isinstance(url, str)
+            and url.startswith("sqlite:///")
+            and not url.startswith("sqlite:////")
+        ):
+            rel = url[len("sqlite:///") :]
+            if rel and rel != ":memory:":
+                storage["database_url"] = "sqlite:///" + str(base / rel)
+    pipes = raw.get("pipelines")
+    if isinstance(pipes, dict):
+        for spec in pipes.values():
+            if isinstance(spec, dict) and isinstance(spec.get("card"), str):
+                if not Path(spec["card"]).is_absolute():
+                    spec["card"] = str(base / spec["card"])
+    return raw
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each starting with the dotted key path."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README 'Configuration reference')"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, base: Path, path: Path | None = None) -> Config:
+    """Parse config YAML text; relative paths resolve against ``base``."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path or 'config'} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping of sections")
+    try:
+        return Config.model_validate({**_resolve(raw, base), "path": path})
+    except ValidationError as exc:
+        raise ConfigError(
+            f"{path or 'config'} is invalid:\n{format_validation_error(exc)}"
+        ) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``config.yaml``.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or any key is invalid.
+    """
+    path = Path(path).resolve()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return parse_config(text, path.parent, path)
+
+
+class LiveConfig:
+    """The running configuration, reloaded when the file changes (or on request).
+
+    An edit that does not validate is refused: the running configuration
+    stays, and the reason is logged. Changes to the ``node`` and ``storage``
+    sections need a restart (the listening socket and the database are
+    already open); they are reported, the rest applies at once.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import logging
+        import threading
+
+        self.path = Path(path).resolve()
+        self._log = logging.getLogger(__name__)
+        self._lock = threading.Lock()
+        self._current = load_config(self.path)
+        self._mtime = self._stat()
+        #: called with (old, new) after a successful reload
+        self.listeners: list[Any] = []
+
+    def __call__(self) -> Config:
+        return self._current
+
+    @property
+    def current(self) -> Config:
+        return self._current
+
+    def _stat(self) -> tuple[float, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size)
+
+    def check(self) -> bool:
+        """Reload if the file changed since the last look; return True if a new config applies."""
+        if self._stat() == self._mtime:
+            return False
+        return self.reload()
+
+    def reload(self) -> bool:
+        """Reload now (SIGHUP); return True if the new configuration was applied."""
+        with self._lock:
+            self._mtime = self._stat()
+            try:
+                new = load_config(self.path)
+            except ConfigError as exc:
+                self._log.error("configuration reload refused, keeping the running one: %s", exc)
+                for listener in self.listeners:
+                    listener(self._current, None, str(exc))
+                return False
+            old = self._current
+            if (
+                old.node.model_copy(update={"peers": []})
+                != new.node.model_copy(update={"peers": []})
+                or old.storage != new.storage
+            ):
+                self._log.warning(
+                    "node or storage settings changed; they apply after a restart "
+                    "(peers, routes, destinations, pipelines and policies apply now)"
+                )
+            self._current = new
+            self._log.info("configuration reloaded from %s (%d routes)", self.path, len(new.routes))
+            for listener in self.listeners:
+                listener(old, new, None)
+            return True

@@ -1,0 +1,142 @@
+"""The job queue: create jobs from a completed study, claim them, record how they ended.
+
+A job is one (study generation, route): the route's pipeline runs on the
+series of that study the route selected. Jobs live in the database, so a
+restart finds pending work; a job found ``running`` at start-up was cut off
+by a crash and is queued again (running a job twice is harmless: its result
+UIDs are deterministic, so the second run replaces the first).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from pydicom import dcmread
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.complete.tables import Completion
+from dicom_node.config import Config
+from dicom_node.db import transaction, utcnow
+from dicom_node.events import record
+from dicom_node.jobs.tables import Job, JobState
+from dicom_node.receive import index
+from dicom_node.receive.spool import Spool
+from dicom_node.route.match import fired_routes
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    """Routes the series of a completed study and creates one job per fired route.
+
+    Used as the completion stage's ``on_complete`` callback, inside its transaction.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def __call__(self, session: Session, completion: Completion, config: Config) -> None:
+        files = index.series_files(session, completion.series_uids)
+        selected: dict[str, list[str]] = defaultdict(list)
+        for series_uid in completion.series_uids:
+            paths = files.get(series_uid) or []
+            if not paths:
+                continue
+            try:
+                header = dcmread(self.spool.absolute(paths[0]), stop_before_pixels=True)
+            except Exception as exc:  # noqa: BLE001 - an unreadable file must not block the study
+                log.error("series %s not routed: cannot read %s: %s", series_uid, paths[0], exc)
+                record(session, "route", "unreadable", series_uid, str(exc)[:500])
+                continue
+            calling = index.series_calling_ae(session, series_uid)
+            routes = fired_routes(config.routes, header, calling)
+            if not routes:
+                log.info("series %s matched no route", series_uid)
+                record(session, "route", "no-route", series_uid)
+            for route in routes:
+                selected[route.name].append(series_uid)
+        by_name = {route.name: route for route in config.routes}
+        for name, series_uids in selected.items():
+            route = by_name[name]
+            job = Job(
+                study_instance_uid=completion.study_instance_uid,
+                generation=completion.generation,
+                route=route.name,
+                pipeline=route.pipeline,
+                series_uids=series_uids,
+                destinations=[] if route.shadow else list(route.destinations),
+                shadow=route.shadow,
+                state=JobState.PENDING,
+                attempts=0,
+                created_at=utcnow(),
+            )
+            session.add(job)
+            session.flush()
+            record(
+                session,
+                "jobs",
+                "job-created",
+                str(job.id),
+                f"route {name}, {len(series_uids)} series",
+            )
+            log.info(
+                "job %d: study %s route %s -> pipeline %s (%d series%s)",
+                job.id,
+                completion.study_instance_uid,
+                name,
+                route.pipeline,
+                len(series_uids),
+                ", shadow" if route.shadow else "",
+            )
+
+
+def claim_next(sessions: sessionmaker[Session]) -> int | None:
+    """Mark the oldest pending job running and return its id (None when the queue is empty)."""
+    with transaction(sessions) as session:
+        job_id = session.scalar(
+            select(Job.id).where(Job.state == JobState.PENDING).order_by(Job.id).limit(1)
+        )
+        if job_id is None:
+            return None
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.PENDING)
+            .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
+        ).rowcount
+        return job_id if claimed else None
+
+
+def recover(sessions: sessionmaker[Session]) -> int:
+    """Queue again the jobs a crash left running; return how many."""
+    with transaction(sessions) as session:
+        count = session.execute(
+            update(Job).where(Job.state == JobState.RUNNING).values(state=JobState.PENDING)
+        ).rowcount
+        if count:
+            record(session, "jobs", "recovered", None, f"{count} interrupted jobs queued again")
+    if count:
+        log.warning("%d jobs were interrupted by a stop and are queued again", count)
+    return count
+
+
+def fail(sessions: sessionmaker[Session], job_id: int, error: str) -> None:
+    with transaction(sessions) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(state=JobState.FAILED, error=error[:2000], finished_at=utcnow())
+        )
+        record(session, "jobs", "job-failed", str(job_id), error[:500])
+
+
+def requeue(sessions: sessionmaker[Session], job_ids: Sequence[int]) -> int:
+    """Queue failed jobs again (``dicom-node rerun``)."""
+    with transaction(sessions) as session:
+        return session.execute(
+            update(Job)
+            .where(Job.id.in_(list(job_ids)), Job.state == JobState.FAILED)
+            .values(state=JobState.PENDING, error=None)
+        ).rowcount

@@ -1,0 +1,143 @@
+"""The receive stage's index: record what arrived, and answer what other stages ask about it.
+
+Writes are upserts keyed on UIDs, so a second copy of an instance updates the
+row (and bumps ``copies``) instead of adding one: the instance is counted
+once, and its file in the spool is the latest copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from dicom_node.receive.tables import Instance, Series, Study
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the SCP learnt about one stored object (no patient data)."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    modality: str | None
+    body_part_examined: str | None
+    series_description: str | None
+    path: str
+    size: int
+    calling_ae_title: str
+    source_address: str | None
+    received_at: datetime
+
+
+def _insert(session: Session, table: Any) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+
+
+def index_instance(session: Session, item: ReceivedInstance) -> bool:
+    """Upsert study, series and instance rows; return True if the instance is new.
+
+    Runs inside the caller's transaction.
+    """
+    at = item.received_at
+    stmt = _insert(session, Study).values(
+        study_instance_uid=item.study_instance_uid, first_received_at=at, last_received_at=at
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Study.study_instance_uid],
+            set_={"last_received_at": stmt.excluded.last_received_at},
+        )
+    )
+    stmt = _insert(session, Series).values(
+        series_instance_uid=item.series_instance_uid,
+        study_instance_uid=item.study_instance_uid,
+        modality=item.modality,
+        body_part_examined=item.body_part_examined,
+        series_description=item.series_description,
+        first_received_at=at,
+        last_received_at=at,
+    )
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Series.series_instance_uid],
+            set_={"last_received_at": stmt.excluded.last_received_at},
+        )
+    )
+    values = {
+        "sop_instance_uid": item.sop_instance_uid,
+        "sop_class_uid": item.sop_class_uid,
+        "series_instance_uid": item.series_instance_uid,
+        "study_instance_uid": item.study_instance_uid,
+        "transfer_syntax_uid": item.transfer_syntax_uid,
+        "path": item.path,
+        "size": item.size,
+        "calling_ae_title": item.calling_ae_title,
+        "source_address": item.source_address,
+        "received_at": at,
+        "copies": 1,
+    }
+    stmt = _insert(session, Instance).values(**values)
+    result = session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Instance.sop_instance_uid],
+            set_={
+                "copies": Instance.copies + 1,
+                "path": stmt.excluded.path,
+                "size": stmt.excluded.size,
+                "transfer_syntax_uid": stmt.excluded.transfer_syntax_uid,
+            },
+        ).returning(Instance.copies)
+    )
+    return result.scalar_one() == 1
+
+
+# --- read side, used by the completion and jobs stages ------------------------------------
+
+
+def max_instance_id(session: Session) -> int:
+    return session.scalar(select(func.max(Instance.id))) or 0
+
+
+def series_files(session: Session, series_uids: Sequence[str]) -> dict[str, list[str]]:
+    """Spool-relative paths of all instances of each series, in arrival order."""
+    rows = session.execute(
+        select(Instance.series_instance_uid, Instance.path)
+        .where(Instance.series_instance_uid.in_(list(series_uids)))
+        .order_by(Instance.id)
+    ).all()
+    out: dict[str, list[str]] = {uid: [] for uid in series_uids}
+    for uid, path in rows:
+        out[uid].append(path)
+    return out
+
+
+def series_calling_ae(session: Session, series_uid: str) -> str | None:
+    """Calling AE title of the latest instance of a series."""
+    return session.scalar(
+        select(Instance.calling_ae_title)
+        .where(Instance.series_instance_uid == series_uid)
+        .order_by(Instance.id.desc())
+        .limit(1)
+    )
+
+
+def counts(session: Session) -> dict[str, int]:
+    return {
+        "studies": session.scalar(select(func.count()).select_from(Study)) or 0,
+        "series": session.scalar(select(func.count()).select_from(Series)) or 0,
+        "instances": session.scalar(select(func.count()).select_from(Instance)) or 0,
+    }

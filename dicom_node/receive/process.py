@@ -1,0 +1,52 @@
+"""A receiver process: one Storage SCP sharing the node's port with its siblings.
+
+Kept apart from :mod:`dicom_node.service` so that a spawned receiver imports
+only what receiving needs (no torch, no highdicom): it starts fast and stays small.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+
+from dicom_node.config import LiveConfig
+from dicom_node.db import make_engine, session_factory
+from dicom_node.logs import setup_logging
+from dicom_node.receive.scp import StorageSCP
+from dicom_node.receive.spool import Spool
+
+CONFIG_CHECK_SECONDS = 2.0
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def receiver_main(config_path: str, number: int, parent: int) -> None:
+    """Entry point of a receiver process."""
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    live = LiveConfig(config_path)
+    setup_logging(live().logging.level, process=f"receiver-{number}")
+    config = live()
+    engine = make_engine(config.storage.database_url)
+    spool = Spool(config.storage.spool, fsync=config.storage.fsync)
+    scp = StorageSCP(live, spool, session_factory(engine))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: live.reload())
+    scp.start()
+    while not stop.wait(CONFIG_CHECK_SECONDS):
+        if os.getppid() != parent:
+            break
+        live.check()
+    scp.stop()

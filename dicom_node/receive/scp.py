@@ -1,0 +1,304 @@
+"""The Storage SCP: accept associations from known peers, make each object durable, then answer.
+
+The C-STORE handler never decodes pixel data. It takes the bytes exactly as
+the peer sent them (:meth:`pynetdicom.events.Event.encoded_dataset`), reads
+only the header elements it indexes, writes the file to the spool
+(temporary file, fsync, atomic rename), indexes it, and only then answers
+Success. Every failure becomes a named DICOM status and one log line; nothing
+raises into pynetdicom.
+
+Statuses (PS3.4 Annex B.2.3):
+
+==========  =========================================================
+``0x0000``  Success
+``0xA700``  Refused: Out of Resources — disk below the watermark, spool
+            write failed, or index unavailable. The peer should retry.
+``0xA900``  Error: Data Set does not match SOP Class — a UID is missing
+            or malformed, or the header disagrees with the request.
+``0xC000``  Error: Cannot understand — the data set cannot be parsed.
+==========  =========================================================
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.config import Config
+from dicom_node.db import transaction, utcnow
+from dicom_node.receive.index import ReceivedInstance, index_instance
+from dicom_node.receive.spool import InvalidUIDError, Spool, check_uid
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+
+#: elements read from each received header (everything else stays undecoded)
+HEADER_TAGS = [
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "BodyPartExamined",
+    "SeriesDescription",
+]
+
+
+class ReusePortServer(ThreadedAssociationServer):
+    """An association server that shares its port with sibling receiver processes.
+
+    ``SO_REUSEPORT`` lets the kernel spread incoming connections over several
+    processes, each with its own GIL (pynetdicom runs associations as threads).
+    """
+
+    def server_bind(self) -> None:
+        if hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+@dataclass
+class _AssocStats:
+    stored: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+class StorageSCP:
+    """The receiving side of the node.
+
+    Parameters
+    ----------
+    config : callable returning Config
+        Called on each association so that peer-list edits apply without a restart.
+    spool : Spool
+        Where objects are written.
+    sessions : sessionmaker
+        The index database.
+    """
+
+    def __init__(self, config: Any, spool: Spool, sessions: sessionmaker[Session]) -> None:
+        self._config = config
+        self.spool = spool
+        self.sessions = sessions
+        self._stats: dict[int, _AssocStats] = {}
+        self._lock = threading.Lock()
+        self.server: ThreadedAssociationServer | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._config()
+
+    # --- association level ------------------------------------------------------------
+
+    def _on_requested(self, event: evt.Event) -> None:
+        """Reject associations from (AE title, address) pairs not in ``node.peers``."""
+        primitive = event.assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title).strip() if primitive else ""
+        address = event.assoc.requestor.address
+        if not self.config.node.allows(calling, address):
+            log.warning(
+                "rejected association from calling AE %r at %s: not in node.peers", calling, address
+            )
+            # rejected-permanent, service-user, calling-AE-title-not-recognized
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+            # as pynetdicom's own reject path: let the DUL send the A-ASSOCIATE-RJ before the
+            # socket closes, or the peer only sees an abort
+            event.assoc.kill()
+
+    def _on_established(self, event: evt.Event) -> None:
+        with self._lock:
+            self._stats[id(event.assoc)] = _AssocStats()
+
+    def _on_closed(self, event: evt.Event) -> None:
+        with self._lock:
+            stats = self._stats.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        requestor = event.assoc.requestor
+        how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        log.info(
+            "association from %s at %s %s: %d stored (%d duplicates), %d refused %s",
+            requestor.ae_title,
+            requestor.address,
+            how,
+            stats.stored,
+            stats.duplicates,
+            stats.failed,
+            {f"0x{k:04X}": v for k, v in stats.statuses.items()} if stats.statuses else "",
+        )
+
+    # --- C-ECHO / C-STORE ---------------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int:
+        status, duplicate = self._store(event)
+        with self._lock:
+            stats = self._stats.get(id(event.assoc))
+            if stats is not None:
+                if status == SUCCESS:
+                    stats.stored += 1
+                    stats.duplicates += duplicate
+                else:
+                    stats.failed += 1
+                    stats.statuses[status] = stats.statuses.get(status, 0) + 1
+        return status
+
+    def _store(self, event: evt.Event) -> tuple[int, bool]:
+        request_sop = str(event.request.AffectedSOPInstanceUID or "")
+        calling = event.assoc.requestor.ae_title.strip()
+        node = self.config.storage
+        free = self.spool.free_mb()
+        if free < node.min_free_disk_mb:
+            log.error(
+                "refused %s from %s: %.0f MiB free on the spool disk, below min_free_disk_mb=%d",
+                request_sop[:64],
+                calling,
+                free,
+                node.min_free_disk_mb,
+            )
+            return OUT_OF_RESOURCES, False
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except Exception as exc:  # noqa: BLE001 - a malformed request must not crash the SCP
+            log.error(
+                "refused %s from %s: cannot encode file meta: %s", request_sop[:64], calling, exc
+            )
+            return CANNOT_UNDERSTAND, False
+        try:
+            header = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            sop_class = check_uid(header.get("SOPClassUID"), "SOP Class UID")
+            sop = check_uid(header.get("SOPInstanceUID"), "SOP Instance UID")
+            study = check_uid(header.get("StudyInstanceUID"), "Study Instance UID")
+            series = check_uid(header.get("SeriesInstanceUID"), "Series Instance UID")
+        except InvalidUIDError as exc:
+            log.error("refused %s from %s: %s", request_sop[:64], calling, exc)
+            return DATASET_MISMATCH, False
+        except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - any parse failure
+            log.error(
+                "refused %s from %s: data set cannot be parsed: %s", request_sop[:64], calling, exc
+            )
+            return CANNOT_UNDERSTAND, False
+        if request_sop.rstrip("\x00 ") != sop:
+            log.error(
+                "refused %s from %s: data set SOP Instance UID %s differs from the request",
+                request_sop[:64],
+                calling,
+                sop,
+            )
+            return DATASET_MISMATCH, False
+        relative = self.spool.instance_path(study, series, sop)
+        try:
+            self.spool.write(relative, data)
+        except OSError as exc:
+            log.error(
+                "refused %s from %s: spool write failed: %s", sop, calling, exc.strerror or exc
+            )
+            return OUT_OF_RESOURCES, False
+        item = ReceivedInstance(
+            sop_instance_uid=sop,
+            sop_class_uid=sop_class,
+            series_instance_uid=series,
+            study_instance_uid=study,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            modality=_text(header.get("Modality"), 16),
+            body_part_examined=_text(header.get("BodyPartExamined"), 64),
+            series_description=_text(header.get("SeriesDescription"), 64),
+            path=str(relative),
+            size=len(data),
+            calling_ae_title=calling,
+            source_address=str(event.assoc.requestor.address),
+            received_at=utcnow(),
+        )
+        try:
+            with transaction(self.sessions) as session:
+                new = index_instance(session, item)
+        except Exception as exc:  # noqa: BLE001 - any database failure is out of resources
+            log.error("refused %s from %s: index unavailable: %s", sop, calling, _oneline(exc))
+            return OUT_OF_RESOURCES, False
+        log.debug("stored %s (series %s) from %s", sop, series, calling)
+        return SUCCESS, not new
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def make_ae(self) -> AE:
+        node = self.config.node
+        ae = AE(ae_title=node.ae_title)
+        ae.maximum_pdu_size = node.maximum_pdu_size
+        ae.maximum_associations = node.max_associations
+        ae.network_timeout = node.network_timeout
+        ae.acse_timeout = node.acse_timeout
+        ae.dimse_timeout = node.dimse_timeout
+        ae.require_called_aet = True
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    def handlers(self) -> list[tuple[Any, Any]]:
+        return [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+
+    def start(self) -> ThreadedAssociationServer:
+        """Listen in a background thread; return the server."""
+        node = self.config.node
+        ae = self.make_ae()
+        server = ae.make_server(
+            (node.host, node.port),
+            evt_handlers=self.handlers(),
+            server_class=ReusePortServer,
+        )
+        ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() finds it
+        thread = threading.Thread(target=server.serve_forever, name="storage-scp", daemon=True)
+        thread.start()
+        self.server = server
+        log.info(
+            "listening as %s on %s:%d (%d peers allowed)",
+            node.ae_title,
+            node.host,
+            node.port,
+            len(node.peers),
+        )
+        return server
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def _text(value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text[:limit] or None
+
+
+def _oneline(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__

@@ -1,0 +1,63 @@
+"""Tables owned by the receive stage: what arrived, where it is in the spool.
+
+Only :mod:`dicom_node.receive.index` writes these tables.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from dicom_node.db import Base, UTCDateTime
+
+UID = String(64)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    series_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(
+        UID, ForeignKey("studies.study_instance_uid"), index=True
+    )
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part_examined: Mapped[str | None] = mapped_column(String(64))
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Instance(Base):
+    """One stored object. ``id`` grows with every first arrival: the completion
+    stage uses it as a watermark of what it has already handed on."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    series_instance_uid: Mapped[str] = mapped_column(
+        UID, ForeignKey("series.series_instance_uid"), index=True
+    )
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    #: path relative to the spool folder
+    path: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    source_address: Mapped[str | None] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    #: how many times this SOP Instance UID was received (duplicates count once as an instance)
+    copies: Mapped[int] = mapped_column(Integer, default=1)

@@ -1,0 +1,368 @@
+"""Heatmaps as Secondary Capture images the radiologist can page through.
+
+Every viewer and PACS displays Secondary Capture Image Storage, which is why
+explanation maps are sent as an RGB SC image (the source image in grey with a
+jet-coloured heatmap blended on top where the map is significant) rather than
+as a parametric map or segmentation few viewers render.
+
+What the SC carries and why
+---------------------------
+* Same study as the source (patient/study modules copied from it), in the
+  result series the caller chose, so it sits next to the images it explains.
+* Same Rows/Columns as the source, PixelSpacing copied when the source has it
+  and Patient Orientation copied (or derived from Image Orientation
+  (Patient)), so measurements and orientation markers stay meaningful.
+* Image Laterality copied from the source's Image Laterality, else derived
+  from its series Laterality (R/L). It is image-level on purpose: one result
+  series may hold heatmaps of left and right images, so series-level
+  Laterality could be wrong for some of them. When the source states
+  neither, laterality is unknown: Laterality (General Series, Type 2C) is
+  then written *empty*, which the standard defines as "unknown"; "U" would
+  wrongly assert an unpaired body part. Laterality is never written together
+  with Image Laterality (dciodvfy rejects that combination).
+* Source Image Sequence referencing the source image with purpose
+  (121322, DCM, "Source image for image processing operation") (CID 7202).
+* Contributing Equipment identifying the AI model (IHE AI Results; see
+  :func:`dicom_node.results.sr.algorithm_contributing_equipment`).
+* Burned In Annotation ``NO``: only colour is drawn, no text, so nothing in
+  the pixels identifies the patient. Later callers that burn in text must
+  set it to ``YES``.
+* Conversion Type ``WSD`` (workstation): the image is rendered by software,
+  not digitised from a video or film source.
+* A deterministic SOP Instance UID from (job key, source SOP Instance UID,
+  label), so a resend replaces the image instead of duplicating it.
+* Explicit VR Little Endian, uncompressed: every PACS accepts it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node.results import codes
+from dicom_node.results.algorithm import NOT_FOR_DIAGNOSTIC_USE, AlgorithmInfo
+from dicom_node.results.sr import algorithm_contributing_equipment
+from dicom_node.results.uids import result_uid
+from pipelines.common.image import display_pixels
+
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_THRESHOLD",
+    "build_heatmap_sc",
+    "heatmap_series_instance_uid",
+    "heatmap_sop_instance_uid",
+    "jet",
+    "overlay_rgb",
+]
+
+#: Heatmap values below this are not coloured (the grey source shows through).
+DEFAULT_THRESHOLD = 0.25
+#: Opacity of the colour at the strongest heatmap values.
+DEFAULT_ALPHA = 0.5
+#: Heatmap range above the threshold over which the opacity ramps up from 0,
+#: so the coloured region has a soft edge instead of a hard contour.
+_RAMP = 0.15
+
+# LPS patient axes: +x = Left, +y = Posterior, +z = Head (PS3.3 C.7.6.1.1.1).
+_AXIS_LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))
+
+
+def heatmap_series_instance_uid(job_key: str) -> str:
+    """A deterministic Series Instance UID for a job's heatmap series.
+
+    Callers may pass it as ``series_instance_uid`` to :func:`build_heatmap_sc`
+    so that a resend also reuses the series.
+    """
+    return result_uid("sc-series", job_key)
+
+
+def heatmap_sop_instance_uid(job_key: str, source_sop_instance_uid: str, label: str = "") -> str:
+    """SOP Instance UID of the heatmap SC of one source image and label (deterministic)."""
+    return result_uid("sc-heatmap", job_key, source_sop_instance_uid, label)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """Jet-like colormap: [0, 1] -> RGB float32 in [0, 1], blue (low) to red (high).
+
+    The classic piecewise-linear MATLAB "jet", implemented here so the node
+    does not depend on matplotlib.
+    """
+    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]
+    centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # R, G, B peaks
+    return np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0).astype(np.float32)
+
+
+def overlay_rgb(
+    gray: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
+) -> np.ndarray:
+    """Blend a jet-coloured heatmap over a greyscale image, only where it is significant.
+
+    Parameters
+    ----------
+    gray : numpy.ndarray
+        Shape (Rows, Columns), display values in [0, 1] (bright = dense), as
+        returned by :func:`pipelines.common.image.display_pixels`.
+    heatmap : numpy.ndarray
+        Shape (Rows, Columns), values in [0, 1].
+    threshold : float, optional
+        Heatmap values below it leave the grey pixel untouched, so the
+        radiologist still sees the anatomy away from the hot spots.
+    alpha : float, optional
+        Colour opacity reached at ``threshold + 0.15`` and above.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, shape (Rows, Columns, 3), RGB. Callers may draw on it (boxes,
+        contours) before encoding.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, an array is not 2-D, contains NaN/inf, or
+        ``threshold``/``alpha`` are outside [0, 1].
+    """
+    gray = np.asarray(gray, dtype=np.float32)
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if gray.ndim != 2 or heatmap.ndim != 2:
+        raise ValueError(
+            f"overlay_rgb() needs 2-D arrays, got gray {gray.shape} and heatmap {heatmap.shape}; "
+            "pass one frame"
+        )
+    if gray.shape != heatmap.shape:
+        raise ValueError(
+            f"heatmap shape {heatmap.shape} differs from the image shape {gray.shape}; "
+            "resize the heatmap to the source's (Rows, Columns) in the pipeline"
+        )
+    if not (np.isfinite(gray).all() and np.isfinite(heatmap).all()):
+        raise ValueError("overlay_rgb() inputs contain NaN or inf; fix the pipeline's heatmap")
+    if not (0.0 <= threshold <= 1.0 and 0.0 <= alpha <= 1.0):
+        raise ValueError(f"threshold and alpha must be in [0, 1], got {threshold}, {alpha}")
+    g = np.clip(gray, 0.0, 1.0)[..., None]
+    h = np.clip(heatmap, 0.0, 1.0)
+    weight = (alpha * np.clip((h - threshold) / _RAMP, 0.0, 1.0))[..., None]
+    rgb = (1.0 - weight) * g + weight * jet(h)
+    return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def _orientation_letters(cosines: np.ndarray) -> str:
+    """Patient Orientation string of one direction cosine vector (e.g. ``"L"``, ``"PF"``).
+
+    Letters of the axes with a significant component, most significant first
+    (PS3.3 C.7.6.1.1.1), at most three.
+    """
+    order = np.argsort(-np.abs(cosines))
+    letters = [
+        _AXIS_LETTERS[axis][1 if cosines[axis] > 0 else 0]
+        for axis in order
+        if abs(cosines[axis]) > 0.25
+    ]
+    return "".join(letters[:3])
+
+
+def _patient_orientation(source: Dataset) -> list[str] | None:
+    """Row and column directions of the source pixels, or None when unknown."""
+    po = source.get("PatientOrientation")
+    if po is not None and len(po) == 2 and all(po):
+        return [str(po[0]), str(po[1])]
+    iop = source.get("ImageOrientationPatient")
+    if iop is not None and len(iop) == 6:
+        v = np.asarray([float(x) for x in iop], dtype=np.float64)
+        row, col = _orientation_letters(v[:3]), _orientation_letters(v[3:])
+        if row and col:
+            return [row, col]
+    return None
+
+
+def _image_laterality(source: Dataset) -> str | None:
+    """Image Laterality of the source (R, L, U, B), else its series Laterality (R, L)."""
+    for keyword, allowed in (("ImageLaterality", {"R", "L", "U", "B"}), ("Laterality", {"R", "L"})):
+        value = str(source.get(keyword) or "").strip().upper()
+        if value in allowed:
+            return value
+    return None
+
+
+#: Copied when highdicom does not know the source's SOP class (and so its modules).
+_PATIENT_STUDY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+)
+
+
+def _copy_patient_and_study(sc: hd.sc.SCImage, source: Dataset) -> None:
+    """Copy the source's Patient and Study modules verbatim (as the SR does).
+
+    All root attributes of those modules (Issuer of Patient ID, Patient's
+    Age, Study Description, clinical trial attributes, ...) so that the SC
+    files into the same patient and study as its source in every PACS.
+    """
+    try:
+        sc.copy_patient_and_study_information(source)
+    except KeyError:  # SOP class unknown to highdicom's module tables
+        for keyword in _PATIENT_STUDY_KEYWORDS:
+            if keyword in source:
+                sc.add(copy.deepcopy(source[keyword]))
+
+
+def build_heatmap_sc(
+    source: pydicom.Dataset,
+    heatmap: np.ndarray,
+    algorithm: AlgorithmInfo,
+    *,
+    job_key: str,
+    series_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    label: str = "",
+) -> pydicom.Dataset:
+    """Render a heatmap over its source image as an RGB Secondary Capture image.
+
+    Parameters
+    ----------
+    source : pydicom.Dataset
+        The source image *with* pixel data (its display greyscale is the
+        background, via :func:`pipelines.common.image.display_pixels`).
+    heatmap : numpy.ndarray
+        float, shape (Rows, Columns) of the source, values in [0, 1].
+    algorithm : AlgorithmInfo
+        The model that produced the heatmap.
+    job_key : str
+        Stable identifier of the job; with the source SOP Instance UID and
+        ``label`` it determines the SOP Instance UID, so a resend replaces
+        the image in the PACS.
+    series_instance_uid : str
+        The job's heatmap series (all heatmaps of a job share it).
+    series_number : int
+        Series Number of that series (positive).
+    instance_number : int
+        Instance Number within the series (positive).
+    label : str, optional
+        Card label the heatmap explains; part of the UID and of the Derivation
+        Description so that several labels per image stay distinct.
+
+    Returns
+    -------
+    pydicom.Dataset
+        A :class:`highdicom.sc.SCImage`, RGB, 8 bit, Explicit VR Little Endian.
+
+    Raises
+    ------
+    ValueError
+        If the heatmap does not match the source size, is not finite, is far
+        outside [0, 1], or the source lacks identifying attributes.
+    pipelines.common.image.PixelDataError
+        If the source has no decodable greyscale pixel data.
+    """
+    if not job_key:
+        raise ValueError(
+            "build_heatmap_sc() needs a non-empty job_key: the SC's UID derives from it"
+        )
+    for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "Rows", "Columns"):
+        if not source.get(keyword):
+            raise ValueError(
+                f"source dataset is missing {keyword}; pass the DICOM image the heatmap was "
+                "computed on, read with its pixel data"
+            )
+    rows, cols = int(source.Rows), int(source.Columns)
+    heatmap = np.asarray(heatmap)
+    if heatmap.shape != (rows, cols):
+        raise ValueError(
+            f"heatmap shape {heatmap.shape} does not match the source image "
+            f"({rows}, {cols}) = (Rows, Columns) of {source.SOPInstanceUID}; resize it in the pipeline"
+        )
+    if not np.issubdtype(heatmap.dtype, np.floating):
+        raise ValueError(f"heatmap must be a float array in [0, 1], got dtype {heatmap.dtype}")
+    if not np.isfinite(heatmap).all():
+        raise ValueError("heatmap contains NaN or inf; fix the pipeline's normalisation")
+    if heatmap.min() < -1e-3 or heatmap.max() > 1.0 + 1e-3:
+        raise ValueError(
+            f"heatmap values span [{heatmap.min():.3g}, {heatmap.max():.3g}]; normalise to [0, 1]"
+        )
+
+    rgb = overlay_rgb(display_pixels(source), heatmap)
+    orientation = _patient_orientation(source)
+    pixel_spacing = source.get("PixelSpacing")
+
+    sc = hd.sc.SCImage(
+        pixel_array=rgb,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        study_instance_uid=source.StudyInstanceUID,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=heatmap_sop_instance_uid(job_key, str(source.SOPInstanceUID), label),
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        # Patient and study attributes are copied verbatim below
+        # (copy_patient_and_study_information) rather than passed here, where
+        # highdicom would re-validate them and reject e.g. a legacy Patient's
+        # Sex "U" that the PACS already accepted in the source study.
+        pixel_spacing=(
+            (float(pixel_spacing[0]), float(pixel_spacing[1]))
+            if pixel_spacing is not None and len(pixel_spacing) == 2
+            else None
+        ),
+        # highdicom only accepts single-letter orientations; the real value
+        # (possibly oblique, e.g. "LP", or unknown) is written below.
+        patient_orientation=("L", "P"),
+        series_description=algorithm.series_description("SC"),
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.software_versions,
+        contributing_equipment=[algorithm_contributing_equipment(algorithm)],
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        specific_character_set=source.get("SpecificCharacterSet"),
+    )
+    _copy_patient_and_study(sc, source)
+
+    # Type 2: empty when the source says nothing about orientation.
+    sc.PatientOrientation = orientation if orientation is not None else None
+    laterality = _image_laterality(source)
+    if laterality is not None:
+        sc.ImageLaterality = laterality
+    else:
+        sc.Laterality = None  # Type 2C, empty = unknown (see module docstring)
+    sc.BurnedInAnnotation = "NO"
+    sc.ConversionType = "WSD"
+    what = f"heatmap of {label!r}" if label else "heatmap"
+    sc.DerivationDescription = (
+        f"AI {what} by {algorithm.name} {algorithm.version} blended over the source image"
+        + ("" if algorithm.for_diagnostic_use else f"; {NOT_FOR_DIAGNOSTIC_USE}")
+    )[:1024]
+    if not algorithm.for_diagnostic_use:
+        sc.ImageComments = NOT_FOR_DIAGNOSTIC_USE
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    purpose = codes.SOURCE_IMAGE_FOR_PROCESSING
+    ref.PurposeOfReferenceCodeSequence = [
+        hd.sr.CodedConcept(
+            value=purpose.value,
+            scheme_designator=purpose.scheme_designator,
+            meaning=purpose.meaning,
+        )
+    ]
+    sc.SourceImageSequence = [ref]
+    return sc

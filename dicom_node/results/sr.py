@@ -1,0 +1,391 @@
+"""Findings of one pipeline run as a TID 1500 Comprehensive 3D SR.
+
+One SR per (study, pipeline run): a DICOM Comprehensive 3D SR document with
+the TID 1500 "Measurement Report" template, stored into the *source* study as
+a new series. TID 1500 is the template OHIF, 3D Slicer, dcmqi and highdicom
+read back as measurements, which is why findings are encoded as measurement
+groups rather than free text.
+
+Content tree (codes are defined and sourced in :mod:`dicom_node.results.codes`)::
+
+    CONTAINER (126000, DCM, "Imaging Measurement Report")          TID 1500
+      HAS CONCEPT MOD Language of Content = en-US                  TID 1204
+      HAS OBS CONTEXT Observer Type = (121007, DCM, "Device")      TID 1002
+      HAS OBS CONTEXT Device Observer UID/Name/Manufacturer/Model  TID 1004
+      HAS CONCEPT MOD Procedure Reported = CID 100 code per modality
+      CONTAINS (126010, DCM, "Imaging Measurements")
+        CONTAINS (125007, DCM, "Measurement Group")   one per Finding:
+          TID 1410 "Planar ROI Measurements and Qualitative Evaluations"
+          when the finding has a box, else TID 1501 "Measurement and
+          Qualitative Evaluation Group":
+          HAS OBS CONTEXT (112039, DCM, "Tracking Identifier") "<label> #n"
+          HAS OBS CONTEXT (112040, DCM, "Tracking Unique Identifier")
+          CONTAINS (121071, DCM, "Finding") = the card's finding code
+          HAS CONCEPT MOD (363698007, SCT, "Finding Site") = card's site
+            HAS CONCEPT MOD (272741003, SCT, "Laterality") = CID 244 code
+          HAS CONCEPT MOD (111001, DCM, "Algorithm Name"),
+            (111003, DCM, "Algorithm Version"),
+            (122405, DCM, "Algorithm Manufacturer"),
+            (111002, DCM, "Algorithm Parameters") pipeline + weights sha256  TID 4019
+          [TID 1410 only] CONTAINS (111030, DCM, "Image Region") SCOORD
+            POLYLINE, 5 points (the box corners, closed), pixel coordinates
+            SELECTED FROM IMAGE (260753009, SCT, "Source") = the box's image
+          [TID 1501 only] CONTAINS IMAGE (121112, DCM, "Source of Measurement")
+          CONTAINS NUM (111012, DCM, "Certainty of Finding") = probability
+            x 100, unit (%, UCUM, "Percent")                        TID 300
+            INFERRED FROM IMAGE (121112, DCM, "Source of Measurement") per
+            supporting source image
+          CONTAINS CODE <finding code> = (52101004, SCT, "Present") or
+            (272519000, SCT, "Absent")                              CID 240/241
+
+Why these choices
+-----------------
+* A closed 5-point POLYLINE on concept (111030, DCM, "Image Region") is what
+  OHIF's SR adapters (``@cornerstonejs/adapters`` RectangleROI, registered
+  for ``DCM:111030`` POLYLINE with 4 or 5 points) hydrate as a rectangle;
+  the closed form (first point repeated) also reads as a closed outline in
+  viewers that know nothing about rectangles.
+* Certainty of Finding is DICOM's concept for an algorithm's confidence,
+  and a NUM in % is listed by generic TID 1500 readers; the threshold decision
+  is a separate coded Present/Absent so that consumers need not know the
+  card's threshold.
+* Tracking UIDs, Series and SOP Instance UIDs derive from the job key
+  (:func:`dicom_node.results.uids.result_uid`), so a resent job replaces its
+  SR in the PACS instead of adding a duplicate.
+* Preliminary (``PreliminaryFlag=PRELIMINARY``), ``UNVERIFIED`` and
+  ``COMPLETE``: the content is the algorithm's whole output but no human has
+  signed it.
+* Contributing Equipment Sequence carries the algorithm (Manufacturer,
+  Manufacturer's Model Name = model name, Software Versions = model version,
+  Device UID) with purpose (109102, DCM, "Processing Equipment"), as the
+  IHE AI Results (AIR) profile asks result objects to identify the AI model.
+  highdicom also adds the source's acquisition equipment and itself.
+  General Equipment says Manufacturer = ``algorithm.manufacturer``,
+  Manufacturer's Model Name = model name and Software Versions = (model
+  version, dicom-node version), because that is what PACS and viewers show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicom_node.results import codes
+from dicom_node.results.algorithm import AlgorithmInfo
+from dicom_node.results.uids import result_uid
+from pipelines.base import Box, Code, Finding
+
+__all__ = [
+    "algorithm_contributing_equipment",
+    "build_sr",
+    "finding_tracking_uid",
+    "sr_series_instance_uid",
+    "sr_sop_instance_uid",
+]
+
+
+def sr_series_instance_uid(job_key: str) -> str:
+    """Series Instance UID of the SR series of a job (deterministic, see :mod:`.uids`)."""
+    return result_uid("sr-series", job_key)
+
+
+def sr_sop_instance_uid(job_key: str) -> str:
+    """SOP Instance UID of the SR of a job (deterministic, see :mod:`.uids`)."""
+    return result_uid("sr-instance", job_key)
+
+
+def finding_tracking_uid(job_key: str, index: int) -> str:
+    """Tracking Unique Identifier of the ``index``-th finding of a job."""
+    return result_uid("sr-tracking", job_key, str(index))
+
+
+def algorithm_contributing_equipment(algorithm: AlgorithmInfo) -> hd.ContributingEquipment:
+    """Contributing Equipment item identifying the AI model (IHE AIR).
+
+    Purpose of reference is (109102, DCM, "Processing Equipment"): the model
+    processed the source instances to create new ones. The Device UID is set
+    after construction because highdicom's constructor has no argument for it.
+    It is a standard (Type 3) attribute of the Contributing Equipment Sequence
+    item in current DICOM, but the dicom3tools 2022 release installed here
+    predates it, so dciodvfy reports a *warning* ("not present in standard
+    DICOM IOD ... Standard Extended SOP Class"), not an error.
+    """
+    item = hd.ContributingEquipment(
+        manufacturer=algorithm.manufacturer,
+        purpose_of_reference=codes.PROCESSING_EQUIPMENT,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.software_versions,
+        contribution_description=(
+            f"AI model {algorithm.name} {algorithm.version} run by the "
+            f"{algorithm.pipeline} pipeline of dicom-node {algorithm.software_version} "
+            f"(weights sha256 {algorithm.weights_sha256})"
+        )[:1024],
+    )
+    item.DeviceUID = algorithm.device_uid
+    return item
+
+
+def _concept(code: Code) -> hd.sr.CodedConcept:
+    """A pipeline :class:`~pipelines.base.Code` as a highdicom coded concept."""
+    return hd.sr.CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+
+
+def _index_sources(sources: Sequence[pydicom.Dataset]) -> dict[str, pydicom.Dataset]:
+    """Map SOP Instance UID -> header, checking that the sources can carry an SR."""
+    if not sources:
+        raise ValueError(
+            "build_sr() needs the headers of the source images (read with "
+            "stop_before_pixels=True): the SR copies patient/study from them and "
+            "lists them as evidence"
+        )
+    by_uid: dict[str, pydicom.Dataset] = {}
+    for ds in sources:
+        for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            if not ds.get(keyword):
+                raise ValueError(
+                    f"source header is missing {keyword}; pass the headers of the DICOM "
+                    "images the pipeline read, not derived datasets"
+                )
+        by_uid.setdefault(str(ds.SOPInstanceUID), ds)
+    studies = {str(ds.StudyInstanceUID) for ds in by_uid.values()}
+    if len(studies) != 1:
+        raise ValueError(
+            f"build_sr() makes one SR per study but the sources span {len(studies)} "
+            f"studies ({sorted(studies)}); call it once per study with that study's sources"
+        )
+    return by_uid
+
+
+def _box_polyline(box: Box, source: pydicom.Dataset) -> np.ndarray:
+    """Closed 5-point polyline (column, row) of a box, checked against the image size."""
+    if not (box.x0 < box.x1 and box.y0 < box.y1):
+        raise ValueError(
+            f"Box on {box.sop_instance_uid} has x0={box.x0}, x1={box.x1}, y0={box.y0}, "
+            f"y1={box.y1}; it needs x0 < x1 and y0 < y1 (top-left, bottom-right corners)"
+        )
+    rows, cols = int(source.Rows), int(source.Columns)
+    if box.x0 < 0 or box.y0 < 0 or box.x1 > cols or box.y1 > rows:
+        raise ValueError(
+            f"Box ({box.x0}, {box.y0})-({box.x1}, {box.y1}) lies outside the "
+            f"{cols}x{rows} (columns x rows) image {box.sop_instance_uid}; clip it to "
+            f"[0, {cols}] x [0, {rows}] in the pipeline"
+        )
+    return np.array(
+        [
+            [box.x0, box.y0],
+            [box.x1, box.y0],
+            [box.x1, box.y1],
+            [box.x0, box.y1],
+            [box.x0, box.y0],
+        ],
+        dtype=np.float64,
+    )
+
+
+def _referenced_uids(finding: Finding, by_uid: dict[str, pydicom.Dataset]) -> list[str]:
+    """Source images a finding references: its own list, plus the box's image; all if none."""
+    uids = list(dict.fromkeys(finding.source_sop_instance_uids))
+    if finding.box is not None and finding.box.sop_instance_uid not in uids:
+        uids.append(finding.box.sop_instance_uid)
+    if not uids:
+        uids = list(by_uid)
+    unknown = [u for u in uids if u not in by_uid]
+    if unknown:
+        raise ValueError(
+            f"Finding {finding.label!r} references SOP Instance UIDs that are not among "
+            f"the sources passed to build_sr(): {unknown}; pass the headers of every image "
+            "the pipeline used"
+        )
+    return uids
+
+
+def _measurement_group(
+    index: int,
+    finding: Finding,
+    by_uid: dict[str, pydicom.Dataset],
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    job_key: str,
+) -> (
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+):
+    """One TID 1410 (with box) or TID 1501 (without) measurement group for a finding."""
+    finding_code = _concept(finding.code)
+    if finding.laterality is not None and finding.finding_site is None:
+        raise ValueError(
+            f"Finding {finding.label!r} has a laterality but no finding_site; in TID 1500 "
+            "laterality qualifies the finding site, so give the card label a finding_site"
+        )
+    finding_sites = None
+    if finding.finding_site is not None:
+        finding_sites = [
+            hd.sr.FindingSite(
+                anatomic_location=_concept(finding.finding_site),
+                laterality=_concept(finding.laterality) if finding.laterality else None,
+            )
+        ]
+    ref_uids = _referenced_uids(finding, by_uid)
+    certainty = hd.sr.Measurement(
+        name=codes.CERTAINTY_OF_FINDING,
+        # Rounded so that 0.87 is written as 87 and not 87.00000000000001
+        # (DS is limited to 16 characters).
+        value=round(float(finding.probability) * 100.0, 4),
+        unit=codes.PERCENT,
+        referenced_images=[
+            hd.sr.SourceImageForMeasurement(
+                referenced_sop_class_uid=by_uid[u].SOPClassUID,
+                referenced_sop_instance_uid=u,
+            )
+            for u in ref_uids
+        ],
+    )
+    presence = hd.sr.QualitativeEvaluation(
+        name=finding_code,
+        value=codes.PRESENT if finding.present else codes.ABSENT,
+    )
+    tracking = hd.sr.TrackingIdentifier(
+        uid=finding_tracking_uid(job_key, index),
+        identifier=f"{finding.label} #{index + 1}",
+    )
+    common = {
+        "tracking_identifier": tracking,
+        "finding_type": finding_code,
+        "algorithm_id": algorithm_id,
+        "finding_sites": finding_sites,
+        "measurements": [certainty],
+        "qualitative_evaluations": [presence],
+    }
+    if finding.box is not None:
+        source = by_uid[finding.box.sop_instance_uid]
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=_box_polyline(finding.box, source),
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+            ),
+        )
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=region, **common
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=by_uid[u].SOPClassUID,
+                referenced_sop_instance_uid=u,
+            )
+            for u in ref_uids
+        ],
+        **common,
+    )
+
+
+def build_sr(
+    findings: Sequence[Finding],
+    sources: Sequence[pydicom.Dataset],
+    algorithm: AlgorithmInfo,
+    *,
+    job_key: str,
+    series_number: int,
+    instance_number: int = 1,
+) -> pydicom.Dataset:
+    """Encode one pipeline run's findings as a TID 1500 Comprehensive 3D SR.
+
+    Parameters
+    ----------
+    findings : sequence of pipelines.base.Finding
+        What the pipeline found; one measurement group each, in this order.
+    sources : sequence of pydicom.Dataset
+        Headers (``stop_before_pixels=True`` is enough) of every image the
+        pipeline analysed, all from one study. Patient and study attributes
+        are copied from the first; all are listed as evidence; each finding
+        references those in ``Finding.source_sop_instance_uids`` (plus its
+        box's image), or all of them when it names none.
+    algorithm : AlgorithmInfo
+        The model that produced the findings.
+    job_key : str
+        Stable identifier of the job (e.g. study UID + pipeline + card
+        version). The Series, SOP Instance and tracking UIDs derive from it,
+        so building again with the same key gives the same UIDs and a resend
+        replaces the SR in the PACS.
+    series_number : int
+        Series Number of the new SR series (positive).
+    instance_number : int, optional
+        Instance Number of the SR within its series (default 1).
+
+    Returns
+    -------
+    pydicom.Dataset
+        A :class:`highdicom.sr.Comprehensive3DSR` in Explicit VR Little
+        Endian, ready for ``dcmwrite``/C-STORE, in the source study.
+
+    Raises
+    ------
+    ValueError
+        If there are no findings (there is nothing to report; send no SR), no
+        sources, sources from several studies, a finding referencing an image
+        that is not among the sources, a box outside its image, or a
+        laterality without a finding site.
+    """
+    if not findings:
+        raise ValueError(
+            "build_sr() got no findings: TID 1500 needs at least one measurement group. "
+            "Report absent findings as Finding(present=False) or skip the SR for this job"
+        )
+    if not job_key:
+        raise ValueError("build_sr() needs a non-empty job_key: the SR's UIDs derive from it")
+    by_uid = _index_sources(sources)
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        manufacturer=algorithm.manufacturer,
+        parameters=[
+            f"pipeline={algorithm.pipeline}",
+            f"weights-sha256={algorithm.weights_sha256}",
+        ],
+    )
+    groups = [
+        _measurement_group(i, f, by_uid, algorithm_id, job_key) for i, f in enumerate(findings)
+    ]
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DEVICE_OBSERVER,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=algorithm.device_uid,
+            name=f"{algorithm.name} {algorithm.version}",
+            manufacturer_name=algorithm.manufacturer,
+            model_name=algorithm.name,
+        ),
+    )
+    modalities = {str(ds.get("Modality", "")) for ds in by_uid.values()}
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.procedure_reported(modalities),
+        imaging_measurements=groups,
+        title=codes.IMAGING_MEASUREMENT_REPORT,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(by_uid.values()),
+        content=report[0],
+        series_instance_uid=sr_series_instance_uid(job_key),
+        series_number=series_number,
+        sop_instance_uid=sr_sop_instance_uid(job_key),
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=algorithm.series_description("SR"),
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.software_versions,
+        contributing_equipment=[algorithm_contributing_equipment(algorithm)],
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    # The model's Device UID goes into the Contributing Equipment item only:
+    # General Equipment (0018,1002) is Type 3 in current DICOM but unknown to
+    # the dicom3tools release we validate with, which would flag the SR as a
+    # Standard Extended SOP Class.
+    return sr

@@ -1,0 +1,162 @@
+"""Routing rules as written in ``config.yaml`` (``routes:``), parsed into typed models.
+
+A rule selects series by their DICOM attributes and by the calling AE title
+that sent them, and names the pipeline to run and where to send results::
+
+    routes:
+      - name: chest-xr
+        match:
+          Modality: [CR, DX]               # list: any of these values
+          BodyPartExamined: CHEST          # exact value (case-sensitive after stripping)
+          SeriesDescription: {regex: "(?i)pa|ap"}   # Python regex, searched
+          SliceThickness: {range: [0.5, 5]}          # numeric, inclusive
+          ContrastBolusAgent: {present: false}       # attribute absent or empty
+        calling_ae: [ORTHANC]              # optional
+        pipeline: generic
+        destinations: [pacs]
+        shadow: false                      # true: run and keep results locally, send nothing
+        fallback: false                    # true: fires only when no other rule matched the series
+        final: false                       # true: when it matches, later rules are not tried
+
+Rules are tried in order. Every matching non-fallback rule fires (a series may
+feed several pipelines) until a matching rule marked ``final``. Fallback rules
+fire only for series that no non-fallback, non-shadow rule matched (a shadow
+rule never changes what production routing does).
+
+Values are strict: ``Modality: true`` is an error, not ``1``. Quote values
+that YAML would otherwise read as numbers or booleans (``SeriesNumber: "010"``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+    field_validator,
+    model_validator,
+)
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+Scalar = StrictStr | StrictInt | StrictFloat
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RegexMatch(_Strict):
+    """``{regex: PATTERN}``: the attribute's string value contains a match (``re.search``)."""
+
+    regex: str
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {v!r}: {exc}") from None
+        return v
+
+
+class RangeMatch(_Strict):
+    """``{range: [LOW, HIGH]}``: numeric value within the inclusive range (either end may be null)."""
+
+    range: tuple[float | None, float | None]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeMatch:
+        lo, hi = self.range
+        if lo is None and hi is None:
+            raise ValueError("range needs at least one bound")
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"range low {lo} is above high {hi}")
+        return self
+
+
+class PresenceMatch(_Strict):
+    """``{present: true|false}``: the attribute exists with a non-empty value, or not."""
+
+    present: bool
+
+
+def _kind(value: Any) -> str:
+    """Pick the one match kind a value can be, so an error names only that kind."""
+    if isinstance(value, dict):
+        for key in ("regex", "range", "present"):
+            if key in value:
+                return key
+        return "unknown"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, RegexMatch | RangeMatch | PresenceMatch):
+        return {RegexMatch: "regex", RangeMatch: "range", PresenceMatch: "present"}[type(value)]
+    return "scalar"
+
+
+class _UnknownMatch(_Strict):
+    """Placeholder for a mapping with none of regex/range/present (always an error)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explain(cls, value: Any) -> Any:
+        keys = ", ".join(map(str, value)) if isinstance(value, dict) else value
+        raise ValueError(f"a match mapping needs one of regex, range or present; got keys: {keys}")
+
+
+MatchValue = Annotated[
+    Annotated[Scalar, Tag("scalar")]
+    | Annotated[list[Scalar], Tag("list")]
+    | Annotated[RegexMatch, Tag("regex")]
+    | Annotated[RangeMatch, Tag("range")]
+    | Annotated[PresenceMatch, Tag("present")]
+    | Annotated[_UnknownMatch, Tag("unknown")],
+    Discriminator(_kind),
+]
+
+
+class Route(_Strict):
+    """One routing rule."""
+
+    name: str = Field(min_length=1)
+    match: dict[str, MatchValue] = Field(default_factory=dict)
+    calling_ae: list[str] | None = None
+    pipeline: str
+    destinations: list[str] = Field(default_factory=list)
+    shadow: bool = False
+    fallback: bool = False
+    final: bool = False
+
+    @field_validator("calling_ae", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("match")
+    @classmethod
+    def _keywords(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for keyword in v:
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                raise ValueError(
+                    f"{keyword!r} is not a DICOM keyword (use the standard keyword, "
+                    "e.g. Modality, BodyPartExamined, SeriesDescription)"
+                )
+            if dictionary_VR(tag) == "SQ":
+                raise ValueError(f"{keyword!r} is a sequence; rules match plain attributes only")
+        return v
+
+    @model_validator(mode="after")
+    def _fallback_has_no_match(self) -> Route:
+        if self.fallback and (self.match or self.calling_ae):
+            raise ValueError("a fallback rule fires when no other rule matched; give it no match")
+        return self

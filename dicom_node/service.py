@@ -1,0 +1,166 @@
+"""``dicom-node serve``: wire the stages together and keep them running.
+
+Process layout::
+
+    main process (worker)                      receiver processes (node.receiver_processes)
+    ├─ completion poll   (APScheduler)         └─ Storage SCP on the shared port (SO_REUSEPORT):
+    ├─ job runner        (APScheduler)            C-ECHO, C-STORE → spool + index
+    ├─ dispatcher        (APScheduler)
+    └─ config watcher, receiver supervisor
+
+Receiving runs in its own processes so that inference (which holds the GIL
+in places) never slows the SCP down, and several receivers scale with
+parallel associations. Receivers die with the main process (``PR_SET_PDEATHSIG``)
+so a ``kill -9`` leaves no orphan holding the port. Everything a stage needs
+to resume lives in the database and the spool: on start the node migrates
+the schema, removes partial spool writes, and queues again the jobs and
+deliveries a crash cut off.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicom_node.complete.completion import CompletionStage
+from dicom_node.config import Config, LiveConfig
+from dicom_node.db import make_engine, migrate, session_factory, transaction
+from dicom_node.dispatch import outbox
+from dicom_node.dispatch.dispatcher import Dispatcher
+from dicom_node.events import record
+from dicom_node.jobs import queue
+from dicom_node.jobs.runner import JobRunner
+from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
+from dicom_node.receive.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """The running node (main process)."""
+
+    def __init__(self, config_path: str | Path) -> None:
+        self.live = LiveConfig(config_path)
+        config = self.live()
+        self.engine = make_engine(config.storage.database_url)
+        self.sessions = session_factory(self.engine)
+        self.spool = Spool(config.storage.spool, fsync=config.storage.fsync)
+        self.completion = CompletionStage(self.live, self.sessions, queue.Router(self.spool))
+        self.runner = JobRunner(self.live, self.sessions, self.spool)
+        self.dispatcher = Dispatcher(self.live, self.sessions, self.spool)
+        self.scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        self.receivers: list[multiprocessing.process.BaseProcess] = []
+        self._stop = threading.Event()
+        self.live.listeners.append(self._on_reload)
+
+    @property
+    def config(self) -> Config:
+        return self.live()
+
+    def _on_reload(self, old: Config, new: Config | None, error: str | None) -> None:
+        with transaction(self.sessions) as session:
+            if new is None:
+                record(session, "config", "reload-refused", str(self.live.path), error)
+            else:
+                record(
+                    session, "config", "reloaded", str(self.live.path), f"{len(new.routes)} routes"
+                )
+
+    def prepare(self) -> None:
+        """Migrate the index and recover what a crash interrupted."""
+        migrate(self.engine)
+        removed = self.spool.clean_tmp()
+        if removed:
+            log.warning("removed %d partial spool writes left by a stop", removed)
+        queue.recover(self.sessions)
+        outbox.recover(self.sessions)
+        self._check_pipelines()
+
+    def _check_pipelines(self) -> None:
+        """Load every configured pipeline once so a bad card is reported at start, not at the first study."""
+        for name, spec in self.config.pipelines.items():
+            try:
+                self.runner.pipeline(spec)
+            except Exception as exc:  # noqa: BLE001 - report and keep serving the other pipelines
+                log.error("pipeline %s cannot be loaded: %s (its jobs will fail)", name, exc)
+
+    def start_receivers(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        for number in range(self.config.node.receiver_processes):
+            self.receivers.append(self._spawn(ctx, number))
+
+    def _spawn(self, ctx: Any, number: int) -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(
+            target=receiver_main,
+            args=(str(self.live.path), number, os.getpid()),
+            name=f"receiver-{number}",
+            daemon=True,
+        )
+        proc.start()
+        return proc
+
+    def start_scheduler(self) -> None:
+        completion = self.config.completion.poll_seconds
+        dispatch = self.config.dispatch.poll_seconds
+        self.scheduler.add_job(
+            self.completion.poll, "interval", seconds=completion, id="completion"
+        )
+        self.scheduler.add_job(self.runner.run_pending, "interval", seconds=1.0, id="jobs")
+        self.scheduler.add_job(
+            self.dispatcher.process_due, "interval", seconds=dispatch, id="dispatch"
+        )
+        self.scheduler.add_job(
+            self.live.check, "interval", seconds=CONFIG_CHECK_SECONDS, id="config"
+        )
+        self.scheduler.start()
+
+    def serve(self) -> None:
+        """Run until SIGTERM/SIGINT."""
+        self.prepare()
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload_all())
+        self.start_receivers()
+        self.start_scheduler()
+        log.info(
+            "dicom-node serving as %s on %s:%d with %d receiver processes",
+            self.config.node.ae_title,
+            self.config.node.host,
+            self.config.node.port,
+            len(self.receivers),
+        )
+        ctx = multiprocessing.get_context("spawn")
+        while not self._stop.wait(1.0):
+            for i, proc in enumerate(self.receivers):
+                if not proc.is_alive():
+                    log.error("receiver-%d exited with %s; starting it again", i, proc.exitcode)
+                    self.receivers[i] = self._spawn(ctx, i)
+        self.shutdown()
+
+    def _reload_all(self) -> None:
+        self.live.reload()
+        for proc in self.receivers:
+            if proc.pid:
+                os.kill(proc.pid, signal.SIGHUP)
+
+    def shutdown(self) -> None:
+        log.info("stopping")
+        for proc in self.receivers:
+            proc.terminate()
+        self.scheduler.shutdown(wait=True)
+        deadline = time.monotonic() + 10
+        for proc in self.receivers:
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+        self.engine.dispose()

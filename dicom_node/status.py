@@ -1,0 +1,100 @@
+"""``dicom-node status``: what the node holds and what it is doing, read from the index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from dicom_node.config import Config
+from dicom_node.db import make_engine, session_factory
+from dicom_node.dispatch.tables import Delivery, DeliveryState
+from dicom_node.events import Event
+from dicom_node.jobs.tables import Job
+from dicom_node.receive import index
+from dicom_node.receive.spool import Spool
+
+
+def collect(config: Config, *, events: int = 15) -> dict[str, Any]:
+    """Counts per stage, dead letters and the latest events."""
+    engine = make_engine(config.storage.database_url)
+    sessions = session_factory(engine)
+    report: dict[str, Any] = {
+        "node": {"ae_title": config.node.ae_title, "port": config.node.port},
+        "spool": {
+            "path": str(config.storage.spool),
+            "free_mb": round(Spool(config.storage.spool, fsync=False).free_mb()),
+            "min_free_disk_mb": config.storage.min_free_disk_mb,
+        },
+    }
+    try:
+        with sessions() as session:
+            report["received"] = index.counts(session)
+            report["jobs"] = dict(
+                session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+            )
+            report["deliveries"] = dict(
+                session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+            )
+            report["dead_letters"] = [
+                {
+                    "id": d.id,
+                    "job": d.job_id,
+                    "destination": d.destination,
+                    "attempts": d.attempts,
+                    "error": d.last_error,
+                }
+                for d in session.scalars(
+                    select(Delivery)
+                    .where(Delivery.state == DeliveryState.DEAD)
+                    .order_by(Delivery.id)
+                )
+            ]
+            report["events"] = [
+                {
+                    "at": e.at.isoformat(),
+                    "stage": e.stage,
+                    "kind": e.kind,
+                    "subject": e.subject,
+                    "detail": e.detail,
+                }
+                for e in session.scalars(select(Event).order_by(Event.id.desc()).limit(events))
+            ]
+    except Exception as exc:  # noqa: BLE001 - report an unreachable or empty index instead of a trace
+        report["error"] = f"index not readable: {str(exc).splitlines()[0]}"
+    finally:
+        engine.dispose()
+    return report
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = [f"node {report['node']['ae_title']} port {report['node']['port']}"]
+    spool = report["spool"]
+    lines.append(
+        f"spool {spool['path']}: {spool['free_mb']} MiB free (refuses below {spool['min_free_disk_mb']})"
+    )
+    if "error" in report:
+        lines.append(report["error"])
+        return "\n".join(lines)
+    r = report["received"]
+    lines.append(
+        f"received: {r['studies']} studies, {r['series']} series, {r['instances']} instances"
+    )
+    lines.append(
+        "jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(report["jobs"].items())) or "none")
+    )
+    lines.append(
+        "deliveries: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(report["deliveries"].items())) or "none")
+    )
+    for d in report["dead_letters"]:
+        lines.append(
+            f"  dead letter {d['id']}: job {d['job']} to {d['destination']} after {d['attempts']} attempts: {d['error']}"
+        )
+    if report["events"]:
+        lines.append("latest events:")
+        for e in report["events"]:
+            lines.append(
+                f"  {e['at']} {e['stage']}/{e['kind']} {e['subject'] or ''} {e['detail'] or ''}".rstrip()
+            )
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""Model cards: the YAML file that describes one trained model.
+
+A card (``models/<name>/card.yaml``) says which pipeline serves the model,
+its architecture, labels with their codes and thresholds, the input spec,
+the weights file with its sha256, where the training data came from, and the
+validation metrics measured when it was trained. The node refuses to load
+weights whose sha256 does not match the card: a swapped file must never
+produce results under another model's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipelines.base import Code
+
+
+class CardError(ValueError):
+    """A model card is missing, invalid, or does not match its weights."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeSpec(_Strict):
+    """A code triplet as written in a card: ``{value, scheme, meaning}``."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+    def to_code(self) -> Code:
+        return Code(self.value, self.scheme, self.meaning)
+
+
+class LabelSpec(_Strict):
+    """One output of the model."""
+
+    name: str
+    code: CodeSpec
+    #: probability at or above which the finding is reported present
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    #: False for a background / "normal" class that is not reported as a finding
+    report: bool = True
+    finding_site: CodeSpec | None = None
+
+
+class InputSpec(_Strict):
+    """How source pixels become the model's input tensor."""
+
+    size: int = Field(224, gt=0)
+    channels: int = Field(3, ge=1, le=3)
+    #: per-channel mean / std applied after scaling to [0, 1]
+    mean: list[float] = Field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = Field(default_factory=lambda: [0.25, 0.25, 0.25])
+    #: optional fixed window (centre, width) in modality units (e.g. HU); None = per-image VOI/min-max
+    window_center: float | None = None
+    window_width: float | None = None
+
+
+class ExplainerSpec(_Strict):
+    method: str = "gradcam"
+    target_layer: str = "layer4"
+    #: heatmaps are produced for the k images with the highest positive score
+    top_k: int = Field(3, ge=0)
+
+
+class WeightsSpec(_Strict):
+    file: str
+    sha256: str
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        if len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower()):
+            raise ValueError("must be 64 hexadecimal digits")
+        return v.lower()
+
+
+class Provenance(_Strict):
+    #: True when the weights were trained on generated phantoms
+    synthetic: bool
+    #: True only for weights validated for clinical use by the hospital
+    clinical_use: bool = False
+    data: str = ""
+    generator: str | None = None
+    seed: int | None = None
+    trained_at: str | None = None
+    recipe: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelCard(_Strict):
+    """The parsed contents of a ``card.yaml``."""
+
+    name: str
+    pipeline: str
+    version: str
+    description: str = ""
+    architecture: str
+    labels: list[LabelSpec]
+    input: InputSpec = Field(default_factory=InputSpec)
+    explainer: ExplainerSpec = Field(default_factory=ExplainerSpec)
+    weights: WeightsSpec
+    provenance: Provenance
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    #: pipeline-specific settings (documented by each pipeline)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    #: folder the card was loaded from (weights resolve against it); not part of the YAML
+    folder: Path = Field(default=Path("."), exclude=True)
+
+    @property
+    def weights_path(self) -> Path:
+        return self.folder / self.weights.file
+
+    @property
+    def for_diagnostic_use(self) -> bool:
+        """Only hospital-validated, non-synthetic weights may be labelled for diagnostic use."""
+        return self.provenance.clinical_use and not self.provenance.synthetic
+
+    @property
+    def algorithm_name(self) -> str:
+        return self.name
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_card(path: str | Path, *, verify_weights: bool = True) -> ModelCard:
+    """Read and validate a model card.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``card.yaml`` file.
+    verify_weights : bool
+        Check that the weights file exists and its sha256 matches the card.
+
+    Raises
+    ------
+    CardError
+        If the file is missing or invalid, or the weights do not match.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CardError(
+            f"model card {path} does not exist; for the demo models run "
+            "'dicom-node models build-demo'"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CardError(f"model card {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CardError(f"model card {path} must be a mapping")
+    try:
+        card = ModelCard.model_validate({**raw, "folder": path.parent.resolve()})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise CardError(f"model card {path} is invalid: {problems}") from None
+    if verify_weights:
+        weights = card.weights_path
+        if not weights.is_file():
+            raise CardError(f"weights {weights} named by card {path} do not exist")
+        actual = sha256_file(weights)
+        if actual != card.weights.sha256:
+            raise CardError(
+                f"weights {weights} have sha256 {actual} but card {path} says "
+                f"{card.weights.sha256}; refusing to load a model that is not the one the card describes"
+            )
+    return card
+
+
+def write_card(card: ModelCard, path: str | Path) -> None:
+    """Write a card as YAML (the ``folder`` field is not written)."""
+    data = card.model_dump(mode="json", exclude={"folder"})
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))

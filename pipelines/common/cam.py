@@ -1,0 +1,181 @@
+"""Class-activation heatmaps, shared by every pipeline, on top of ``pytorch_grad_cam``.
+
+A radiologist must be able to see *where* a model looked, so pipelines
+return a :class:`pipelines.base.Heatmap` per explained image: float32,
+values in [0, 1], the source image's Rows x Columns. This module hides the
+library's details (hooks that must be released, gradients that must be on
+even when the caller runs under ``torch.inference_mode``, the resize back to
+the source grid).
+
+Methods are looked up by the card's ``explainer.method``. Gradient methods
+(``gradcam``, ``gradcam++``, ``hirescam``, ``xgradcam``, ``layercam``)
+explain a class score; gradient-free ones (``eigencam``, ``ablationcam``)
+suit detectors whose outputs are not one score per class: such a pipeline
+passes its own ``targets`` (``pytorch_grad_cam.utils.model_targets``) and,
+for transformer or detection backbones, a ``reshape_transform``. A pipeline
+that needs another method registers it with :func:`register_cam_method`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pytorch_grad_cam import (
+    AblationCAM,
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from pipelines.common.models import target_layer as resolve_layer
+
+logger = logging.getLogger(__name__)
+
+#: ``factory(model, target_layers, reshape_transform) -> BaseCAM``
+CamFactory = Callable[[nn.Module, list[nn.Module], Callable[..., Any] | None], BaseCAM]
+
+
+def _simple(cls: type[BaseCAM]) -> CamFactory:
+    def make(
+        model: nn.Module, layers: list[nn.Module], reshape: Callable[..., Any] | None
+    ) -> BaseCAM:
+        return cls(model=model, target_layers=layers, reshape_transform=reshape)
+
+    return make
+
+
+_METHODS: dict[str, CamFactory] = {
+    "gradcam": _simple(GradCAM),
+    "gradcam++": _simple(GradCAMPlusPlus),
+    "hirescam": _simple(HiResCAM),
+    "xgradcam": _simple(XGradCAM),
+    "layercam": _simple(LayerCAM),
+    "eigencam": _simple(EigenCAM),
+    "eigengradcam": _simple(EigenGradCAM),
+    "ablationcam": _simple(AblationCAM),
+}
+
+
+def register_cam_method(name: str, factory: CamFactory) -> None:
+    """Make ``name`` usable as a card's ``explainer.method``.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is already registered.
+    """
+    key = name.lower()
+    if key in _METHODS:
+        raise ValueError(f"CAM method {name!r} is already registered")
+    _METHODS[key] = factory
+
+
+def cam_methods() -> list[str]:
+    """Names accepted as ``method``, sorted."""
+    return sorted(_METHODS)
+
+
+def check_cam_method(method: str) -> None:
+    """Raise a ValueError naming the known methods if ``method`` is unknown."""
+    if method.lower() not in _METHODS:
+        raise ValueError(
+            f"unknown explainer method {method!r}; a card's explainer.method must be one of "
+            f"{', '.join(cam_methods())}"
+        )
+
+
+def resize_heatmap(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of one map to ``shape`` (Rows, Columns), clipped to [0, 1], float32."""
+    t = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    out = F.interpolate(t, size=tuple(int(v) for v in shape), mode="bilinear", align_corners=False)
+    return np.clip(out[0, 0].numpy(), 0.0, 1.0).astype(np.float32)
+
+
+def compute_heatmaps(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    target_layer: nn.Module | str,
+    class_indices: Sequence[int] | None = None,
+    targets: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    output_shapes: Sequence[tuple[int, int]] | None = None,
+    method: str = "gradcam",
+    reshape_transform: Callable[..., Any] | None = None,
+    batch_size: int = 8,
+) -> list[np.ndarray]:
+    """Explain ``model``'s outputs for a batch of preprocessed inputs.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; it is put in eval mode (the library does so) and must not
+        be shared with a thread running inference at the same time, because
+        hooks are attached while this runs.
+    inputs : torch.Tensor
+        (N, C, H, W) batch exactly as fed to the model.
+    target_layer : nn.Module or str
+        The layer whose activations are weighted, or its dotted name
+        (``"layer4"``). Later layers are more semantic but coarser.
+    class_indices : sequence of int, optional
+        Output index to explain per input (e.g. the positive label).
+    targets : sequence of callables, optional
+        ``pytorch_grad_cam`` targets per input, for outputs that are not one
+        score per class (detectors). Overrides ``class_indices``. With
+        neither, the highest-scoring class is explained.
+    output_shapes : sequence of (int, int), optional
+        (Rows, Columns) of each source image; default the input's H x W.
+    method : str
+        See :func:`cam_methods`.
+    reshape_transform : callable, optional
+        Turns the target layer's activations into (N, C, h, w) (ViT, detectors).
+    batch_size : int
+        Inputs explained per backward pass (bounds memory).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One float32 map in [0, 1] per input, at its output shape. A map is
+        all zeros when nothing in the layer supports the explained output.
+    """
+    check_cam_method(method)
+    n = inputs.shape[0]
+    if class_indices is not None and len(class_indices) != n:
+        raise ValueError(f"got {len(class_indices)} class indices for {n} inputs")
+    if targets is not None and len(targets) != n:
+        raise ValueError(f"got {len(targets)} targets for {n} inputs")
+    if output_shapes is not None and len(output_shapes) != n:
+        raise ValueError(f"got {len(output_shapes)} output shapes for {n} inputs")
+    layer = resolve_layer(model, target_layer) if isinstance(target_layer, str) else target_layer
+    if targets is None and class_indices is not None:
+        targets = [ClassifierOutputTarget(int(i)) for i in class_indices]
+
+    device = next(model.parameters()).device
+    cam = _METHODS[method.lower()](model, [layer], reshape_transform)
+    maps: list[np.ndarray] = []
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            for start in range(0, n, max(1, batch_size)):
+                # a fresh leaf that requires grad: works for frozen models and inference tensors
+                chunk = inputs[start : start + batch_size].detach().clone().to(device)
+                chunk.requires_grad_(True)
+                chunk_targets = list(targets[start : start + batch_size]) if targets else None
+                maps.extend(np.asarray(cam(input_tensor=chunk, targets=chunk_targets)))
+    finally:
+        cam.activations_and_grads.release()
+    out = []
+    for i, m in enumerate(maps):
+        shape = output_shapes[i] if output_shapes is not None else tuple(inputs.shape[-2:])
+        out.append(resize_heatmap(np.nan_to_num(m, nan=0.0), shape))
+    return out

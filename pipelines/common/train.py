@@ -1,0 +1,467 @@
+"""A reusable supervised training loop: seeded, resumable, keeps the best epoch.
+
+Every pipeline that ships trainable weights (the generic classifier's demo,
+later multi-label or detection heads) needs the same plumbing: pick the
+device, shuffle deterministically, show progress, checkpoint every epoch so
+that a long run on a hospital workstation survives a reboot, and keep the
+weights of the best validation epoch rather than the last. The loss,
+optimizer, scheduler, augmentation and selection metric are parameters, so
+the loop does not assume cross-entropy or a single label.
+
+Determinism: every epoch draws its shuffling and augmentation from a
+generator seeded with ``(seed, epoch)`` and reseeds torch's global generator
+the same way, so a run resumed from a checkpoint yields the same weights as an
+uninterrupted one (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+_CHECKPOINT_FORMAT = 1
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+#: ``metric(logits, targets) -> float`` on the whole validation set
+ValMetric = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint in ``out_dir`` belongs to a different training setup."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of :func:`fit` that are not pluggable callables.
+
+    Parameters
+    ----------
+    epochs : int
+        Total epochs; a resumed run trains only the missing ones.
+    batch_size : int
+        Training batch size (a final batch of one sample is dropped, as
+        BatchNorm cannot train on it).
+    seed : int
+        Seed of shuffling, augmentation and torch's global generator.
+    device : str or None
+        ``"cuda"``, ``"cpu"``, ... or None for CUDA when available, else CPU.
+    eval_batch_size : int or None
+        Validation batch size; default ``2 * batch_size``.
+    num_workers : int
+        DataLoader worker processes (0 = in the training process).
+    progress : bool
+        Show a tqdm bar with the running loss.
+    """
+
+    epochs: int
+    batch_size: int = 16
+    seed: int = 0
+    device: str | None = None
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What happened in one epoch (1-based ``epoch``)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    val_metric: float | None
+    seconds: float
+    lr: float
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`fit`; the model passed in now holds the best epoch's weights."""
+
+    best_epoch: int
+    best_metric: float | None
+    history: list[EpochStats] = field(default_factory=list)
+    #: epoch the run resumed after (0 for a fresh run)
+    resumed_from: int = 0
+    device: str = "cpu"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, or CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch, and prefer deterministic kernels.
+
+    ``deterministic`` switches torch to deterministic algorithms process-wide
+    (``warn_only``, so an op without a deterministic implementation warns
+    instead of failing) and disables cuDNN autotuning.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def sgd(lr: float = 0.001, momentum: float = 0.9, weight_decay: float = 0.0) -> OptimizerFactory:
+    """Optimizer factory for SGD with momentum (the seed recipe's default)."""
+
+    def make(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    return make
+
+
+def horizontal_flip(p: float = 0.5) -> Augment:
+    """Augmentation flipping each image left-right with probability ``p``.
+
+    Only for tasks whose labels do not depend on laterality.
+    """
+
+    def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        flip = torch.rand(batch.shape[0], generator=generator) < p
+        if flip.any():
+            batch = batch.clone()
+            batch[flip] = batch[flip].flip(-1)
+        return batch
+
+    return augment
+
+
+def stratified_kfold(
+    labels: Sequence[int], k: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split indices into ``k`` folds with the same class mix, for cross-validation.
+
+    Returns
+    -------
+    list of (train_indices, val_indices)
+        One pair per fold; every index is in exactly one validation fold.
+    """
+    y = np.asarray(labels)
+    if k < 2:
+        raise ValueError(f"k must be >= 2, got {k}")
+    rng = np.random.default_rng(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for cls in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == cls))
+        for i, index in enumerate(members):
+            folds[i % k].append(int(index))
+    everything = np.arange(y.size)
+    out = []
+    for fold in folds:
+        val = np.sort(np.asarray(fold, dtype=np.int64))
+        out.append((np.setdiff1d(everything, val), val))
+    return out
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    mixed = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    data: Dataset | torch.Tensor,
+    *,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``model`` in eval mode over a dataset of ``(x, y)`` pairs or a tensor of inputs.
+
+    Returns
+    -------
+    logits : torch.Tensor
+        Concatenated outputs, on the CPU.
+    targets : torch.Tensor or None
+        Concatenated targets when ``data`` is a dataset, else None.
+    """
+    dev = resolve_device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    if isinstance(data, torch.Tensor):
+        outs = [
+            model(data[i : i + batch_size].to(dev)).cpu() for i in range(0, len(data), batch_size)
+        ]
+        return torch.cat(outs), None
+    logits, targets = [], []
+    for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
+        logits.append(model(x.to(dev)).cpu())
+        targets.append(torch.as_tensor(y))
+    return torch.cat(logits), torch.cat(targets)
+
+
+def _fingerprint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    n_train: int,
+    n_val: int,
+) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed (epochs may grow)."""
+    return {
+        "model": type(model).__name__,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "optimizer": type(optimizer).__name__,
+        "optimizer_defaults": {k: repr(v) for k, v in sorted(optimizer.defaults.items())},
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+        "n_train": n_train,
+        "n_val": n_val,
+    }
+
+
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Write then rename, so an interrupted save never leaves a truncated checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    config: TrainConfig,
+    *,
+    loss_fn: LossFn | None = None,
+    optimizer_factory: OptimizerFactory | None = None,
+    scheduler_factory: SchedulerFactory | None = None,
+    augment: Augment | None = None,
+    val_metric: ValMetric | None = None,
+    maximize: bool = True,
+    out_dir: Path | None = None,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` and leave it holding the weights of its best validation epoch.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Moved to the resolved device.
+    train_set, val_set : Dataset
+        Map-style datasets of ``(input, target)`` pairs. Without ``val_set``
+        the last epoch is "best".
+    config : TrainConfig
+        Epochs, batch size, seed, device, progress.
+    loss_fn : callable, optional
+        ``loss(logits, targets)``, mean-reduced; default cross-entropy. Pass
+        ``nn.BCEWithLogitsLoss()`` for multi-label targets.
+    optimizer_factory : callable, optional
+        ``factory(model.parameters())``; default :func:`sgd` (lr 0.001, momentum 0.9).
+    scheduler_factory : callable, optional
+        ``factory(optimizer)``; its ``step()`` is called once per epoch.
+    augment : callable, optional
+        ``augment(batch, generator)`` applied to each training batch on the CPU.
+    val_metric : callable, optional
+        ``metric(logits, targets)`` on the whole validation set, used to pick
+        the best epoch; default the validation loss (lower is better).
+    maximize : bool
+        Whether a larger ``val_metric`` is better (ignored for the default).
+    out_dir : Path, optional
+        Where ``checkpoint.pt`` is written after every epoch and resumed from
+        when present.
+    on_epoch_end : callable, optional
+        Called with each epoch's :class:`EpochStats` (e.g. to print progress).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    CheckpointMismatchError
+        If ``out_dir`` holds a checkpoint of a different setup (model, optimizer,
+        batch size, seed or data size): delete it or choose another ``out_dir``.
+    """
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+    if len(train_set) == 0:  # type: ignore[arg-type]
+        raise ValueError("the training set is empty")
+    device = resolve_device(config.device)
+    model.to(device)
+    loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    optimizer = (optimizer_factory or sgd())(model.parameters())
+    scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
+    if val_metric is None:
+        maximize = False
+    n_train = len(train_set)  # type: ignore[arg-type]
+    n_val = len(val_set) if val_set is not None else 0  # type: ignore[arg-type]
+    fingerprint = _fingerprint(model, optimizer, config, n_train, n_val)
+
+    history: list[EpochStats] = []
+    best_state = _state_copy(model)
+    best_metric: float | None = None
+    best_epoch = 0
+    start = 0
+    checkpoint_path = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
+    if checkpoint_path is not None and checkpoint_path.is_file():
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != _CHECKPOINT_FORMAT or ckpt.get("fingerprint") != fingerprint:
+            raise CheckpointMismatchError(
+                f"{checkpoint_path} was written by a different training setup "
+                f"({ckpt.get('fingerprint')} != {fingerprint}); delete it to start over or "
+                "use another output folder"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler") is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        best_state, best_metric, best_epoch = (
+            ckpt["best_state"],
+            ckpt["best_metric"],
+            ckpt["best_epoch"],
+        )
+        history = [EpochStats(**h) for h in ckpt["history"]]
+        start = int(ckpt["epoch"])
+        _set_rng_state(ckpt["rng"])
+        logger.info("resuming training from %s after epoch %d", checkpoint_path, start)
+
+    per_batch = config.batch_size
+    for epoch in range(start + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        generator = _epoch_generator(config.seed, epoch)
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        order = torch.randperm(n_train, generator=generator).tolist()
+        drop_last = n_train % per_batch == 1
+        loader = DataLoader(
+            train_set,
+            batch_size=per_batch,
+            sampler=order,
+            drop_last=drop_last,
+            num_workers=config.num_workers,
+        )
+        model.train()
+        total, seen = 0.0, 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{config.epochs}",
+            disable=not config.progress,
+            leave=False,
+            unit="batch",
+        )
+        for x, y in bar:
+            if augment is not None:
+                x = augment(x, generator)
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {loss.item()} in epoch {epoch}; lower the learning rate"
+                )
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * x.shape[0]
+            seen += x.shape[0]
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+        bar.close()
+        lr = float(optimizer.param_groups[0]["lr"])
+        if scheduler is not None:
+            scheduler.step()
+
+        val_loss = val_score = None
+        if val_set is not None and n_val > 0:
+            logits, targets = predict(
+                model, val_set, batch_size=config.eval_batch_size or 2 * per_batch, device=device
+            )
+            val_loss = float(loss_fn(logits, targets))
+            val_score = float(val_metric(logits, targets)) if val_metric is not None else val_loss
+        stats = EpochStats(
+            epoch=epoch,
+            train_loss=total / max(seen, 1),
+            val_loss=val_loss,
+            val_metric=val_score if val_metric is not None else None,
+            seconds=time.perf_counter() - t0,
+            lr=lr,
+        )
+        history.append(stats)
+        improved = (
+            val_score is None
+            or best_metric is None
+            or (val_score > best_metric if maximize else val_score < best_metric)
+        )
+        if improved:
+            best_state, best_metric, best_epoch = _state_copy(model), val_score, epoch
+        logger.info(
+            "epoch %d/%d train_loss=%.4f val_loss=%s val_metric=%s%s (%.1fs)",
+            epoch,
+            config.epochs,
+            stats.train_loss,
+            "n/a" if val_loss is None else f"{val_loss:.4f}",
+            "n/a" if stats.val_metric is None else f"{stats.val_metric:.4f}",
+            " *best*" if improved else "",
+            stats.seconds,
+        )
+        if checkpoint_path is not None:
+            checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+            _save_atomic(
+                {
+                    "format": _CHECKPOINT_FORMAT,
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "best_state": best_state,
+                    "best_metric": best_metric,
+                    "best_epoch": best_epoch,
+                    "history": [asdict(h) for h in history],
+                    "rng": _rng_state(),
+                },
+                checkpoint_path,
+            )
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        best_epoch=best_epoch,
+        best_metric=best_metric,
+        history=history,
+        resumed_from=start,
+        device=str(device),
+    )

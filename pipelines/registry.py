@@ -1,0 +1,75 @@
+"""The registry of pipelines: one place that maps a card's ``pipeline`` key to a class.
+
+Pipelines register with a decorator at import time; :func:`get` imports the
+known pipeline modules by name (never by globbing) the first time it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from pipelines.base import Pipeline
+
+#: Modules that define pipelines, imported on first lookup.
+PIPELINE_MODULES: tuple[str, ...] = ("pipelines.generic",)
+
+_REGISTRY: dict[str, type[Pipeline]] = {}
+_loaded = False
+
+
+def register(name: str) -> Callable[[type[Pipeline]], type[Pipeline]]:
+    """Class decorator that registers a :class:`Pipeline` subclass under ``name``.
+
+    Raises
+    ------
+    TypeError
+        If the decorated object is not a Pipeline subclass.
+    ValueError
+        If ``name`` is empty or already registered to another class.
+    """
+    if not name or not isinstance(name, str):
+        raise ValueError(f"pipeline name must be a non-empty string, got {name!r}")
+
+    def decorator(cls: type[Pipeline]) -> type[Pipeline]:
+        if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
+            raise TypeError(f"@register({name!r}) expects a Pipeline subclass, got {cls!r}")
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing is not cls:
+            raise ValueError(f"pipeline {name!r} is already registered to {existing.__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def _load_all() -> None:
+    global _loaded
+    if not _loaded:
+        for module in PIPELINE_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def names() -> list[str]:
+    """Names of all registered pipelines, sorted."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type[Pipeline]:
+    """Return the pipeline class registered as ``name``.
+
+    Raises
+    ------
+    ValueError
+        If no pipeline of that name exists; the message lists the known ones.
+    """
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown pipeline {name!r}; known pipelines: {', '.join(sorted(_REGISTRY))}"
+        ) from None

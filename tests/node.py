@@ -1,0 +1,235 @@
+"""Run the real node as a process for end-to-end tests: ``dicom-node serve`` with a temp config.
+
+The node is started exactly as an admin would start it (console entry point,
+``--config``), its log goes to a file the test can read, and it can be
+stopped politely (SIGTERM) or killed (SIGKILL) to test recovery.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from sqlalchemy import Engine, text
+
+from dicom_node.db import make_engine
+
+from peers import free_port, port_is_open
+
+NODE_AET = "DICOM_NODE"
+TEST_AET = "TEST_SCU"
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CARD = REPO / "models" / "generic-demo" / "card.yaml"
+
+
+def node_config(
+    workdir: Path,
+    database_url: str,
+    *,
+    port: int | None = None,
+    destinations: dict[str, dict[str, Any]] | None = None,
+    routes: list[dict[str, Any]] | None = None,
+    peers: list[dict[str, Any]] | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A node configuration with test-friendly timings (seconds, not minutes)."""
+    config: dict[str, Any] = {
+        "node": {
+            "ae_title": NODE_AET,
+            "host": "127.0.0.1",
+            "port": port or free_port(),
+            "receiver_processes": 2,
+            "peers": peers
+            if peers is not None
+            else [
+                {"ae_title": TEST_AET, "host": "127.0.0.1"},
+                {"ae_title": "ORTHANC", "host": "127.0.0.1"},
+            ],
+        },
+        "storage": {
+            "spool": str(workdir / "spool"),
+            "database_url": database_url,
+            "min_free_disk_mb": 50,
+        },
+        "completion": {
+            "series_quiet_seconds": 1,
+            "study_quiet_seconds": 2,
+            "force_after_seconds": 120,
+            "poll_seconds": 0.5,
+        },
+        "destinations": destinations or {},
+        "dispatch": {
+            "retry": {"initial_seconds": 1, "multiplier": 2, "max_seconds": 4, "max_attempts": 5},
+            "poll_seconds": 0.5,
+            "timeout_seconds": 10,
+        },
+        "pipelines": {"generic": {"card": str(DEMO_CARD), "device": "cpu"}},
+        "routes": routes
+        if routes is not None
+        else [{"name": "all", "fallback": True, "pipeline": "generic", "shadow": True}],
+    }
+    for key, value in sections.items():
+        config[key] = value
+    return config
+
+
+class NodeProcess:
+    """``dicom-node serve`` in a subprocess.
+
+    Parameters
+    ----------
+    workdir : Path
+        Holds ``config.yaml``, ``node.log`` and (by :func:`node_config`) the spool.
+    config : dict
+        The configuration to write.
+    """
+
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "config.yaml"
+        self.log_path = self.workdir / "node.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.write_config(config)
+
+    # --- configuration ----------------------------------------------------------------
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    @property
+    def port(self) -> int:
+        return int(self.config["node"]["port"])
+
+    @property
+    def database_url(self) -> str:
+        return str(self.config["storage"]["database_url"])
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def start(self, timeout: float = 60.0) -> Self:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self.workdir,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"node exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if self.echo():
+                return self
+            time.sleep(0.2)
+        raise TimeoutError(f"node did not answer C-ECHO within {timeout} s:\n{self.log_tail()}")
+
+    def echo(self, calling_ae: str = TEST_AET) -> bool:
+        if not port_is_open(self.port):
+            return False
+        ae = AE(ae_title=calling_ae)
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.network_timeout = 2
+        assoc = ae.associate("127.0.0.1", self.port, ae_title=NODE_AET)
+        if not assoc.is_established:
+            return False
+        status = assoc.send_c_echo()
+        assoc.release()
+        return getattr(status, "Status", None) == 0
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM, then wait (SIGKILL after ``timeout``)."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(10)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or power loss would (receivers die with the main process)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        # receivers get SIGKILL through PR_SET_PDEATHSIG; wait until the port is free again
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.echo():
+            time.sleep(0.1)
+
+    def hup(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- inspection -------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def engine(self) -> Engine:
+        return make_engine(self.database_url)
+
+    def query(self, sql: str, **params: Any) -> list[Any]:
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(text(sql), params).all())
+        finally:
+            engine.dispose()
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        rows = self.query(sql, **params)
+        return rows[0][0] if rows else None
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run ``dicom-node ARGS --config <this node's config>``."""
+        return subprocess.run(
+            [sys.executable, "-m", "dicom_node", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def wait_for(self, sql: str, expected: Any, timeout: float = 60.0, **params: Any) -> Any:
+        """Poll ``sql`` until its first value equals ``expected``; return it."""
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            try:
+                value = self.scalar(sql, **params)
+            except Exception:  # noqa: BLE001 - the schema may not exist for a moment at start
+                value = None
+            if value == expected:
+                return value
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(
+                    f"node exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            time.sleep(0.25)
+        raise TimeoutError(
+            f"{sql!r} was {value!r}, expected {expected!r} after {timeout} s:\n{self.log_tail()}"
+        )

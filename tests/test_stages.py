@@ -1,0 +1,195 @@
+"""The stages after receiving, in process against the test database (SQLite or PostgreSQL):
+completion policy and generations, routing into jobs, the outbox's retries and dead letters."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+from sqlalchemy import select
+
+from dicom_node.complete.completion import CompletionStage
+from dicom_node.config import Config, RetryPolicy, parse_config
+from dicom_node.db import make_engine, migrate, session_factory, transaction, utcnow
+from dicom_node.dispatch import outbox
+from dicom_node.dispatch.tables import Delivery, DeliveryState
+from dicom_node.events import Event
+from dicom_node.jobs import queue
+from dicom_node.jobs.tables import Job, JobState
+from dicom_node.receive.index import ReceivedInstance, index_instance
+from dicom_node.receive.spool import Spool
+
+CONFIG = """
+completion: {series_quiet_seconds: 10, study_quiet_seconds: 30, force_after_seconds: 600}
+destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 4242}}
+pipelines: {generic: {card: card.yaml}, ct: {card: ct.yaml}}
+routes:
+  - {name: chest, match: {Modality: DX}, pipeline: generic, destinations: [pacs]}
+  - {name: ct, match: {Modality: CT}, pipeline: ct, destinations: [pacs]}
+  - {name: rest, fallback: true, pipeline: generic, shadow: true}
+"""
+
+
+class World:
+    """An index, a spool and the completion stage wired to the router, with a settable clock."""
+
+    def __init__(self, tmp_path: Path, database_url: str) -> None:
+        self.config: Config = parse_config(CONFIG, tmp_path)
+        self.engine = make_engine(database_url)
+        migrate(self.engine)
+        self.sessions = session_factory(self.engine)
+        self.spool = Spool(tmp_path / "spool", fsync=False)
+        self.stage = CompletionStage(lambda: self.config, self.sessions, queue.Router(self.spool))
+        self.t0 = utcnow()
+
+    def receive(self, study: str, series: str, sop: str, modality: str, at: float, calling: str = "PACS") -> bool:
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, modality
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        relative = self.spool.instance_path(study, series, sop)
+        self.spool.write(relative, buffer.getvalue())
+        item = ReceivedInstance(
+            sop_instance_uid=sop,
+            sop_class_uid=SecondaryCaptureImageStorage,
+            series_instance_uid=series,
+            study_instance_uid=study,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            modality=modality,
+            body_part_examined=None,
+            series_description=None,
+            path=str(relative),
+            size=len(buffer.getvalue()),
+            calling_ae_title=calling,
+            source_address="127.0.0.1",
+            received_at=self.t0 + timedelta(seconds=at),
+        )
+        with transaction(self.sessions) as session:
+            return index_instance(session, item)
+
+    def poll(self, at: float) -> list[Any]:
+        return self.stage.poll(self.t0 + timedelta(seconds=at))
+
+    def jobs(self) -> list[Job]:
+        with self.sessions() as session:
+            return list(session.scalars(select(Job).order_by(Job.id)))
+
+
+@pytest.fixture
+def world(tmp_path: Path, database_url: str) -> World:
+    return World(tmp_path, database_url)
+
+
+def test_study_completes_after_quiet_periods_and_routes_each_series(world: World) -> None:
+    world.receive("1.1", "1.1.1", "1.1.1.1", "DX", at=0)
+    world.receive("1.1", "1.1.2", "1.1.2.1", "CT", at=5)
+    world.receive("1.1", "1.1.2", "1.1.2.2", "CT", at=20)
+    assert world.poll(at=29) == []  # series 1.1.2 quiet, but the study is not (30 s)
+    assert world.poll(at=49) == []
+    (done,) = world.poll(at=51)
+    assert (done.generation, done.reason, done.series_uids) == (1, "quiet", ["1.1.1", "1.1.2"])
+    jobs = world.jobs()
+    assert [(j.route, j.pipeline, j.series_uids, j.destinations, j.shadow) for j in jobs] == [
+        ("chest", "generic", ["1.1.1"], ["pacs"], False),
+        ("ct", "ct", ["1.1.2"], ["pacs"], False),
+    ]
+    assert world.poll(at=120) == []  # nothing new: nothing more
+
+
+def test_force_deadline_completes_a_study_that_never_goes_quiet(world: World) -> None:
+    for second in range(0, 601, 20):
+        world.receive("2.1", "2.1.1", f"2.1.1.{second + 1}", "CT", at=second)
+    assert world.poll(at=599) == []
+    (done,) = world.poll(at=601)
+    assert done.reason == "forced"
+
+
+def test_late_instance_starts_a_new_generation_for_its_series_only(world: World) -> None:
+    world.receive("3.1", "3.1.1", "3.1.1.1", "DX", at=0)
+    world.receive("3.1", "3.1.2", "3.1.2.1", "CT", at=0)
+    assert len(world.poll(at=40)) == 1
+    world.receive("3.1", "3.1.2", "3.1.2.2", "CT", at=100)  # late
+    assert world.poll(at=110) == []
+    (late,) = world.poll(at=131)
+    assert (late.generation, late.series_uids) == (2, ["3.1.2"])
+    assert [(j.generation, j.route) for j in world.jobs()] == [(1, "chest"), (1, "ct"), (2, "ct")]
+
+
+def test_a_resent_copy_is_counted_once_and_starts_nothing(world: World) -> None:
+    assert world.receive("4.1", "4.1.1", "4.1.1.1", "DX", at=0) is True
+    assert len(world.poll(at=40)) == 1
+    assert world.receive("4.1", "4.1.1", "4.1.1.1", "DX", at=50) is False
+    assert world.poll(at=200) == []
+    assert len(world.jobs()) == 1
+
+
+def test_fallback_fires_only_for_unmatched_series_and_calling_ae_is_used(world: World) -> None:
+    world.config = parse_config(
+        CONFIG.replace("{Modality: DX}", "{Modality: DX}, calling_ae: [MODALITY1]"), Path(".")
+    )
+    world.receive("5.1", "5.1.1", "5.1.1.1", "DX", at=0, calling="PACS")  # wrong sender
+    world.receive("5.1", "5.1.2", "5.1.2.1", "MR", at=0)
+    world.poll(at=40)
+    jobs = world.jobs()
+    assert [(j.route, sorted(j.series_uids), j.shadow, j.destinations) for j in jobs] == [
+        ("rest", ["5.1.1", "5.1.2"], True, [])
+    ]
+
+
+def test_jobs_are_claimed_once_and_recovered_after_a_crash(world: World) -> None:
+    world.receive("6.1", "6.1.1", "6.1.1.1", "DX", at=0)
+    world.poll(at=40)
+    job_id = queue.claim_next(world.sessions)
+    assert job_id is not None
+    assert queue.claim_next(world.sessions) is None  # running: nobody else gets it
+    assert queue.recover(world.sessions) == 1  # as at start-up after kill -9
+    assert queue.claim_next(world.sessions) == job_id
+    queue.fail(world.sessions, job_id, "boom")
+    (job,) = world.jobs()
+    assert (job.state, job.attempts, job.error) == (JobState.FAILED, 2, "boom")
+
+
+def test_outbox_backs_off_then_dead_letters_and_resend_requeues(world: World) -> None:
+    policy = RetryPolicy(initial_seconds=0, multiplier=2, max_seconds=0, max_attempts=3)
+    with transaction(world.sessions) as session:
+        outbox.enqueue(session, 42, ["pacs"])
+    states = []
+    for _ in range(3):
+        delivery = outbox.claim_due(world.sessions)
+        assert delivery is not None and delivery.state == DeliveryState.SENDING
+        assert outbox.claim_due(world.sessions) is None  # one sender at a time
+        states.append(outbox.failed(world.sessions, delivery, "refused", policy))
+    assert states == [DeliveryState.PENDING, DeliveryState.PENDING, DeliveryState.DEAD]
+    assert outbox.claim_due(world.sessions) is None  # dead letters are not retried
+    assert outbox.resend(world.sessions) == 1
+    delivery = outbox.claim_due(world.sessions)
+    assert delivery is not None and delivery.attempts == 1
+    outbox.succeeded(world.sessions, delivery.id)
+    with world.sessions() as session:
+        kinds = [e.kind for e in session.scalars(select(Event).order_by(Event.id))]
+    assert "dead-letter" in kinds and "resend" in kinds and "delivered" in kinds
+
+
+def test_outbox_waits_for_the_backoff(world: World) -> None:
+    policy = RetryPolicy(initial_seconds=3600, multiplier=2, max_seconds=7200, max_attempts=5)
+    with transaction(world.sessions) as session:
+        outbox.enqueue(session, 7, ["pacs"])
+    delivery = outbox.claim_due(world.sessions)
+    assert delivery is not None
+    outbox.failed(world.sessions, delivery, "timeout", policy)
+    assert outbox.claim_due(world.sessions) is None  # not due for an hour: no busy loop
+    with world.sessions() as session:
+        (row,) = session.scalars(select(Delivery))
+        assert row.next_attempt_at > utcnow() + timedelta(minutes=59)
+        assert isinstance(row.next_attempt_at, datetime)
+    assert outbox.recover(world.sessions) == 0
