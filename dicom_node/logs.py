@@ -22,4 +22,7 @@ def setup_logging(level: str = "INFO", *, process: str = "main") -> None:
     root.setLevel(level)
     # pynetdicom logs every PDU at INFO/DEBUG; keep it to warnings
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # "skipped: maximum number of running instances reached" is how a long job looks: not news
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    # highdicom narrates every module it copies at INFO
+    logging.getLogger("highdicom").setLevel(logging.WARNING)

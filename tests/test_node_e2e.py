@@ -291,11 +291,22 @@ def test_routes_reload_while_running_and_bad_edit_is_refused(
         good = dict(node.config)
         good["routes"] = [{**CHEST_ROUTE, "shadow": True, "destinations": []}, SHADOW_FALLBACK]
         node.write_config(good)
-        wait_for(lambda: "configuration reloaded" in node.log_text(), 15, 0.2, "reload")
+        # the worker (main process) must have applied it before the next edit
+        wait_for(
+            lambda: "main dicom_node.config: configuration reloaded" in node.log_text(),
+            15,
+            0.2,
+            "reload",
+        )
         node.config_path.write_text(
             node.config_path.read_text().replace("BodyPartExamined", "BodyPartExamind")
         )
-        wait_for(lambda: "reload refused" in node.log_text(), 15, 0.2, "refusal")
+        wait_for(
+            lambda: "main dicom_node.config: configuration reload refused" in node.log_text(),
+            15,
+            0.2,
+            "refusal",
+        )
         assert "BodyPartExamind" in node.log_text()
         # the running config (with chest-xr) still routes
         source = phantom(tmp_path, 4)

@@ -47,7 +47,16 @@ class World:
         self.stage = CompletionStage(lambda: self.config, self.sessions, queue.Router(self.spool))
         self.t0 = utcnow()
 
-    def receive(self, study: str, series: str, sop: str, modality: str, at: float, calling: str = "PACS") -> bool:
+    def receive(
+        self,
+        study: str,
+        series: str,
+        sop: str,
+        modality: str,
+        at: float,
+        calling: str = "PACS",
+        manufacturer: str = "ACME",
+    ) -> bool:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
         meta.MediaStorageSOPInstanceUID = sop
@@ -55,6 +64,7 @@ class World:
         ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, modality
+        ds.Manufacturer = manufacturer
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         relative = self.spool.instance_path(study, series, sop)
@@ -144,6 +154,17 @@ def test_fallback_fires_only_for_unmatched_series_and_calling_ae_is_used(world: 
     assert [(j.route, sorted(j.series_uids), j.shadow, j.destinations) for j in jobs] == [
         ("rest", ["5.1.1", "5.1.2"], True, [])
     ]
+
+
+def test_the_nodes_own_results_coming_back_are_not_routed(world: World) -> None:
+    """A PACS that forwards everything must not make the node analyse its own SR/heatmaps."""
+    world.receive("7.1", "7.1.9", "7.1.9.1", "SR", at=0, manufacturer="dicom-node")
+    world.receive("7.1", "7.1.8", "7.1.8.1", "OT", at=0, manufacturer="dicom-node")
+    assert len(world.poll(at=40)) == 1
+    assert world.jobs() == []
+    with world.sessions() as session:
+        kinds = [e.kind for e in session.scalars(select(Event))]
+    assert kinds.count("own-result") == 2
 
 
 def test_jobs_are_claimed_once_and_recovered_after_a_crash(world: World) -> None:

@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,9 +25,18 @@ from dicom_node.events import record
 from dicom_node.jobs.tables import Job, JobState
 from dicom_node.receive import index
 from dicom_node.receive.spool import Spool
+from dicom_node.results.algorithm import AlgorithmInfo
 from dicom_node.route.match import fired_routes
 
 log = logging.getLogger(__name__)
+
+#: General Equipment Manufacturer of every object the node writes (see dicom_node.results)
+OWN_MANUFACTURER = AlgorithmInfo.__dataclass_fields__["manufacturer"].default
+
+
+def is_own_result(header: Dataset) -> bool:
+    """True for objects this node produced (SR and heatmaps carry our manufacturer)."""
+    return str(header.get("Manufacturer", "")).strip() == OWN_MANUFACTURER
 
 
 class Router:
@@ -50,6 +60,11 @@ class Router:
             except Exception as exc:  # noqa: BLE001 - an unreadable file must not block the study
                 log.error("series %s not routed: cannot read %s: %s", series_uid, paths[0], exc)
                 record(session, "route", "unreadable", series_uid, str(exc)[:500])
+                continue
+            if is_own_result(header):
+                # a PACS that forwards everything sends our results back: never analyse them
+                log.info("series %s holds this node's own results; not routed", series_uid)
+                record(session, "route", "own-result", series_uid)
                 continue
             calling = index.series_calling_ae(session, series_uid)
             routes = fired_routes(config.routes, header, calling)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from io import BytesIO
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -33,12 +33,19 @@ from dicom_node.results.sr import build_sr
 from dicom_node.results.uids import result_uid
 from pipelines import registry
 from pipelines.base import Pipeline, PipelineInputError, PipelineResult, SeriesInput
-from pipelines.card import load_card
+from pipelines.card import ModelCard, load_card
 
 log = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
 
 
 def resolve_device(name: str) -> str:
@@ -60,12 +67,23 @@ class JobRunner:
         self.sessions = sessions
         self.spool = spool
         self._pipelines: dict[tuple[str, str, str], Pipeline] = {}
+        self._cards: dict[Path, tuple[tuple[float, float], ModelCard]] = {}
+
+    def _card(self, path: Path) -> ModelCard:
+        """The card at ``path``, re-read (and its weights re-hashed) only when a file changed."""
+        card = self._cards.get(path)
+        stamp = _mtime(path)
+        if card is not None and card[0] == (stamp, _mtime(card[1].weights_path)):
+            return card[1]
+        loaded = load_card(path)
+        self._cards[path] = ((stamp, _mtime(loaded.weights_path)), loaded)
+        return loaded
 
     def pipeline(self, spec: PipelineConfig) -> Pipeline:
         """The loaded pipeline for a config entry (loaded on first use, then kept)."""
         import torch
 
-        card = load_card(spec.card)
+        card = self._card(spec.card)
         device = resolve_device(spec.device)
         key = (card.pipeline, f"{spec.card}:{card.weights.sha256}", device)
         if key not in self._pipelines:
