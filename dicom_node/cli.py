@@ -18,6 +18,7 @@ from pathlib import Path
 from dicom_node import __version__
 from dicom_node.config import ConfigError, Destination, load_config
 from dicom_node.logs import setup_logging
+from pipelines.card import CardError
 
 log = logging.getLogger("dicom_node")
 
@@ -289,6 +290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CardError as exc:
+        print(f"model card error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -26,6 +26,7 @@ default 16).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,14 +110,24 @@ class GenericClassifier(Pipeline):
                 f"card {card.name!r} has {len(card.labels)} label(s); the generic classifier "
                 "needs at least two (softmax), e.g. a 'normal' label with report: false"
             )
-        self.model = build_classifier(
-            card.architecture, len(card.labels), in_channels=card.input.channels
-        )
+        try:
+            self.model = build_classifier(
+                card.architecture, len(card.labels), in_channels=card.input.channels
+            )
+        except ValueError as exc:
+            raise CardError(f"card {card.name!r}: {exc}") from exc
+        self._check_input_spec(card)
         load_weights(self.model, card)
         self.model.to(device).eval()
-        self.batch_size = int(card.options.get("batch_size", DEFAULT_BATCH_SIZE))
-        if self.batch_size < 1:
-            raise CardError(f"card {card.name!r}: options.batch_size must be >= 1")
+        batch_size = card.options.get("batch_size", DEFAULT_BATCH_SIZE)
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise CardError(
+                f"card {card.name!r}: options.batch_size must be a positive integer, "
+                f"got {batch_size!r}"
+            )
+        self.batch_size = batch_size
+        # Grad-CAM attaches hooks to the shared model: one job at a time per instance
+        self._lock = threading.Lock()
         self.reported = [i for i, label in enumerate(card.labels) if label.report]
         self.explain_layer: torch.nn.Module | None = None
         if card.explainer.top_k > 0:
@@ -133,13 +144,32 @@ class GenericClassifier(Pipeline):
             device,
         )
 
+    @staticmethod
+    def _check_input_spec(card: ModelCard) -> None:
+        """Fail at load time, not on the first study, when the card's input spec is unusable."""
+        spec = card.input
+        if (spec.window_center is None) != (spec.window_width is None):
+            raise CardError(
+                f"card {card.name!r}: input sets only one of window_center / window_width; "
+                "set both or neither"
+            )
+        if spec.window_width is not None and spec.window_width <= 0:
+            raise CardError(f"card {card.name!r}: input.window_width must be positive")
+        try:
+            to_model_input([np.zeros((2, 2), dtype=np.float32)], spec)
+        except ValueError as exc:
+            raise CardError(f"card {card.name!r}: {exc}") from exc
+
     # -- reading -----------------------------------------------------------------------
 
     def _read(self, path: Path, skipped: list[tuple[str, str]]) -> tuple[str, np.ndarray] | None:
         """Read one file and return (SOP Instance UID, display image), or record why not."""
         try:
             ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        except InvalidDicomError:
+            self._skip(skipped, path.name, "not a readable DICOM file: no DICOM preamble/header")
+            return None
+        except Exception as exc:  # pydicom raises many types for truncated or corrupt files
             self._skip(skipped, path.name, f"not a readable DICOM file: {type(exc).__name__}")
             return None
         uid = str(ds.get("SOPInstanceUID", "")) or path.name
@@ -269,6 +299,10 @@ class GenericClassifier(Pipeline):
             If no file of the series is an image this pipeline can use; the
             message lists why each was skipped.
         """
+        with self._lock:
+            return self._run(series)
+
+    def _run(self, series: Sequence[SeriesInput]) -> PipelineResult:
         result = PipelineResult()
         files = [path for s in series for path in s.files]
         scored = self._score(files, result.skipped)

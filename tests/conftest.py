@@ -229,3 +229,18 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     yield url
     with contextlib.suppress(Exception):
         cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def demo_card() -> Path:
+    """The demo model the shipped config.yaml uses: ``models/generic-demo/card.yaml``.
+
+    Built once per checkout by ``dicom-node models build-demo`` (``scripts/run-tests`` runs it
+    before pytest); built here if missing, else verified (sha256) and reused. The build is
+    deterministic, so every run tests the same weights.
+    """
+    from pipelines.demo import build_demo
+
+    models = Path(__file__).resolve().parent.parent / "models"
+    (card,) = build_demo(models, seed=0, progress=False)
+    return card

@@ -38,9 +38,15 @@ def test_empty_config_gets_defaults_and_admits_nobody(tmp_path: Path) -> None:
         ("node: {port: 70000}", "node.port: Input should be less than or equal to 65535"),
         ("node: {ae_tite: X}", "node.ae_tite: unknown key"),
         ("node: {ae_title: 'WAY_TOO_LONG_AE_TITLE'}", "node.ae_title"),
-        ("node: {peers: [{ae_title: PACS, host: 'not-an-ip'}]}", "node.peers.0.host: 'not-an-ip' is not an IP"),
+        (
+            "node: {peers: [{ae_title: PACS, host: 'not-an-ip'}]}",
+            "node.peers.0.host: 'not-an-ip' is not an IP",
+        ),
         ("storage: {min_free_disk_mb: -1}", "storage.min_free_disk_mb"),
-        ("pipelines: {x: {card: c.yaml, device: gpu}}", "pipelines.x.device: 'gpu' is not a device"),
+        (
+            "pipelines: {x: {card: c.yaml, device: gpu}}",
+            "pipelines.x.device: 'gpu' is not a device",
+        ),
         (
             "routes: [{name: r, pipeline: nope, shadow: true}]",
             "routes.0 (r).pipeline: 'nope' is not in pipelines",

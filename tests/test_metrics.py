@@ -101,5 +101,8 @@ def test_binary_report_thresholds_scores() -> None:
     assert rep["confusion_matrix"] == {"tn": 5, "fp": 1, "fn": 1, "tp": 3}
     assert rep["accuracy"]["value"] == pytest.approx(0.8)
     assert rep["n"] == 10 and rep["n_positive"] == 4
+    for cell, count in rep["confusion_matrix"].items():
+        lo, hi = rep["confusion_matrix_ci"][cell]
+        assert lo <= count <= hi
     for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc"):
         assert rep[key]["ci_low"] <= rep[key]["value"] <= rep[key]["ci_high"]

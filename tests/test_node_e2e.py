@@ -23,7 +23,7 @@ import pytest
 from pipelines.common.phantoms import PhantomFile, write_radiograph_study
 
 from dicom_validation import dciodvfy_errors
-from node import DEMO_CARD, TEST_AET, NodeProcess, node_config
+from node import TEST_AET, NodeProcess, node_config
 from peers import PACS_AET, Orthanc, echoscu, pydicom_sample, storescu, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -45,16 +45,6 @@ PEERS = [
     {"ae_title": PACS_AET, "host": "127.0.0.1"},
     {"ae_title": "STORESCU", "host": "127.0.0.1"},
 ]
-
-
-@pytest.fixture(scope="session")
-def demo_card() -> Path:
-    """The demo model the shipped config uses, built once (minutes on CPU) if missing."""
-    if not DEMO_CARD.exists():
-        from pipelines.demo import build_demo
-
-        build_demo(DEMO_CARD.parent.parent)
-    return DEMO_CARD
 
 
 def make_node(tmp_path: Path, database_url: str, port: int | None = None, **kw: Any) -> NodeProcess:

@@ -18,7 +18,19 @@ def test_valid_uids_pass(uid: str) -> None:
 
 @pytest.mark.parametrize(
     "uid",
-    ["", None, "1.02.3", "1..2", "1.2.", ".1.2", "1.2.3a", "../../etc/passwd", "1/2", "1.2\\3", "1" * 65],
+    [
+        "",
+        None,
+        "1.02.3",
+        "1..2",
+        "1.2.",
+        ".1.2",
+        "1.2.3a",
+        "../../etc/passwd",
+        "1/2",
+        "1.2\\3",
+        "1" * 65,
+    ],
 )
 def test_invalid_uids_are_refused(uid: object) -> None:
     with pytest.raises(InvalidUIDError):

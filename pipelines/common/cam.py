@@ -174,6 +174,7 @@ def compute_heatmaps(
                 maps.extend(np.asarray(cam(input_tensor=chunk, targets=chunk_targets)))
     finally:
         cam.activations_and_grads.release()
+        model.zero_grad(set_to_none=True)  # do not keep a model-sized gradient alive
     out = []
     for i, m in enumerate(maps):
         shape = output_shapes[i] if output_shapes is not None else tuple(inputs.shape[-2:])

@@ -179,10 +179,14 @@ def binary_report(
     Returns
     -------
     dict
-        ``{"n", "n_positive", "threshold", "confidence", "confusion_matrix":
-        {"tn", "fp", "fn", "tp"}, "<metric>": {"value", "ci_low", "ci_high"}}``
-        for accuracy, precision, recall, specificity, f1 and roc_auc; plain
-        Python types so that it can be written to YAML.
+        ``{"n", "n_positive", "threshold", "confidence", "ci_method",
+        "confusion_matrix": {"tn", "fp", "fn", "tp"}, "confusion_matrix_ci":
+        {"tn": [lo, hi], ...}, "<metric>": {"value", "ci_low", "ci_high"}}`` for
+        accuracy, precision, recall, specificity, f1 and roc_auc; plain Python
+        types so that it can be written to YAML. A percentile bootstrap cannot
+        vary a count that is zero in the sample (e.g. no false positives gives
+        specificity [1, 1]); read such an interval with the rule of three
+        (error rate below 3/n at 95 %).
     """
     t = _binary(y_true, "y_true").astype(np.int64)
     s = np.asarray(y_score, dtype=np.float64)
@@ -193,8 +197,18 @@ def binary_report(
         "n_positive": int(t.sum()),
         "threshold": float(threshold),
         "confidence": 1.0 - alpha,
+        "ci_method": f"percentile bootstrap over cases, {n_bootstrap} resamples, seed {seed}",
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
     }
+    cells: dict[str, list[float]] = {}
+    for name, (i, j) in {"tn": (0, 0), "fp": (0, 1), "fn": (1, 0), "tp": (1, 1)}.items():
+
+        def count(y: np.ndarray, p: np.ndarray, i: int = i, j: int = j) -> float:
+            return float(confusion_matrix(y, p)[i, j])
+
+        _, lo, hi = bootstrap_ci(count, t, pred, n=n_bootstrap, seed=seed, alpha=alpha)
+        cells[name] = [lo, hi]
+    report["confusion_matrix_ci"] = cells
     decisions: dict[str, MetricFn] = {
         "accuracy": accuracy,
         "precision": precision,

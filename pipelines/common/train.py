@@ -378,7 +378,8 @@ def fit(
         bar = tqdm(
             loader,
             desc=f"epoch {epoch}/{config.epochs}",
-            disable=not config.progress,
+            # None: a bar on a terminal, nothing in a log file or CI (the epoch lines are logged)
+            disable=None if config.progress else True,
             leave=False,
             unit="batch",
         )

@@ -1,0 +1,139 @@
+"""The Storage SCP in process, over real DICOM on loopback: statuses for what it cannot keep.
+
+Success only after the spool write and the index; out-of-resources when the disk
+is below the watermark or the index is unavailable; data-set errors for objects
+whose UIDs are missing, malformed or would name a path outside the spool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import text
+
+from dicom_node.config import Config, parse_config
+from dicom_node.db import make_engine, migrate, session_factory
+from dicom_node.receive.scp import StorageSCP
+from dicom_node.receive.spool import Spool
+
+from peers import free_port, pydicom_sample
+
+
+class Receiver:
+    def __init__(self, tmp_path: Path, database_url: str, min_free_disk_mb: int = 0) -> None:
+        self.port = free_port()
+        self.config: Config = parse_config(
+            f"""
+node: {{ae_title: DICOM_NODE, host: 127.0.0.1, port: {self.port},
+        peers: [{{ae_title: MODALITY, host: 127.0.0.1}}]}}
+storage: {{spool: spool, database_url: "{database_url}", min_free_disk_mb: {min_free_disk_mb}}}
+""",
+            tmp_path,
+        )
+        self.engine = make_engine(database_url)
+        migrate(self.engine)
+        self.spool = Spool(self.config.storage.spool)
+        self.scp = StorageSCP(lambda: self.config, self.spool, session_factory(self.engine))
+        self.scp.start()
+
+    def store(self, ds: pydicom.Dataset, calling: str = "MODALITY") -> int | None:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", self.port, ae_title="DICOM_NODE")
+        assert assoc.is_established
+        status = assoc.send_c_store(ds)
+        assoc.release()
+        return getattr(status, "Status", None)
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM instances")).scalar_one())
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.spool.root / "instances").rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, database_url: str) -> Iterator[Receiver]:
+    r = Receiver(tmp_path, database_url)
+    yield r
+    r.scp.stop()
+    r.engine.dispose()
+
+
+def ct(**changes: Any) -> pydicom.Dataset:
+    ds = pydicom.dcmread(pydicom_sample("CT_small.dcm"))
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def test_success_means_in_spool_and_indexed(receiver: Receiver) -> None:
+    ds = ct()
+    assert receiver.store(ds) == 0x0000
+    assert receiver.count() == 1
+    (path,) = receiver.files()
+    assert path.name == f"{ds.SOPInstanceUID}.dcm"
+    assert pydicom.dcmread(path).PixelData == ds.PixelData  # the bytes as sent
+
+
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        ({"StudyInstanceUID": None}, 0xA900),
+        ({"SeriesInstanceUID": "../../../../tmp/evil"}, 0xA900),
+        ({"StudyInstanceUID": "1.2.3/../../x"}, 0xA900),
+        ({"SeriesInstanceUID": "1.2.abc"}, 0xA900),
+    ],
+)
+def test_missing_or_malformed_uids_are_refused_and_nothing_escapes(
+    receiver: Receiver, tmp_path: Path, changes: dict[str, Any], status: int
+) -> None:
+    assert receiver.store(ct(**changes)) == status
+    assert receiver.count() == 0
+    assert receiver.files() == []
+    assert not list(tmp_path.parent.glob("**/evil*"))
+
+
+def test_disk_below_watermark_is_out_of_resources(tmp_path: Path, database_url: str) -> None:
+    r = Receiver(tmp_path, database_url, min_free_disk_mb=10**9)  # more than any disk has
+    try:
+        assert r.store(ct()) == 0xA700
+        assert r.count() == 0 and r.files() == []
+    finally:
+        r.scp.stop()
+
+
+def test_index_unavailable_is_out_of_resources_never_success(receiver: Receiver) -> None:
+    with receiver.engine.begin() as conn:
+        conn.execute(text("DROP TABLE instances"))
+    assert receiver.store(ct()) == 0xA700
+
+
+def test_unknown_calling_ae_is_rejected_at_association(receiver: Receiver) -> None:
+    ae = AE(ae_title="STRANGER")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="DICOM_NODE")
+    assert assoc.is_rejected
+    assert receiver.count() == 0
+
+
+def test_peer_list_edits_apply_to_new_associations(receiver: Receiver) -> None:
+    ae = AE(ae_title="NEWPACS")
+    ae.add_requested_context(CTImageStorage)
+    assert ae.associate("127.0.0.1", receiver.port, ae_title="DICOM_NODE").is_rejected
+    node = receiver.config.node
+    peers = [*node.peers, node.peers[0].model_copy(update={"ae_title": "NEWPACS"})]
+    receiver.config = receiver.config.model_copy(
+        update={"node": node.model_copy(update={"peers": peers})}
+    )
+    assert receiver.store(ct(), calling="NEWPACS") == 0x0000
