@@ -513,6 +513,7 @@ class Orthanc:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                env=dcmtk_env(),  # Orthanc is DCMTK inside: Nagle off, or every response waits
             )
         deadline = time.monotonic() + timeout
         while True:

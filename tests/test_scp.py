@@ -18,7 +18,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import text
 
 from dicom_node.config import Config, parse_config
-from dicom_node.db import make_engine, migrate, session_factory
+from dicom_node.db import make_engine, migrate
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.receive.spool import Spool
 
@@ -39,7 +39,7 @@ storage: {{spool: spool, database_url: "{database_url}", min_free_disk_mb: {min_
         self.engine = make_engine(database_url)
         migrate(self.engine)
         self.spool = Spool(self.config.storage.spool)
-        self.scp = StorageSCP(lambda: self.config, self.spool, session_factory(self.engine))
+        self.scp = StorageSCP(lambda: self.config, self.spool, self.engine)
         self.scp.start()
 
     def store(self, ds: pydicom.Dataset, calling: str = "MODALITY") -> int | None:

@@ -34,7 +34,7 @@ from dicom_node.complete.tables import Completion
 from dicom_node.config import CompletionSection, Config
 from dicom_node.db import transaction, utcnow
 from dicom_node.events import record
-from dicom_node.receive.tables import Instance, Series, Study
+from dicom_node.receive.tables import Instance
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +157,14 @@ class CompletionStage:
             )
             .distinct()
         )
+        # last activity counts every instance of the series, old ones resent too
         series = session.execute(
-            select(Series.series_instance_uid, Series.last_received_at).where(
-                Series.series_instance_uid.in_(new_series)
-            )
+            select(Instance.series_instance_uid, func.max(Instance.received_at))
+            .where(Instance.series_instance_uid.in_(new_series))
+            .group_by(Instance.series_instance_uid)
         ).all()
         study_last = session.scalar(
-            select(Study.last_received_at).where(Study.study_instance_uid == study_uid)
+            select(func.max(Instance.received_at)).where(Instance.study_instance_uid == study_uid)
         )
         if not series or study_last is None:
             return None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -38,8 +38,12 @@ class ReceivedInstance:
     received_at: datetime
 
 
-def _insert(session: Session, table: Any) -> Any:
-    dialect = session.get_bind().dialect.name
+def _insert(connection: Connection | Session, table: Any) -> Any:
+    dialect = (
+        connection.get_bind().dialect.name
+        if isinstance(connection, Session)
+        else connection.dialect.name
+    )
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":
@@ -47,51 +51,44 @@ def _insert(session: Session, table: Any) -> Any:
     raise RuntimeError(f"database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
 
 
-def index_instance(session: Session, item: ReceivedInstance) -> bool:
-    """Upsert study, series and instance rows; return True if the instance is new.
+def index_instance(
+    connection: Connection | Session, item: ReceivedInstance, *, series_known: bool = False
+) -> bool:
+    """Upsert the instance (and its study and series rows); return True if the instance is new.
 
-    Runs inside the caller's transaction.
+    Runs inside the caller's transaction. ``series_known`` skips the study and
+    series upserts when the caller knows it indexed this series before: the
+    hot path of a series arriving is then a single statement.
     """
     at = item.received_at
-    stmt = _insert(session, Study).values(
-        study_instance_uid=item.study_instance_uid, first_received_at=at, last_received_at=at
-    )
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[Study.study_instance_uid],
-            set_={"last_received_at": stmt.excluded.last_received_at},
+    if not series_known:
+        stmt = _insert(connection, Study).values(
+            study_instance_uid=item.study_instance_uid, first_received_at=at
         )
-    )
-    stmt = _insert(session, Series).values(
+        connection.execute(stmt.on_conflict_do_nothing(index_elements=[Study.study_instance_uid]))
+        stmt = _insert(connection, Series).values(
+            series_instance_uid=item.series_instance_uid,
+            study_instance_uid=item.study_instance_uid,
+            modality=item.modality,
+            body_part_examined=item.body_part_examined,
+            series_description=item.series_description,
+            first_received_at=at,
+        )
+        connection.execute(stmt.on_conflict_do_nothing(index_elements=[Series.series_instance_uid]))
+    stmt = _insert(connection, Instance).values(
+        sop_instance_uid=item.sop_instance_uid,
+        sop_class_uid=item.sop_class_uid,
         series_instance_uid=item.series_instance_uid,
         study_instance_uid=item.study_instance_uid,
-        modality=item.modality,
-        body_part_examined=item.body_part_examined,
-        series_description=item.series_description,
-        first_received_at=at,
-        last_received_at=at,
+        transfer_syntax_uid=item.transfer_syntax_uid,
+        path=item.path,
+        size=item.size,
+        calling_ae_title=item.calling_ae_title,
+        source_address=item.source_address,
+        received_at=at,
+        copies=1,
     )
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[Series.series_instance_uid],
-            set_={"last_received_at": stmt.excluded.last_received_at},
-        )
-    )
-    values = {
-        "sop_instance_uid": item.sop_instance_uid,
-        "sop_class_uid": item.sop_class_uid,
-        "series_instance_uid": item.series_instance_uid,
-        "study_instance_uid": item.study_instance_uid,
-        "transfer_syntax_uid": item.transfer_syntax_uid,
-        "path": item.path,
-        "size": item.size,
-        "calling_ae_title": item.calling_ae_title,
-        "source_address": item.source_address,
-        "received_at": at,
-        "copies": 1,
-    }
-    stmt = _insert(session, Instance).values(**values)
-    result = session.execute(
+    result = connection.execute(
         stmt.on_conflict_do_update(
             index_elements=[Instance.sop_instance_uid],
             set_={
@@ -99,10 +96,11 @@ def index_instance(session: Session, item: ReceivedInstance) -> bool:
                 "path": stmt.excluded.path,
                 "size": stmt.excluded.size,
                 "transfer_syntax_uid": stmt.excluded.transfer_syntax_uid,
+                "received_at": stmt.excluded.received_at,
             },
         ).returning(Instance.copies)
     )
-    return result.scalar_one() == 1
+    return bool(result.scalar_one() == 1)
 
 
 # --- read side, used by the completion and jobs stages ------------------------------------

@@ -12,7 +12,7 @@ import signal
 import threading
 
 from dicom_node.config import LiveConfig
-from dicom_node.db import make_engine, session_factory
+from dicom_node.db import make_engine
 from dicom_node.logs import setup_logging
 from dicom_node.receive.scp import StorageSCP
 from dicom_node.receive.spool import Spool
@@ -39,7 +39,7 @@ def receiver_main(config_path: str, number: int, parent: int) -> None:
     config = live()
     engine = make_engine(config.storage.database_url)
     spool = Spool(config.storage.spool, fsync=config.storage.fsync)
-    scp = StorageSCP(live, spool, session_factory(engine))
+    scp = StorageSCP(live, spool, engine)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

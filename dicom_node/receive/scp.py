@@ -25,6 +25,7 @@ import io
 import logging
 import socket
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,10 +35,10 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine
 
 from dicom_node.config import Config
-from dicom_node.db import transaction, utcnow
+from dicom_node.db import utcnow
 from dicom_node.receive.index import ReceivedInstance, index_instance
 from dicom_node.receive.spool import InvalidUIDError, Spool, check_uid
 
@@ -47,6 +48,9 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
+
+#: how many series UIDs each receiver remembers as already indexed
+KNOWN_SERIES = 4096
 
 #: elements read from each received header (everything else stays undecoded)
 HEADER_TAGS = [
@@ -90,16 +94,18 @@ class StorageSCP:
         Called on each association so that peer-list edits apply without a restart.
     spool : Spool
         Where objects are written.
-    sessions : sessionmaker
+    engine : Engine
         The index database.
     """
 
-    def __init__(self, config: Any, spool: Spool, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, config: Any, spool: Spool, engine: Engine) -> None:
         self._config = config
         self.spool = spool
-        self.sessions = sessions
+        self.engine = engine
         self._stats: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
+        #: series this process indexed (study and series rows exist): their instances need one statement
+        self._known_series: OrderedDict[str, None] = OrderedDict()
         self.server: ThreadedAssociationServer | None = None
 
     @property
@@ -207,13 +213,6 @@ class StorageSCP:
             )
             return DATASET_MISMATCH, False
         relative = self.spool.instance_path(study, series, sop)
-        try:
-            self.spool.write(relative, data)
-        except OSError as exc:
-            log.error(
-                "refused %s from %s: spool write failed: %s", sop, calling, exc.strerror or exc
-            )
-            return OUT_OF_RESOURCES, False
         item = ReceivedInstance(
             sop_instance_uid=sop,
             sop_class_uid=sop_class,
@@ -229,12 +228,26 @@ class StorageSCP:
             source_address=str(event.assoc.requestor.address),
             received_at=utcnow(),
         )
+        with self._lock:
+            known = series in self._known_series
         try:
-            with transaction(self.sessions) as session:
-                new = index_instance(session, item)
+            self.spool.write(relative, data)
+        except OSError as exc:
+            log.error(
+                "refused %s from %s: spool write failed: %s", sop, calling, exc.strerror or exc
+            )
+            return OUT_OF_RESOURCES, False
+        try:
+            with self.engine.begin() as connection:
+                new = index_instance(connection, item, series_known=known)
         except Exception as exc:  # noqa: BLE001 - any database failure is out of resources
             log.error("refused %s from %s: index unavailable: %s", sop, calling, _oneline(exc))
             return OUT_OF_RESOURCES, False
+        if not known:
+            with self._lock:
+                self._known_series[series] = None
+                if len(self._known_series) > KNOWN_SERIES:
+                    self._known_series.popitem(last=False)
         log.debug("stored %s (series %s) from %s", sop, series, calling)
         return SUCCESS, not new
 

@@ -16,11 +16,12 @@ UID = String(64)
 
 
 class Study(Base):
+    """A study seen at least once. Activity times come from its instances."""
+
     __tablename__ = "studies"
 
     study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
 class Series(Base):
@@ -34,7 +35,6 @@ class Series(Base):
     body_part_examined: Mapped[str | None] = mapped_column(String(64))
     series_description: Mapped[str | None] = mapped_column(String(64))
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Instance(Base):
@@ -58,6 +58,7 @@ class Instance(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     calling_ae_title: Mapped[str] = mapped_column(String(16))
     source_address: Mapped[str | None] = mapped_column(String(64))
+    #: when the latest copy arrived (a resent copy counts as activity for completion)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     #: how many times this SOP Instance UID was received (duplicates count once as an instance)
     copies: Mapped[int] = mapped_column(Integer, default=1)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 16:56:57.584030
+Create Date: 2026-11-21 18:06:18.257322
 """
 
 import sqlalchemy as sa
@@ -102,14 +102,8 @@ def upgrade() -> None:
         "studies",
         sa.Column("study_instance_uid", sa.String(length=64), nullable=False),
         sa.Column("first_received_at", dicom_node.db.UTCDateTime(), nullable=False),
-        sa.Column("last_received_at", dicom_node.db.UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("study_instance_uid", name=op.f("pk_studies")),
     )
-    with op.batch_alter_table("studies", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_studies_last_received_at"), ["last_received_at"], unique=False
-        )
-
     op.create_table(
         "results",
         sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
@@ -132,7 +126,6 @@ def upgrade() -> None:
         sa.Column("body_part_examined", sa.String(length=64), nullable=True),
         sa.Column("series_description", sa.String(length=64), nullable=True),
         sa.Column("first_received_at", dicom_node.db.UTCDateTime(), nullable=False),
-        sa.Column("last_received_at", dicom_node.db.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
             ["study_instance_uid"],
             ["studies.study_instance_uid"],
@@ -200,9 +193,6 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_results_job_id"))
 
     op.drop_table("results")
-    with op.batch_alter_table("studies", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_studies_last_received_at"))
-
     op.drop_table("studies")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_jobs_study_instance_uid"))
