@@ -28,9 +28,8 @@ from dicom_node.jobs.tables import Job, JobState, Result
 from dicom_node.receive import index
 from dicom_node.receive.spool import Spool
 from dicom_node.results.algorithm import AlgorithmInfo
-from dicom_node.results.sc import build_heatmap_sc
+from dicom_node.results.sc import build_heatmap_sc, heatmap_series_instance_uid
 from dicom_node.results.sr import build_sr
-from dicom_node.results.uids import result_uid
 from pipelines import registry
 from pipelines.base import Pipeline, PipelineInputError, PipelineResult, SeriesInput
 from pipelines.card import ModelCard, load_card
@@ -196,7 +195,7 @@ class JobRunner:
             series_number=SR_SERIES_NUMBER,
         )
         outputs.append(("SR", sr, self._write(job.id, sr)))
-        sc_series = result_uid(job.key, "heatmap-series")
+        sc_series = heatmap_series_instance_uid(job.key)
         for number, heatmap in enumerate(result.heatmaps, start=1):
             source = dcmread(heatmap.source)
             sc = build_heatmap_sc(

@@ -7,12 +7,14 @@ once, and its file in the spool is the latest copy.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -38,17 +40,67 @@ class ReceivedInstance:
     received_at: datetime
 
 
-def _insert(connection: Connection | Session, table: Any) -> Any:
-    dialect = (
-        connection.get_bind().dialect.name
-        if isinstance(connection, Session)
-        else connection.dialect.name
-    )
+@functools.cache
+def _statements(dialect: str) -> tuple[Any, Any, Any]:
+    """The three upserts, built once per dialect with bind parameters.
+
+    Building an insert and its ON CONFLICT clause costs more than running it
+    (~2 ms per object here); built once, execution only looks up the cached
+    compiled form.
+    """
     if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise RuntimeError(f"database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)")
+        insert: Any = postgresql.insert
+    elif dialect == "sqlite":
+        insert = sqlite.insert
+    else:
+        raise RuntimeError(
+            f"database dialect {dialect!r} is not supported (use SQLite or PostgreSQL)"
+        )
+    study = insert(Study).values(
+        study_instance_uid=bindparam("study_instance_uid"),
+        first_received_at=bindparam("received_at"),
+    )
+    study = study.on_conflict_do_nothing(index_elements=[Study.study_instance_uid])
+    series = insert(Series).values(
+        {name: bindparam(name) for name in SERIES_FIELDS}
+        | {"first_received_at": bindparam("received_at")}
+    )
+    series = series.on_conflict_do_nothing(index_elements=[Series.series_instance_uid])
+    instance = insert(Instance).values(
+        {name: bindparam(name) for name in INSTANCE_FIELDS} | {"copies": 1}
+    )
+    instance = instance.on_conflict_do_update(
+        index_elements=[Instance.sop_instance_uid],
+        set_={
+            "copies": Instance.copies + 1,
+            "path": instance.excluded.path,
+            "size": instance.excluded.size,
+            "transfer_syntax_uid": instance.excluded.transfer_syntax_uid,
+            "received_at": instance.excluded.received_at,
+        },
+    ).returning(Instance.copies)
+    return study, series, instance
+
+
+SERIES_FIELDS = (
+    "series_instance_uid",
+    "study_instance_uid",
+    "modality",
+    "body_part_examined",
+    "series_description",
+)
+INSTANCE_FIELDS = (
+    "sop_instance_uid",
+    "sop_class_uid",
+    "series_instance_uid",
+    "study_instance_uid",
+    "transfer_syntax_uid",
+    "path",
+    "size",
+    "calling_ae_title",
+    "source_address",
+    "received_at",
+)
 
 
 def index_instance(
@@ -60,47 +112,19 @@ def index_instance(
     series upserts when the caller knows it indexed this series before: the
     hot path of a series arriving is then a single statement.
     """
-    at = item.received_at
+    bind = connection.get_bind() if isinstance(connection, Session) else connection
+    study, series, instance = _statements(bind.dialect.name)
+    params = dataclasses.asdict(item)
     if not series_known:
-        stmt = _insert(connection, Study).values(
-            study_instance_uid=item.study_instance_uid, first_received_at=at
+        connection.execute(study, params)
+        connection.execute(
+            series,
+            {name: params[name] for name in SERIES_FIELDS} | {"received_at": item.received_at},
         )
-        connection.execute(stmt.on_conflict_do_nothing(index_elements=[Study.study_instance_uid]))
-        stmt = _insert(connection, Series).values(
-            series_instance_uid=item.series_instance_uid,
-            study_instance_uid=item.study_instance_uid,
-            modality=item.modality,
-            body_part_examined=item.body_part_examined,
-            series_description=item.series_description,
-            first_received_at=at,
-        )
-        connection.execute(stmt.on_conflict_do_nothing(index_elements=[Series.series_instance_uid]))
-    stmt = _insert(connection, Instance).values(
-        sop_instance_uid=item.sop_instance_uid,
-        sop_class_uid=item.sop_class_uid,
-        series_instance_uid=item.series_instance_uid,
-        study_instance_uid=item.study_instance_uid,
-        transfer_syntax_uid=item.transfer_syntax_uid,
-        path=item.path,
-        size=item.size,
-        calling_ae_title=item.calling_ae_title,
-        source_address=item.source_address,
-        received_at=at,
-        copies=1,
-    )
-    result = connection.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[Instance.sop_instance_uid],
-            set_={
-                "copies": Instance.copies + 1,
-                "path": stmt.excluded.path,
-                "size": stmt.excluded.size,
-                "transfer_syntax_uid": stmt.excluded.transfer_syntax_uid,
-                "received_at": stmt.excluded.received_at,
-            },
-        ).returning(Instance.copies)
-    )
-    return bool(result.scalar_one() == 1)
+    copies = connection.execute(
+        instance, {name: params[name] for name in INSTANCE_FIELDS}
+    ).scalar_one()
+    return bool(copies == 1)
 
 
 # --- read side, used by the completion and jobs stages ------------------------------------

@@ -1,10 +1,10 @@
 """The Storage SCP: accept associations from known peers, make each object durable, then answer.
 
-The C-STORE handler never decodes pixel data. It takes the bytes exactly as
-the peer sent them (:meth:`pynetdicom.events.Event.encoded_dataset`), reads
-only the header elements it indexes, writes the file to the spool
-(temporary file, fsync, atomic rename), indexes it, and only then answers
-Success. Every failure becomes a named DICOM status and one log line; nothing
+The C-STORE handler never decodes pixel data. pynetdicom streams the bytes
+exactly as the peer sent them into a temporary file in the spool's ``tmp/``
+(chunked receiving); the handler reads only the header elements it indexes,
+fsyncs the file, renames it into place atomically, fsyncs the folder, indexes
+it, and only then answers Success. Every failure becomes a named DICOM status and one log line; nothing
 raises into pynetdicom.
 
 Statuses (PS3.4 Annex B.2.3):
@@ -21,17 +21,18 @@ Statuses (PS3.4 Annex B.2.3):
 
 from __future__ import annotations
 
-import io
 import logging
 import socket
+import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -184,14 +185,14 @@ class StorageSCP:
             )
             return OUT_OF_RESOURCES, False
         try:
-            data = event.encoded_dataset(include_meta=True)
-        except Exception as exc:  # noqa: BLE001 - a malformed request must not crash the SCP
-            log.error(
-                "refused %s from %s: cannot encode file meta: %s", request_sop[:64], calling, exc
-            )
+            # pynetdicom wrote the object, as received, to a file in the spool's tmp/
+            received = Path(event.dataset_path)
+        except AttributeError:
+            log.error("refused %s from %s: no data set was received", request_sop[:64], calling)
             return CANNOT_UNDERSTAND, False
         try:
-            header = dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            header = dcmread(received, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            size = received.stat().st_size
             sop_class = check_uid(header.get("SOPClassUID"), "SOP Class UID")
             sop = check_uid(header.get("SOPInstanceUID"), "SOP Instance UID")
             study = check_uid(header.get("StudyInstanceUID"), "Study Instance UID")
@@ -223,7 +224,7 @@ class StorageSCP:
             body_part_examined=_text(header.get("BodyPartExamined"), 64),
             series_description=_text(header.get("SeriesDescription"), 64),
             path=str(relative),
-            size=len(data),
+            size=size,
             calling_ae_title=calling,
             source_address=str(event.assoc.requestor.address),
             received_at=utcnow(),
@@ -231,7 +232,7 @@ class StorageSCP:
         with self._lock:
             known = series in self._known_series
         try:
-            self.spool.write(relative, data)
+            self.spool.adopt(received, relative)
         except OSError as exc:
             log.error(
                 "refused %s from %s: spool write failed: %s", sop, calling, exc.strerror or exc
@@ -278,8 +279,20 @@ class StorageSCP:
         ]
 
     def start(self) -> ThreadedAssociationServer:
-        """Listen in a background thread; return the server."""
+        """Listen in a background thread; return the server.
+
+        Switches this process's pynetdicom to chunked receiving
+        (``STORE_RECV_CHUNKED_DATASET``) with temporary files in the spool's
+        ``tmp/``: each object streams to disk as its PDUs arrive, so memory
+        stays bounded whatever the object's size, and the finished file is
+        renamed into place instead of being copied. Both settings are
+        process-wide (a receiver process does nothing else); :meth:`stop`
+        restores them.
+        """
         node = self.config.node
+        self._saved = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(self.spool.tmp)
         ae = self.make_ae()
         server = ae.make_server(
             (node.host, node.port),
@@ -304,6 +317,7 @@ class StorageSCP:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
+            _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = self._saved
 
 
 def _text(value: Any, limit: int) -> str | None:

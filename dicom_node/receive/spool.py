@@ -4,7 +4,7 @@ Layout under the spool folder::
 
     instances/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm   received objects, as sent
     results/<job id>/<SOPInstanceUID>.dcm                    objects the node produced
-    tmp/                                                     partial writes (same file system)
+    tmp/                                                     objects being received, partial writes
 
 A write goes to ``tmp/``, is fsync'ed, renamed into place (atomic on POSIX)
 and the directory is fsync'ed, so a file either exists whole or not at all,
@@ -101,6 +101,27 @@ class Spool:
                 _fsync_dir(folder)
         return target
 
+    def adopt(self, source: Path, relative: str | PurePosixPath) -> Path:
+        """Move a finished file from ``tmp/`` to ``relative``, durably; return the absolute path.
+
+        ``source`` must be on the spool's file system (the receiver streams
+        into ``tmp/``), so the move is a rename, not a copy.
+        """
+        target = self.absolute(relative)
+        if self.fsync:
+            fd = os.open(source, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        created = self._makedirs(target.parent)
+        os.chmod(source, 0o600)
+        os.replace(source, target)
+        if self.fsync:
+            for folder in [target.parent, *created]:
+                _fsync_dir(folder)
+        return target
+
     def _makedirs(self, folder: Path) -> list[Path]:
         """Create ``folder`` and missing parents; return the parents of created folders."""
         missing = []
@@ -118,11 +139,15 @@ class Spool:
         return shutil.disk_usage(self.root).free / (1 << 20)
 
     def clean_tmp(self) -> int:
-        """Remove partial writes left by a crash; return how many were removed."""
+        """Remove partial writes and half-received objects left by a stop; return how many.
+
+        Call only while no receiver runs (at start-up): everything in ``tmp/`` is unfinished.
+        """
         removed = 0
-        for part in self.tmp.glob("*.part"):
-            part.unlink(missing_ok=True)
-            removed += 1
+        for part in self.tmp.iterdir():
+            if part.is_file():
+                part.unlink(missing_ok=True)
+                removed += 1
         return removed
 
 
