@@ -302,10 +302,6 @@ class LiveConfig:
     def __call__(self) -> Config:
         return self._current
 
-    @property
-    def current(self) -> Config:
-        return self._current
-
     def _stat(self) -> tuple[float, int] | None:
         try:
             st = self.path.stat()

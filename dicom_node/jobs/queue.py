@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -145,13 +144,3 @@ def fail(sessions: sessionmaker[Session], job_id: int, error: str) -> None:
             .values(state=JobState.FAILED, error=error[:2000], finished_at=utcnow())
         )
         record(session, "jobs", "job-failed", str(job_id), error[:500])
-
-
-def requeue(sessions: sessionmaker[Session], job_ids: Sequence[int]) -> int:
-    """Queue failed jobs again (``dicom-node rerun``)."""
-    with transaction(sessions) as session:
-        return session.execute(
-            update(Job)
-            .where(Job.id.in_(list(job_ids)), Job.state == JobState.FAILED)
-            .values(state=JobState.PENDING, error=None)
-        ).rowcount

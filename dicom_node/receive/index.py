@@ -130,10 +130,6 @@ def index_instance(
 # --- read side, used by the completion and jobs stages ------------------------------------
 
 
-def max_instance_id(session: Session) -> int:
-    return session.scalar(select(func.max(Instance.id))) or 0
-
-
 def series_files(session: Session, series_uids: Sequence[str]) -> dict[str, list[str]]:
     """Spool-relative paths of all instances of each series, in arrival order."""
     rows = session.execute(
