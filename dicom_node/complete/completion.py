@@ -171,9 +171,7 @@ class CompletionStage:
         series_quiet = now - timedelta(seconds=policy.series_quiet_seconds)
         study_quiet = now - timedelta(seconds=policy.study_quiet_seconds)
         quiet = study_last <= study_quiet and all(at <= series_quiet for _, at in series)
-        forced = first_at.replace(tzinfo=now.tzinfo) <= now - timedelta(
-            seconds=policy.force_after_seconds
-        )
+        forced = first_at <= now - timedelta(seconds=policy.force_after_seconds)
         if not (quiet or forced):
             return None
         return Completion(

@@ -114,16 +114,11 @@ def index_instance(
     """
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     study, series, instance = _statements(bind.dialect.name)
-    params = dataclasses.asdict(item)
+    params = dataclasses.asdict(item)  # each statement takes the names it binds
     if not series_known:
         connection.execute(study, params)
-        connection.execute(
-            series,
-            {name: params[name] for name in SERIES_FIELDS} | {"received_at": item.received_at},
-        )
-    copies = connection.execute(
-        instance, {name: params[name] for name in INSTANCE_FIELDS}
-    ).scalar_one()
+        connection.execute(series, params)
+    copies = connection.execute(instance, params).scalar_one()
     return bool(copies == 1)
 
 

@@ -76,30 +76,20 @@ class Spool:
 
     def write(self, relative: str | PurePosixPath, data: bytes | memoryview) -> Path:
         """Write ``data`` at ``relative`` atomically and durably; return the absolute path."""
-        target = self.absolute(relative)
-        created = self._makedirs(target.parent)
+        self.absolute(relative)  # refuse a path outside the spool before writing anything
         part = self.tmp / f"{uuid.uuid4().hex}.part"
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.fsync:
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            part.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        try:
-            os.replace(part, target)
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            return self.adopt(part, relative)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        if self.fsync:
-            for folder in [target.parent, *created]:
-                _fsync_dir(folder)
-        return target
 
     def adopt(self, source: Path, relative: str | PurePosixPath) -> Path:
         """Move a finished file from ``tmp/`` to ``relative``, durably; return the absolute path.
