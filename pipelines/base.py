@@ -11,6 +11,7 @@ same conformant output for free.
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     import torch
 
     from pipelines.card import ModelCard
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,12 @@ class Pipeline(abc.ABC):
     def __init__(self, card: ModelCard, device: torch.device) -> None:
         self.card = card
         self.device = device
+
+    @staticmethod
+    def skip(skipped: list[tuple[str, str]], ident: str, reason: str) -> None:
+        """Record (and log) that the image ``ident`` (a UID or file name, never PHI) was not used."""
+        skipped.append((ident, reason))
+        logger.info("skipping %s: %s", ident, reason)
 
     @abc.abstractmethod
     def run(self, series: Sequence[SeriesInput]) -> PipelineResult:

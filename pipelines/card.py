@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipelines.base import Code
 
@@ -51,8 +58,22 @@ class LabelSpec(_Strict):
     finding_site: CodeSpec | None = None
 
 
+class WindowSpec(_Strict):
+    """One display window in modality units (HU for CT), mapped linearly to [0, 1]."""
+
+    name: str = ""
+    center: float
+    width: float = Field(gt=0)
+
+
 class InputSpec(_Strict):
-    """How source pixels become the model's input tensor."""
+    """How source pixels become the model's input tensor.
+
+    Three ways, one per card: ``windows`` (one window per channel on the
+    modality values, e.g. brain / subdural / bone HU windows for head CT),
+    ``window_center``/``window_width`` (one fixed window replicated to every
+    channel) or neither (the object's own VOI / a percentile stretch).
+    """
 
     size: int = Field(224, gt=0)
     channels: int = Field(3, ge=1, le=3)
@@ -62,6 +83,20 @@ class InputSpec(_Strict):
     #: optional fixed window (centre, width) in modality units (e.g. HU); None = per-image VOI/min-max
     window_center: float | None = None
     window_width: float | None = None
+    #: one window per channel on the modality values (len == channels); excludes window_center
+    windows: list[WindowSpec] | None = None
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> InputSpec:
+        if self.windows is not None:
+            if len(self.windows) != self.channels:
+                raise ValueError(
+                    f"windows has {len(self.windows)} entries but channels is {self.channels}; "
+                    "give one window per channel"
+                )
+            if self.window_center is not None or self.window_width is not None:
+                raise ValueError("set either windows or window_center/window_width, not both")
+        return self
 
 
 class ExplainerSpec(_Strict):
@@ -189,3 +224,22 @@ def write_card(card: ModelCard, path: str | Path) -> None:
     """Write a card as YAML (the ``folder`` field is not written)."""
     data = card.model_dump(mode="json", exclude={"folder"})
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def existing_card(path: str | Path, *, force: bool) -> bool:
+    """Whether a build can reuse the card at ``path`` (it exists and verifies, and not ``force``).
+
+    Raises
+    ------
+    CardError
+        If the card exists but does not verify (e.g. its weights changed) and
+        ``force`` is False: the message says to rebuild with ``--force``.
+    """
+    path = Path(path)
+    if force or not path.is_file():
+        return False
+    try:
+        load_card(path)
+    except CardError as exc:
+        raise CardError(f"{exc}. Rebuild the demo model with force=True (--force).") from exc
+    return True

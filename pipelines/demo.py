@@ -24,6 +24,7 @@ import logging
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from pipelines.card import (
     ModelCard,
     Provenance,
     WeightsSpec,
+    existing_card,
     load_card,
     sha256_file,
     write_card,
@@ -152,14 +154,14 @@ def _card_paths(models_dir: Path) -> list[Path]:
     return [folder / CARD_FILE, folder / WEIGHTS_FILE]
 
 
-def build_demo(
+def build_generic_demo(
     models_dir: Path,
     *,
     seed: int = 0,
     force: bool = False,
     recipe: DemoRecipe | None = None,
     progress: bool = True,
-) -> list[Path]:
+) -> Path:
     """Generate phantoms, train and evaluate the demo classifier, write its card.
 
     Parameters
@@ -178,9 +180,8 @@ def build_demo(
 
     Returns
     -------
-    list of Path
-        The card of every demo model built (today one: ``generic-demo/card.yaml``);
-        its weights file sits next to it.
+    Path
+        ``generic-demo/card.yaml``; its weights file sits next to it.
 
     Raises
     ------
@@ -191,13 +192,9 @@ def build_demo(
     recipe = recipe or DemoRecipe()
     card_path, weights_path = _card_paths(models_dir)
     folder = card_path.parent
-    if card_path.is_file() and not force:
-        try:
-            load_card(card_path)
-        except CardError as exc:
-            raise CardError(f"{exc}. Rebuild the demo model with force=True (--force).") from exc
+    if existing_card(card_path, force=force):
         logger.info("%s already exists; pass force=True to rebuild", card_path)
-        return [card_path]
+        return card_path
 
     say = print if progress else logger.info
     t_start = time.perf_counter()
@@ -323,14 +320,7 @@ def build_demo(
                 "device": result.device,
                 "torch": torch.__version__,
                 "train_seconds": round(train_seconds, 1),
-                "history": [
-                    {
-                        "epoch": h.epoch,
-                        "train_loss": round(h.train_loss, 5),
-                        "val_loss": None if h.val_loss is None else round(h.val_loss, 5),
-                    }
-                    for h in result.history
-                ],
+                "history": result.history_rows(),
             },
         ),
         metrics={"held_out_test": metrics["test"], "validation": metrics["val"]},
@@ -339,7 +329,51 @@ def build_demo(
     load_card(card_path)  # what the node will do: fail here, not in production
     (work / CHECKPOINT_NAME).unlink(missing_ok=True)  # only needed to resume an interrupted build
     say(f"[demo] wrote {card_path} and {weights_path} in {time.perf_counter() - t_start:.0f}s")
-    return [card_path]
+    return card_path
+
+
+def _build_ich_demo(models_dir: Path, *, seed: int, force: bool, progress: bool) -> Path:
+    from pipelines.ich.demo import build_ich_demo
+
+    return build_ich_demo(models_dir, seed=seed, force=force, progress=progress)
+
+
+#: Every demo model, in build order: name -> builder(models_dir, seed=, force=, progress=).
+DEMOS: dict[str, Callable[..., Path]] = {
+    DEMO_NAME: build_generic_demo,
+    "ich-demo": _build_ich_demo,
+}
+
+
+def build_demo(
+    models_dir: Path,
+    *,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+    only: Sequence[str] | None = None,
+) -> list[Path]:
+    """Build every demo model (or those named in ``only``) that is not built yet.
+
+    Returns
+    -------
+    list of Path
+        The card of each demo model, in :data:`DEMOS` order.
+
+    Raises
+    ------
+    ValueError
+        If ``only`` names an unknown demo.
+    CardError
+        If an existing card does not verify and ``force`` is False.
+    """
+    names = list(DEMOS) if only is None else list(only)
+    unknown = [n for n in names if n not in DEMOS]
+    if unknown:
+        raise ValueError(f"unknown demo model(s) {unknown}; known: {', '.join(DEMOS)}")
+    return [
+        DEMOS[name](Path(models_dir), seed=seed, force=force, progress=progress) for name in names
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,10 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the card exists")
+    parser.add_argument("--only", action="append", choices=list(DEMOS), help="build only this demo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        paths = build_demo(args.models_dir, seed=args.seed, force=args.force)
+        paths = build_demo(args.models_dir, seed=args.seed, force=args.force, only=args.only)
     except CardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

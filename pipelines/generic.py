@@ -48,7 +48,7 @@ from pipelines.base import (
 from pipelines.card import CardError, ModelCard
 from pipelines.common.cam import check_cam_method, compute_heatmaps
 from pipelines.common.image import PixelDataError
-from pipelines.common.models import build_classifier, target_layer
+from pipelines.common.models import build_classifier, load_weights, target_layer
 from pipelines.common.preprocess import display_image, to_model_input
 from pipelines.registry import register
 
@@ -63,36 +63,6 @@ class _Scored:
     sop_instance_uid: str
     shape: tuple[int, int]
     probabilities: np.ndarray
-
-
-def load_weights(model: torch.nn.Module, card: ModelCard) -> None:
-    """Load the card's weights file (a state dict) into ``model``.
-
-    The sha256 was checked by :func:`pipelines.card.load_card`; this checks
-    that the tensors fit the card's architecture and label count.
-
-    Raises
-    ------
-    CardError
-        If the file cannot be read or does not fit the model.
-    """
-    path = card.weights_path
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for unreadable / unsafe files
-        raise CardError(
-            f"cannot read weights {path} of card {card.name!r}: {exc}; "
-            "the file must be a torch state dict saved with torch.save(model.state_dict())"
-        ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    try:
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError) as exc:
-        raise CardError(
-            f"weights {path} do not fit a {card.architecture} with {len(card.labels)} outputs "
-            f"and {card.input.channels} input channel(s) as card {card.name!r} says: {exc}"
-        ) from exc
 
 
 @register("generic")
@@ -167,23 +137,23 @@ class GenericClassifier(Pipeline):
         try:
             ds = pydicom.dcmread(path)
         except InvalidDicomError:
-            self._skip(skipped, path.name, "not a readable DICOM file: no DICOM preamble/header")
+            self.skip(skipped, path.name, "not a readable DICOM file: no DICOM preamble/header")
             return None
         except Exception as exc:  # pydicom raises many types for truncated or corrupt files
-            self._skip(skipped, path.name, f"not a readable DICOM file: {type(exc).__name__}")
+            self.skip(skipped, path.name, f"not a readable DICOM file: {type(exc).__name__}")
             return None
         uid = str(ds.get("SOPInstanceUID", "")) or path.name
         reason = self._unusable(ds)
         if reason is not None:
-            self._skip(skipped, uid, reason)
+            self.skip(skipped, uid, reason)
             return None
         try:
             image = display_image(ds, self.card.input)
         except PixelDataError as exc:
-            self._skip(skipped, uid, str(exc))
+            self.skip(skipped, uid, str(exc))
             return None
         if not np.isfinite(image).all():
-            self._skip(skipped, uid, "pixel values are not finite")
+            self.skip(skipped, uid, "pixel values are not finite")
             return None
         return uid, image
 
@@ -199,11 +169,6 @@ class GenericClassifier(Pipeline):
                 f"multi-frame object ({frames} frames) is not supported by the generic classifier"
             )
         return None
-
-    @staticmethod
-    def _skip(skipped: list[tuple[str, str]], ident: str, reason: str) -> None:
-        skipped.append((ident, reason))
-        logger.info("skipping %s: %s", ident, reason)
 
     # -- inference ---------------------------------------------------------------------
 
@@ -222,7 +187,7 @@ class GenericClassifier(Pipeline):
                 return
             probs = self._forward([img for _, _, img in pending])
             for (path, uid, img), p in zip(pending, probs, strict=True):
-                scored.append(_Scored(path, uid, (int(img.shape[0]), int(img.shape[1])), p))
+                scored.append(_Scored(path, uid, (int(img.shape[-2]), int(img.shape[-1])), p))
             pending.clear()
 
         for path in files:

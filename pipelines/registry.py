@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pipelines.base import Pipeline
 
 #: Modules that define pipelines, imported on first lookup.
-PIPELINE_MODULES: tuple[str, ...] = ("pipelines.generic",)
+PIPELINE_MODULES: tuple[str, ...] = ("pipelines.generic", "pipelines.ich.pipeline")
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 _loaded = False

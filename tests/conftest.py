@@ -242,5 +242,18 @@ def demo_card() -> Path:
     from pipelines.demo import build_demo
 
     models = Path(__file__).resolve().parent.parent / "models"
-    (card,) = build_demo(models, seed=0, progress=False)
+    (card,) = build_demo(models, seed=0, progress=False, only=["generic-demo"])
+    return card
+
+
+@pytest.fixture(scope="session")
+def ich_demo_card() -> Path:
+    """The ``ich-demo`` model (seed 002 on synthetic head CT): ``models/ich-demo/card.yaml``.
+
+    Built like :func:`demo_card` (``scripts/run-tests`` builds it before pytest).
+    """
+    from pipelines.demo import build_demo
+
+    models = Path(__file__).resolve().parent.parent / "models"
+    (card,) = build_demo(models, seed=0, progress=False, only=["ich-demo"])
     return card

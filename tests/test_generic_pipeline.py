@@ -316,7 +316,7 @@ def test_weights_that_do_not_fit_the_card_are_refused(tmp_path: Path) -> None:
     raw = yaml.safe_load(card_path.read_text())
     raw["labels"].append({"name": "other", "code": LESION.model_dump()})  # 3 outputs, 2 in file
     card_path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(CardError, match="do not fit a resnet18 with 3 outputs"):
+    with pytest.raises(CardError, match="resnet18 backbone, 3 outputs"):
         GenericClassifier(load_card(card_path), CPU)
 
 

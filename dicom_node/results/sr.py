@@ -284,6 +284,38 @@ def _measurement_group(
     )
 
 
+#: Coding schemes defined by DICOM PS3.16 Table 8-1 that need no identification item.
+STANDARD_SCHEMES = frozenset({"DCM", "SCT", "SRT", "LN", "UCUM", "RADLEX", "FMA", "NCIt", "ACR"})
+
+
+def _identify_local_schemes(sr: pydicom.Dataset, findings: Sequence[Finding]) -> None:
+    """Declare non-standard coding schemes in Coding Scheme Identification Sequence (0008,0110).
+
+    A card may code a finding in a documented local scheme (e.g. ``99DCMNODE``
+    where no verified SNOMED CT concept exists); PS3.3 C.12.1.1.2 asks that
+    such a private designator (prefix ``99``) be identified, so that a reader
+    knows whose codes they are.
+    """
+    schemes = sorted(
+        {
+            code.scheme
+            for f in findings
+            for code in (f.code, f.finding_site, f.laterality)
+            if code is not None and code.scheme not in STANDARD_SCHEMES
+        }
+    )
+    if not schemes:
+        return
+    items = []
+    for scheme in schemes:
+        item = pydicom.Dataset()
+        item.CodingSchemeDesignator = scheme
+        item.CodingSchemeName = "dicom-node local codes (documented in the model card)"
+        item.CodingSchemeResponsibleOrganization = "dicom-node project"
+        items.append(item)
+    sr.CodingSchemeIdentificationSequence = items
+
+
 def build_sr(
     findings: Sequence[Finding],
     sources: Sequence[pydicom.Dataset],
@@ -384,6 +416,7 @@ def build_sr(
         contributing_equipment=[algorithm_contributing_equipment(algorithm)],
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
+    _identify_local_schemes(sr, findings)
     # The model's Device UID goes into the Contributing Equipment item only:
     # General Equipment (0018,1002) is Type 3 in current DICOM but unknown to
     # the dicom3tools release we validate with, which would flag the SR as a

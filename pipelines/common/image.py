@@ -9,6 +9,8 @@ with the pylibjpeg plugins installed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -59,6 +61,19 @@ def window(values: np.ndarray, center: float, width: float) -> np.ndarray:
         raise ValueError(f"window width must be positive, got {width}")
     lo = center - width / 2.0
     return np.clip((values.astype(np.float32) - lo) / float(width), 0.0, 1.0)
+
+
+def window_stack(values: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.ndarray:
+    """Apply several windows to one image and stack them as channels.
+
+    ``windows`` holds (center, width) pairs; the result is float32 of shape
+    (len(windows), Rows, Columns) in [0, 1]. This is the "pseudo-RGB" input of
+    head-CT models: e.g. brain (40/80), subdural (50/130) and bone (600/2800)
+    HU windows, so that one image shows what a reader sees by switching windows.
+    """
+    if not windows:
+        raise ValueError("window_stack needs at least one (center, width) window")
+    return np.stack([window(values, c, w) for c, w in windows]).astype(np.float32, copy=False)
 
 
 def display_pixels(ds: Dataset, frame: int = 0, values: np.ndarray | None = None) -> np.ndarray:

@@ -4,17 +4,21 @@ Model cards report the metrics measured on held-out data, and a number from
 a few hundred images is only honest with its uncertainty, so every metric
 here can be wrapped by :func:`bootstrap_ci`. Implemented in numpy (no
 scikit-learn dependency in the node) and checked against hand-computed values
-in ``tests/test_metrics.py``.
+in ``tests/test_metrics.py`` and against scikit-learn, as an independent
+implementation used only by the tests, in ``tests/test_metrics_multilabel.py``.
 
-Conventions: ``y_true`` holds 0/1 labels, ``y_pred`` 0/1 decisions and
-``y_score`` continuous scores where higher means "more positive". A metric
+Conventions: ``y_true`` holds 0/1 labels, ``y_pred`` 0/1 decisions,
+``y_score`` continuous scores where higher means "more positive" and
+``y_prob`` probabilities in [0, 1]. Multi-label data (one model output per
+finding, e.g. the hemorrhage subtypes of a head CT) is an ``(N, K)`` array,
+one row per case and one column per label. A metric
 whose denominator is zero (e.g. recall without positives) is ``nan`` rather
 than a made-up 0 or 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,10 +26,11 @@ import numpy as np
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
 
-def _binary(y: Any, name: str) -> np.ndarray:
+def _binary(y: Any, name: str, ndim: int = 1) -> np.ndarray:
     arr = np.asarray(y)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
+    if arr.ndim != ndim:
+        dims = {1: "one", 2: "two"}.get(ndim, str(ndim))
+        raise ValueError(f"{name} must be {dims}-dimensional, got shape {arr.shape}")
     if arr.size and not np.isin(arr, (0, 1)).all():
         raise ValueError(f"{name} must contain only 0 and 1")
     return arr.astype(bool)
@@ -104,6 +109,134 @@ def roc_auc(y_true: Any, y_score: Any) -> float:
     return float(u / (n_pos * n_neg))
 
 
+def roc_curve(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Receiver operating characteristic: one point per distinct score.
+
+    The point for threshold ``t`` counts the cases with ``y_score >= t`` as
+    positive. Thresholds are the distinct scores in decreasing order, preceded
+    by ``+inf`` so that the curve starts at (0, 0); cases with equal scores
+    fall on the same side of every threshold, so a run of ties is one point
+    (a diagonal step), never an arbitrary staircase. Same convention as
+    scikit-learn's ``roc_curve(..., drop_intermediate=False)``.
+
+    Parameters
+    ----------
+    y_true : array-like, shape (N,)
+        0/1 ground truth.
+    y_score : array-like, shape (N,)
+        Scores, higher meaning more positive; ``nan`` is rejected.
+
+    Returns
+    -------
+    fpr, tpr, thresholds : np.ndarray
+        False and true positive rates at each threshold (non-decreasing, ending
+        at 1) and the thresholds themselves (decreasing, ``thresholds[0]`` =
+        ``inf``). ``fpr`` is all ``nan`` without negatives and ``tpr`` all
+        ``nan`` without positives. The area under ``(fpr, tpr)`` by the
+        trapezoidal rule equals :func:`roc_auc`.
+    """
+    t = _binary(y_true, "y_true")
+    s = np.asarray(y_score, dtype=np.float64)
+    if s.shape != t.shape:
+        raise ValueError(f"y_true and y_score differ in shape: {t.shape} vs {s.shape}")
+    if np.isnan(s).any():
+        raise ValueError("y_score contains nan")
+    order = np.argsort(-s, kind="stable")
+    s, t = s[order], t[order]
+    # index of the last case of each run of equal scores (the lowest score last)
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1] if s.size else np.zeros(0, np.int64)
+    tps = np.r_[0, np.cumsum(t)[last]].astype(np.float64)
+    fps = np.r_[0, last + 1 - tps[1:]].astype(np.float64)
+    thresholds = np.r_[np.inf, s[last]]
+    fpr = fps / fps[-1] if fps[-1] > 0 else np.full(fps.shape, np.nan)
+    tpr = tps / tps[-1] if tps[-1] > 0 else np.full(tps.shape, np.nan)
+    return fpr, tpr, thresholds
+
+
+def _probabilities(y_prob: Any, shape: tuple[int, ...], name: str = "y_prob") -> np.ndarray:
+    p = np.asarray(y_prob, dtype=np.float64)
+    if p.shape != shape:
+        raise ValueError(f"y_true and {name} differ in shape: {shape} vs {p.shape}")
+    if p.size and not ((p >= 0.0) & (p <= 1.0)).all():  # also rejects nan
+        raise ValueError(f"{name} must contain probabilities in [0, 1]")
+    return p
+
+
+def _cross_entropy(t: np.ndarray, p: np.ndarray, eps: float) -> np.ndarray:
+    """Element-wise binary cross-entropy in nats, ``p`` clipped to [eps, 1 - eps]."""
+    if not 0.0 < eps < 0.5:
+        raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+    p = np.clip(p, eps, 1.0 - eps)
+    return -np.where(t, np.log(p), np.log1p(-p))
+
+
+def log_loss(y_true: Any, y_prob: Any, eps: float = 1e-7) -> float:
+    """Mean binary cross-entropy (natural log) of predicted probabilities.
+
+    ``-mean(y log p + (1 - y) log(1 - p))`` with ``p`` clipped to
+    ``[eps, 1 - eps]``, so that a confident wrong answer costs ``-log(eps)``
+    (about 16.1 for the default) instead of infinity. ``nan`` for no cases.
+
+    Parameters
+    ----------
+    y_true : array-like, shape (N,)
+        0/1 ground truth.
+    y_prob : array-like, shape (N,)
+        Predicted probability of the positive class, in [0, 1].
+    eps : float
+        Clipping bound, in (0, 0.5).
+    """
+    t = _binary(y_true, "y_true")
+    p = _probabilities(y_prob, t.shape)
+    if t.size == 0:
+        return float("nan")
+    return float(np.mean(_cross_entropy(t, p, eps)))
+
+
+def _label_weights(weights: Any, k: int) -> np.ndarray:
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (k,):
+        raise ValueError(f"weights must have one entry per label ({k}), got shape {w.shape}")
+    if not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weights must be finite, non-negative and not all zero")
+    return w
+
+
+def weighted_log_loss(y_true: Any, y_prob: Any, weights: Any, eps: float = 1e-7) -> float:
+    """Label-weighted multi-label log loss (the RSNA Intracranial Hemorrhage metric).
+
+    For N cases and K labels with weights ``w_k``::
+
+        BCE[n, k] = -(y[n, k] log p[n, k] + (1 - y[n, k]) log(1 - p[n, k]))
+        loss      = (1 / N) sum_n ( sum_k w_k BCE[n, k] / sum_k w_k )
+
+    i.e. the weighted mean over labels of each case's binary cross-entropy,
+    averaged over cases (natural log, ``p`` clipped to ``[eps, 1 - eps]``).
+    The RSNA 2019 challenge used K = 6 (``any``, epidural, intraparenchymal,
+    intraventricular, subarachnoid, subdural) with weight 2 for ``any`` and 1
+    for each subtype. With all weights equal it is :func:`log_loss` of the
+    flattened arrays. ``nan`` for no cases.
+
+    Parameters
+    ----------
+    y_true : array-like, shape (N, K)
+        0/1 ground truth, one column per label.
+    y_prob : array-like, shape (N, K)
+        Predicted probabilities, in [0, 1].
+    weights : array-like, shape (K,)
+        Non-negative label weights, not all zero; only their ratios matter.
+    eps : float
+        Clipping bound, in (0, 0.5).
+    """
+    t = _binary(y_true, "y_true", ndim=2)
+    p = _probabilities(y_prob, t.shape)
+    w = _label_weights(weights, t.shape[1])
+    if t.shape[0] == 0:
+        return float("nan")
+    per_case = _cross_entropy(t, p, eps) @ w / w.sum()
+    return float(np.mean(per_case))
+
+
 def bootstrap_ci(
     metric_fn: MetricFn,
     y_true: Any,
@@ -122,9 +255,13 @@ def bootstrap_ci(
     metric_fn : callable
         ``metric_fn(y_true, y)`` -> float, e.g. :func:`recall` or :func:`roc_auc`.
     y_true : array-like
-        0/1 ground truth.
+        0/1 ground truth, one entry per case: ``(N,)`` or, for multi-label
+        metrics, ``(N, K)``. Resampling draws whole cases, i.e. indexes the
+        first axis of both arrays with the same indices, so the labels of a
+        case stay together.
     y_score_or_pred : array-like
-        Whatever ``metric_fn`` takes as its second argument.
+        Whatever ``metric_fn`` takes as its second argument, with the same
+        first dimension as ``y_true``.
     n : int
         Bootstrap resamples.
     seed : int
@@ -222,3 +359,110 @@ def binary_report(
     value, lo, hi = bootstrap_ci(roc_auc, t, s, n=n_bootstrap, seed=seed, alpha=alpha)
     report["roc_auc"] = {"value": value, "ci_low": lo, "ci_high": hi}
     return report
+
+
+def _per_label(value: Any, labels: list[str], name: str) -> list[float]:
+    """A scalar, a sequence in label order or a ``{label: value}`` mapping, as a list."""
+    if isinstance(value, Mapping):
+        missing = [lab for lab in labels if lab not in value]
+        extra = [key for key in value if key not in labels]
+        if missing or extra:
+            raise ValueError(f"{name} do not match the labels: missing {missing}, unknown {extra}")
+        return [float(value[lab]) for lab in labels]
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        return [float(arr)] * len(labels)
+    if arr.shape != (len(labels),):
+        raise ValueError(
+            f"{name} must have one entry per label ({len(labels)}), got shape {arr.shape}"
+        )
+    return [float(x) for x in arr]
+
+
+def multilabel_report(
+    y_true: Any,
+    y_prob: Any,
+    labels: Sequence[str],
+    thresholds: Any,
+    weights: Any = None,
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Per-label metrics and the weighted log loss of a multi-label model.
+
+    Decisions are ``y_prob[:, k] >= thresholds[k]``. Every interval is a
+    percentile bootstrap over cases (rows) with the same ``seed``, hence the
+    same resamples for every label and metric: reproducible, and the labels
+    of a case are never separated. Resamples on which a metric is undefined
+    are dropped (see :func:`bootstrap_ci`).
+
+    Parameters
+    ----------
+    y_true : array-like, shape (N, K)
+        0/1 ground truth, one column per label.
+    y_prob : array-like, shape (N, K)
+        Predicted probabilities, in [0, 1].
+    labels : sequence of str
+        The K label names, distinct, in column order.
+    thresholds : float, sequence of K floats or mapping label -> float
+        Decision threshold of each label (a float applies to all).
+    weights : None, sequence of K floats or mapping label -> float
+        Label weights of :func:`weighted_log_loss`; ``None`` weighs all 1.
+    n_bootstrap : int
+        Bootstrap resamples.
+    seed : int
+        Seed of the resampling.
+    alpha : float
+        1 - confidence level.
+
+    Returns
+    -------
+    dict
+        ``{"n", "labels", "confidence", "ci_method", "per_label": {label:
+        {"n_positive", "threshold", "precision", "recall", "f1", "roc_auc"}},
+        "weighted_log_loss"}``, each metric a ``{"value", "ci_low", "ci_high"}``
+        dict and ``weighted_log_loss`` also carrying ``"weights": {label: w}``;
+        plain Python types so that it can be written to YAML. Undefined values
+        (e.g. recall and roc_auc of a label without positives) are ``nan``.
+    """
+    t = _binary(y_true, "y_true", ndim=2).astype(np.int64)
+    p = _probabilities(y_prob, t.shape)
+    names = [str(label) for label in labels]
+    if len(names) != t.shape[1]:
+        raise ValueError(f"{len(names)} labels for {t.shape[1]} columns")
+    if len(set(names)) != len(names):
+        raise ValueError(f"labels must be distinct, got {names}")
+    cut = _per_label(thresholds, names, "thresholds")
+    if any(np.isnan(cut)):
+        raise ValueError(f"thresholds must not be nan, got {cut}")
+    weight_list = _per_label(1.0 if weights is None else weights, names, "weights")
+    w = _label_weights(weight_list, len(names))
+
+    def ci(metric_fn: MetricFn, y: np.ndarray, q: np.ndarray) -> dict[str, float]:
+        value, lo, hi = bootstrap_ci(metric_fn, y, q, n=n_bootstrap, seed=seed, alpha=alpha)
+        return {"value": value, "ci_low": lo, "ci_high": hi}
+
+    def wll(y: np.ndarray, q: np.ndarray) -> float:
+        return weighted_log_loss(y, q, w)
+
+    per_label: dict[str, Any] = {}
+    for k, name in enumerate(names):
+        pred = (p[:, k] >= cut[k]).astype(np.int64)
+        entry: dict[str, Any] = {"n_positive": int(t[:, k].sum()), "threshold": cut[k]}
+        for metric, fn in {"precision": precision, "recall": recall, "f1": f1_score}.items():
+            entry[metric] = ci(fn, t[:, k], pred)
+        entry["roc_auc"] = ci(roc_auc, t[:, k], p[:, k])
+        per_label[name] = entry
+    return {
+        "n": int(t.shape[0]),
+        "labels": names,
+        "confidence": 1.0 - alpha,
+        "ci_method": f"percentile bootstrap over cases, {n_bootstrap} resamples, seed {seed}",
+        "per_label": per_label,
+        "weighted_log_loss": {
+            **ci(wll, t, p),
+            "weights": {name: float(x) for name, x in zip(names, w, strict=True)},
+        },
+    }

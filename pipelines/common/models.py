@@ -17,6 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
+from pipelines.card import CardError, ModelCard
+
 logger = logging.getLogger(__name__)
 
 
@@ -162,6 +164,45 @@ def build_classifier(
     return model
 
 
+def _head_path(architecture: str) -> tuple[str, ...]:
+    """Dotted path of the final Linear layer of a model built by :func:`build_classifier`."""
+    swap_head, _, _ = _ARCHITECTURES[architecture]
+    return ("fc",) if swap_head is _resnet_head else ("classifier",)
+
+
+def build_backbone(
+    architecture: str,
+    *,
+    in_channels: int = 3,
+    pretrained_path: str | Path | None = None,
+) -> tuple[nn.Module, int]:
+    """A torchvision classifier without its head: image batch -> pooled feature vectors.
+
+    The final Linear layer is replaced by ``nn.Identity``, so the module returns
+    the globally pooled features (2048-d for ResNet-50, 1536-d for
+    EfficientNet-B3) that a task-specific head (e.g. fused with other inputs)
+    consumes. Layer names are torchvision's, so Grad-CAM layers such as
+    ``layer4`` or ``features.-1`` resolve as for :func:`build_classifier`.
+
+    Returns
+    -------
+    (module, feature_dim)
+    """
+    model = build_classifier(
+        architecture, 1, in_channels=in_channels, pretrained_path=pretrained_path
+    )
+    parent: nn.Module = model
+    (attr,) = _head_path(architecture)
+    head = getattr(parent, attr)
+    if isinstance(head, nn.Sequential):  # mobilenet / efficientnet: [..., Linear]
+        parent, attr = head, str(len(head) - 1)
+        head = head[-1]
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"expected a Linear head in {architecture}, found {type(head).__name__}")
+    setattr(parent, attr, nn.Identity())
+    return model, head.in_features
+
+
 def target_layer(model: nn.Module, name: str) -> nn.Module:
     """Resolve a dotted layer name such as ``"layer4"`` or ``"features.-1"``.
 
@@ -196,3 +237,34 @@ def target_layer(model: nn.Module, name: str) -> nn.Module:
             f"(children: {', '.join(children) or 'none'})"
         )
     return module
+
+
+def load_weights(model: torch.nn.Module, card: ModelCard) -> None:
+    """Load the card's weights file (a state dict) into ``model``.
+
+    The sha256 was checked by :func:`pipelines.card.load_card`; this checks
+    that the tensors fit the card's architecture and label count.
+
+    Raises
+    ------
+    CardError
+        If the file cannot be read or does not fit the model.
+    """
+    path = card.weights_path
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for unreadable / unsafe files
+        raise CardError(
+            f"cannot read weights {path} of card {card.name!r}: {exc}; "
+            "the file must be a torch state dict saved with torch.save(model.state_dict())"
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as exc:
+        raise CardError(
+            f"weights {path} do not fit the {card.pipeline!r} model with a {card.architecture} "
+            f"backbone, {len(card.labels)} outputs and {card.input.channels} input channel(s) "
+            f"as card {card.name!r} says: {exc}"
+        ) from exc

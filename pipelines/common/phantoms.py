@@ -233,22 +233,40 @@ def _phantom_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
-def _build_dataset(
-    pixels: np.ndarray,
+@dataclass(frozen=True)
+class PhantomHeader:
+    """What differs between phantom kinds in the modules every phantom object has."""
+
+    sop_class_uid: str
+    modality: str
+    study_description: str
+    series_number: int
+    series_description: str
+    body_part: str
+    #: the generating module, as Manufacturer's Model Name
+    generator: str
+
+
+def phantom_dataset(
+    header: PhantomHeader,
     *,
-    seed: int,
-    index: int,
+    uids: dict[str, str],
+    when: dt.datetime,
     patient_name: str,
     patient_id: str,
-    uids: dict[str, str],
+    study_id: str,
+    accession: str,
+    instance_number: int,
 ) -> Dataset:
-    rows, columns = pixels.shape
-    when = dt.datetime(2024, 1, 1, 8, 0, 0) + dt.timedelta(days=index % 365, minutes=index % 600)
-    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
-    spacing = FIELD_OF_VIEW_MM / columns
+    """File meta, SOP Common, Patient, General Study / Series / Equipment / Image of a phantom.
 
+    ``uids`` holds ``sop``, ``study`` and ``series``. The patient is marked as
+    de-identified synthetic data; Manufacturer is :data:`PHANTOM_MANUFACTURER`.
+    Callers add their modality's modules (image plane, pixel, DX or CT image).
+    """
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION_SOP_CLASS
+    meta.MediaStorageSOPClassUID = header.sop_class_uid
     meta.MediaStorageSOPInstanceUID = uids["sop"]
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
@@ -257,7 +275,7 @@ def _build_dataset(
     ds.file_meta = meta
     ds.SpecificCharacterSet = "ISO_IR 192"
     # SOP common
-    ds.SOPClassUID = DX_FOR_PRESENTATION_SOP_CLASS
+    ds.SOPClassUID = header.sop_class_uid
     ds.SOPInstanceUID = uids["sop"]
     ds.InstanceCreationDate = date
     ds.InstanceCreationTime = time
@@ -273,33 +291,67 @@ def _build_dataset(
     ds.StudyDate = date
     ds.StudyTime = time
     ds.ReferringPhysicianName = "PHANTOM^REFERRER"
-    ds.StudyID = f"P{index:05d}"
-    ds.AccessionNumber = f"PH{seed % 10000:04d}{index:06d}"
-    ds.StudyDescription = "Synthetic chest phantom"
-    # general + DX series
-    ds.Modality = "DX"
+    ds.StudyID = study_id
+    ds.AccessionNumber = accession
+    ds.StudyDescription = header.study_description
+    # general series
+    ds.Modality = header.modality
     ds.SeriesInstanceUID = uids["series"]
-    ds.SeriesNumber = 1
+    ds.SeriesNumber = header.series_number
     ds.SeriesDate = date
     ds.SeriesTime = time
-    ds.SeriesDescription = "Chest PA (phantom)"
-    ds.BodyPartExamined = "CHEST"
-    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.SeriesDescription = header.series_description
+    ds.BodyPartExamined = header.body_part
     # general equipment
     ds.Manufacturer = PHANTOM_MANUFACTURER
-    ds.ManufacturerModelName = "pipelines.common.phantoms"
+    ds.ManufacturerModelName = header.generator
     ds.SoftwareVersions = "1"
     # general image / acquisition
-    ds.InstanceNumber = 1
+    ds.InstanceNumber = instance_number
     ds.ContentDate = date
     ds.ContentTime = time
     ds.AcquisitionDate = date
     ds.AcquisitionTime = time
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    return ds
+
+
+def _build_dataset(
+    pixels: np.ndarray,
+    *,
+    seed: int,
+    index: int,
+    patient_name: str,
+    patient_id: str,
+    uids: dict[str, str],
+) -> Dataset:
+    rows, columns = pixels.shape
+    when = dt.datetime(2024, 1, 1, 8, 0, 0) + dt.timedelta(days=index % 365, minutes=index % 600)
+    spacing = FIELD_OF_VIEW_MM / columns
+
+    ds = phantom_dataset(
+        PhantomHeader(
+            sop_class_uid=DX_FOR_PRESENTATION_SOP_CLASS,
+            modality="DX",
+            study_description="Synthetic chest phantom",
+            series_number=1,
+            series_description="Chest PA (phantom)",
+            body_part="CHEST",
+            generator="pipelines.common.phantoms",
+        ),
+        uids=uids,
+        when=when,
+        patient_name=patient_name,
+        patient_id=patient_id,
+        study_id=f"P{index:05d}",
+        accession=f"PH{seed % 10000:04d}{index:06d}",
+        instance_number=1,
+    )
+    ds.PresentationIntentType = "FOR PRESENTATION"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     # PA chest shown as usual: row direction to the patient's left, columns to the feet
     ds.PatientOrientation = ["L", "F"]
-    ds.BurnedInAnnotation = "NO"
-    ds.LossyImageCompression = "00"
     # DX anatomy imaged and positioning
     ds.ImageLaterality = "U"
     region = Dataset()

@@ -18,16 +18,20 @@ import torch.nn.functional as F
 from pydicom.dataset import Dataset
 
 from pipelines.card import InputSpec
-from pipelines.common.image import display_pixels, modality_pixels, window
+from pipelines.common.image import display_pixels, modality_pixels, window, window_stack
 
 
 def display_image(ds: Dataset, spec: InputSpec, frame: int = 0) -> np.ndarray:
     """One frame as float32 in [0, 1] (bright = dense), at the source resolution.
 
+    With ``spec.windows`` set, each window is applied to the modality values
+    (HU for CT) and the result is (channels, Rows, Columns): physical units
+    do not depend on the photometric interpretation, so nothing is inverted.
     With ``spec.window_center``/``window_width`` set (e.g. a lung window for
     CT) that fixed window is applied to the modality values, so that every
     image is seen on the same scale; otherwise the object's own VOI / a
     percentile stretch is used (:func:`pipelines.common.image.display_pixels`).
+    Both of these return (Rows, Columns).
 
     Raises
     ------
@@ -38,6 +42,8 @@ def display_image(ds: Dataset, spec: InputSpec, frame: int = 0) -> np.ndarray:
         raise ValueError(
             "the card's input sets only one of window_center / window_width; set both or neither"
         )
+    if spec.windows is not None:
+        return window_stack(modality_pixels(ds, frame), [(w.center, w.width) for w in spec.windows])
     if spec.window_center is None or spec.window_width is None:
         return display_pixels(ds, frame)
     shown = window(modality_pixels(ds, frame), spec.window_center, spec.window_width)
@@ -62,7 +68,10 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> torch.Ten
 
 
 def to_model_input(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
-    """Stack [0, 1] greyscale images into a normalised (N, channels, size, size) batch.
+    """Stack [0, 1] images into a normalised (N, channels, size, size) batch.
+
+    Each image is (H, W) greyscale, replicated to ``channels``, or already
+    (channels, H, W) (e.g. from ``spec.windows``).
 
     Resizing is bilinear with antialiasing (a 2048-pixel radiograph shrunk to
     224 must not alias its noise into the model's input). Aspect ratio is not
@@ -77,15 +86,19 @@ def to_model_input(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tenso
         raise ValueError("the card's input.std values must be positive")
     resized = []
     for image in images:
-        if image.ndim != 2:
-            raise ValueError(f"expected a 2-D greyscale image, got shape {image.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-        resized.append(
-            F.interpolate(
-                t, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True
+        if image.ndim == 2:
+            t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        elif image.ndim == 3 and image.shape[0] == spec.channels:
+            t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        else:
+            raise ValueError(
+                f"expected an (H, W) image or a ({spec.channels}, H, W) stack, got shape {image.shape}"
             )
+        t = F.interpolate(
+            t, size=(spec.size, spec.size), mode="bilinear", align_corners=False, antialias=True
         )
-    batch = torch.cat(resized).repeat(1, spec.channels, 1, 1)
+        resized.append(t.expand(1, spec.channels, spec.size, spec.size))
+    batch = torch.cat(resized)
     return (batch - mean) / std
 
 
@@ -102,4 +115,4 @@ def datasets_to_batch(
         Each source image's (Rows, Columns), to map heatmaps back.
     """
     images = [display_image(ds, spec) for ds in datasets]
-    return to_model_input(images, spec), [img.shape for img in images]
+    return to_model_input(images, spec), [tuple(img.shape[-2:]) for img in images]

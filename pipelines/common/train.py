@@ -39,7 +39,12 @@ _CHECKPOINT_FORMAT = 1
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+#: A model input: one tensor, or a tuple of tensors passed as ``model(*inputs)``
+#: (e.g. an image batch and the slice positions of a position-aware model).
+Inputs = torch.Tensor | tuple[torch.Tensor, ...]
+#: ``augment(inputs, targets, generator) -> (inputs, targets)`` on a training batch;
+#: it may change targets too (Mixup).
+Augment = Callable[[Inputs, torch.Tensor, torch.Generator], tuple[Inputs, torch.Tensor]]
 #: ``metric(logits, targets) -> float`` on the whole validation set
 ValMetric = Callable[[torch.Tensor, torch.Tensor], float]
 
@@ -103,6 +108,17 @@ class TrainResult:
     resumed_from: int = 0
     device: str = "cpu"
 
+    def history_rows(self) -> list[dict[str, Any]]:
+        """Per-epoch losses, rounded, for a model card's provenance."""
+        return [
+            {
+                "epoch": h.epoch,
+                "train_loss": round(h.train_loss, 5),
+                "val_loss": None if h.val_loss is None else round(h.val_loss, 5),
+            }
+            for h in self.history
+        ]
+
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The requested device, or CUDA when available, else CPU."""
@@ -140,17 +156,37 @@ def sgd(lr: float = 0.001, momentum: float = 0.9, weight_decay: float = 0.0) -> 
 def horizontal_flip(p: float = 0.5) -> Augment:
     """Augmentation flipping each image left-right with probability ``p``.
 
-    Only for tasks whose labels do not depend on laterality.
+    Only for tasks whose labels do not depend on laterality. With tuple
+    inputs the first tensor is the image batch.
     """
 
-    def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def augment(
+        inputs: Inputs, targets: torch.Tensor, generator: torch.Generator
+    ) -> tuple[Inputs, torch.Tensor]:
+        multi = isinstance(inputs, tuple | list)
+        batch = inputs[0] if multi else inputs
         flip = torch.rand(batch.shape[0], generator=generator) < p
         if flip.any():
             batch = batch.clone()
             batch[flip] = batch[flip].flip(-1)
-        return batch
+        out = (batch, *inputs[1:]) if multi else batch
+        return out, targets
 
     return augment
+
+
+def to_device(inputs: Inputs, device: torch.device | str) -> Inputs:
+    """Move a tensor or a tuple of tensors to ``device``."""
+    if isinstance(inputs, tuple | list):
+        return tuple(t.to(device) for t in inputs)
+    return inputs.to(device)
+
+
+def call_model(model: nn.Module, inputs: Inputs) -> torch.Tensor:
+    """``model(inputs)`` or ``model(*inputs)`` for tuple inputs."""
+    if isinstance(inputs, tuple | list):
+        return model(*inputs)
+    return model(inputs)
 
 
 def stratified_kfold(
@@ -224,7 +260,7 @@ def predict(
         return torch.cat(outs), None
     logits, targets = [], []
     for x, y in DataLoader(data, batch_size=batch_size, shuffle=False):
-        logits.append(model(x.to(dev)).cpu())
+        logits.append(call_model(model, to_device(x, dev)).cpu())
         targets.append(torch.as_tensor(y))
     return torch.cat(logits), torch.cat(targets)
 
@@ -385,18 +421,18 @@ def fit(
         )
         for x, y in bar:
             if augment is not None:
-                x = augment(x, generator)
-            x, y = x.to(device), y.to(device)
+                x, y = augment(x, y, generator)
+            x, y = to_device(x, device), y.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = loss_fn(call_model(model, x), y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} in epoch {epoch}; lower the learning rate"
                 )
             loss.backward()
             optimizer.step()
-            total += loss.item() * x.shape[0]
-            seen += x.shape[0]
+            total += loss.item() * y.shape[0]
+            seen += y.shape[0]
             bar.set_postfix(loss=f"{total / seen:.4f}")
         bar.close()
         lr = float(optimizer.param_groups[0]["lr"])

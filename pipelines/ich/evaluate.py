@@ -1,0 +1,154 @@
+"""``dicom-node evaluate ich``: measure a trained ICH model on RSNA-format data.
+
+The model is run exactly as the node runs it (the card's preprocessing,
+TTA and thresholds) on every labelled slice it can find, and the slice-level
+metrics of the RSNA task are reported: per-label precision, recall, F1 and
+ROC AUC, and the weighted multi-label log loss (``any`` 2, others 1), each
+with a percentile-bootstrap 95 % interval over slices. Results are printed,
+saved as ``metrics.json`` and drawn as ``roc.png`` in the output folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.card import CardError, load_card
+from pipelines.common.metrics import multilabel_report, roc_curve
+from pipelines.common.models import load_weights
+from pipelines.common.plots import save_roc_png
+from pipelines.common.train import resolve_device
+from pipelines.ich.data import SliceDataset, index_folder, read_labels
+from pipelines.ich.labels import LABELS, LOSS_WEIGHTS
+from pipelines.ich.pipeline import air_fill, build_model, parse_options, score_dataset
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_ich(
+    model_dir: str | Path,
+    dicom_dir: str | Path,
+    labels_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str | None = None,
+    batch_size: int | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate the model in ``model_dir`` (its ``card.yaml``); write metrics.json and roc.png.
+
+    Returns
+    -------
+    dict
+        The metrics as written to ``metrics.json``.
+
+    Raises
+    ------
+    CardError
+        If the card is not an ``ich`` card or its labels are not the six RSNA labels.
+    pipelines.ich.data.DataError
+        If the data cannot be read.
+    """
+    card_path = Path(model_dir) / "card.yaml" if Path(model_dir).is_dir() else Path(model_dir)
+    card = load_card(card_path)
+    if card.pipeline != "ich":
+        raise CardError(f"{card_path} is a {card.pipeline!r} model, not an ich model")
+    names = [label.name for label in card.labels]
+    if sorted(names) != sorted(LABELS):
+        raise CardError(
+            f"{card_path} has labels {names}; RSNA evaluation needs exactly {', '.join(LABELS)}"
+        )
+    options = parse_options(card)
+    model = build_model(card, options)
+    load_weights(model, card)
+    run_device = resolve_device(device)
+
+    slices = index_folder(dicom_dir, read_labels(labels_csv))
+    # the card's label order may differ from the CSV's: reorder the targets to the model's
+    order = [LABELS.index(n) for n in names]
+    dataset = SliceDataset(slices, card.input)
+    y_true = dataset.targets()[:, order]
+    y_prob = score_dataset(
+        model,
+        dataset,
+        batch_size=batch_size or options.batch_size,
+        device=run_device,
+        tta=options.tta,
+        fill=air_fill(card.input.mean, card.input.std),
+    )
+    report = multilabel_report(
+        y_true,
+        y_prob,
+        names,
+        [label.threshold for label in card.labels],
+        [LOSS_WEIGHTS[n] for n in names],
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+    )
+    report.update(
+        {
+            "model": card.name,
+            "weights_sha256": card.weights.sha256,
+            "unit": "slice",
+            "patients": len({s.group for s in slices}),
+            "tta_views": options.tta.views,
+            "device": str(run_device),
+            "evaluated_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        }
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    curves = {}
+    for k, name in enumerate(names):
+        fpr, tpr, _ = roc_curve(y_true[:, k], y_prob[:, k])
+        curves[name] = (fpr, tpr, report["per_label"][name]["roc_auc"]["value"])
+    save_roc_png(
+        curves, out / "roc.png", title=f"{card.name}: ROC per label ({len(y_true)} slices)"
+    )
+    return report
+
+
+def _json_safe(value: Any) -> Any:
+    """nan is not JSON: write null, so that any JSON reader accepts the file."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A fixed-width table of the report for the terminal."""
+
+    def cell(metric: dict[str, Any]) -> str:
+        v, lo, hi = metric["value"], metric["ci_low"], metric["ci_high"]
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return f"{'n/a':>21}"
+        return f"{v:6.3f} [{lo:5.3f}, {hi:5.3f}]"
+
+    title = f"{report['model']}: {report['n']} slices, {report['patients']} patients"
+    header = f"{'label':<18}{'n+':>6}{'thr':>7}  " + "  ".join(
+        f"{h:<21}" for h in ("precision", "recall", "F1", "ROC AUC")
+    )
+    lines = [f"{title}, 95 % bootstrap intervals", header]
+    for label, m in report["per_label"].items():
+        lines.append(
+            f"{label:<18}{m['n_positive']:>6}{m['threshold']:>7.3f}  {cell(m['precision'])}  "
+            f"{cell(m['recall'])}  {cell(m['f1'])}  {cell(m['roc_auc'])}"
+        )
+    lines.append(
+        f"weighted log loss (any 2, others 1): {cell(report['weighted_log_loss']).strip()}"
+    )
+    return "\n".join(lines)

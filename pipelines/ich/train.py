@@ -1,0 +1,373 @@
+"""``dicom-node train ich``: train the seed-002 model from RSNA-format data and write its card.
+
+Recipe (the seed's, with the choices it leaves open written to the card):
+
+* split by patient (by study when Patient ID is missing) into train /
+  validation / held-out test (default 70 / 15 / 15 %), positives and
+  negatives spread evenly;
+* input: brain / subdural / bone windows at ``size`` pixels, normalised with
+  the per-channel mean / std of the training split;
+* augmentation: horizontal flip, rotation, brightness / contrast jitter,
+  Gaussian noise, Mixup alpha 0.2 (:mod:`pipelines.common.augment`);
+* loss: binary cross-entropy per label weighted as the RSNA metric
+  (``any`` 2, others 1); AdamW with a cosine learning-rate schedule (the seed
+  names no optimizer); the epoch with the lowest validation loss is kept;
+* thresholds: per label, the one that maximises F1 on the validation
+  slices (0.5 when the validation split has no positive of that label);
+* metrics: per-label precision, recall, F1, ROC AUC and the weighted log
+  loss with bootstrap 95 % intervals on validation and held-out test slices.
+
+Checkpoints go to ``<out>/train/checkpoint.pt`` after every epoch; running the
+same command again resumes. CUDA is used when present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.card import (
+    ExplainerSpec,
+    LabelSpec,
+    ModelCard,
+    Provenance,
+    WeightsSpec,
+    load_card,
+    sha256_file,
+    write_card,
+)
+from pipelines.common.augment import AugmentSpec, image_augment
+from pipelines.common.metrics import f1_score, multilabel_report
+from pipelines.common.train import (
+    CHECKPOINT_NAME,
+    EpochStats,
+    TrainConfig,
+    fit,
+    resolve_device,
+    seed_everything,
+)
+from pipelines.ich.data import (
+    DataError,
+    LabelledSlice,
+    SliceDataset,
+    channel_statistics,
+    index_folder,
+    read_labels,
+    split_by_group,
+)
+from pipelines.ich.labels import BRAIN, CODES, LABELS, LOSS_WEIGHTS
+from pipelines.ich.model import ICHNet, WeightedBCE
+from pipelines.ich.pipeline import IchOptions, TTASpec, air_fill, score_dataset
+from pipelines.ich.slices import input_spec
+
+logger = logging.getLogger(__name__)
+
+CARD_FILE = "card.yaml"
+WEIGHTS_FILE = "weights.pt"
+
+
+def default_target_layer(backbone: str) -> str:
+    """Grad-CAM layer of a backbone inside :class:`~pipelines.ich.model.ICHNet`."""
+    return "backbone.features.-1" if backbone.startswith("efficientnet") else "backbone.layer4"
+
+
+@dataclass(frozen=True)
+class IchRecipe:
+    """Every training choice; all of it is written to the card's provenance."""
+
+    backbone: str = "resnet50"
+    size: int = 224
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    z_features: int = 64
+    hidden: int = 512
+    dropout: float = 0.3
+    #: train / validation / held-out test shares of the patients
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    #: Grad-CAM layer; "" = the backbone's last block
+    target_layer: str = ""
+    heatmap_top_k: int = 3
+    #: local torchvision ImageNet weights of the backbone (never downloaded); "" = from scratch
+    pretrained: str = ""
+    #: keep preprocessed inputs in memory (small data sets only)
+    cache: bool = False
+    bootstrap_resamples: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.split) != 3 or self.split[0] <= 0 or self.split[1] <= 0:
+            raise ValueError(
+                f"split must be three shares with train and validation > 0: {self.split}"
+            )
+
+
+def choose_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> list[float]:
+    """Per label, the probability threshold with the highest F1 on (validation) data.
+
+    Candidates are the observed probabilities; ties go to the higher
+    threshold (fewer false positives). 0.5 for a label without positives.
+    """
+    out = []
+    for k in range(y_true.shape[1]):
+        t, p = y_true[:, k], y_prob[:, k]
+        if t.sum() == 0:
+            out.append(0.5)
+            continue
+        best, best_f1 = 0.5, -1.0
+        for candidate in np.unique(p):
+            f1 = f1_score(t, (p >= candidate).astype(np.int64))
+            if not np.isnan(f1) and f1 >= best_f1:
+                best, best_f1 = float(candidate), f1
+        out.append(round(best, 6))
+    return out
+
+
+def _rounded(value: Any, digits: int = 4) -> Any:
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v, digits) for v in value]
+    return value
+
+
+def _describe(parts: Sequence[Sequence[LabelledSlice]]) -> dict[str, Any]:
+    out = {}
+    for name, part in zip(("train", "validation", "test"), parts, strict=True):
+        y = np.array([s.labels for s in part]).reshape(-1, len(LABELS))
+        out[name] = {
+            "groups": len({s.group for s in part}),
+            "slices": len(part),
+            "positives": {label: int(y[:, i].sum()) for i, label in enumerate(LABELS)},
+        }
+    return out
+
+
+def train_ich(
+    dicom_dir: str | Path,
+    labels_csv: str | Path,
+    out_dir: str | Path,
+    recipe: IchRecipe | None = None,
+    *,
+    name: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    synthetic: bool = False,
+    description: str = "",
+    data_note: str = "",
+    say: Callable[[str], None] | None = None,
+) -> Path:
+    """Train, evaluate and write ``<out_dir>/card.yaml`` + ``weights.pt``; return the card path.
+
+    Parameters
+    ----------
+    dicom_dir, labels_csv
+        RSNA-format data (:mod:`pipelines.ich.data`).
+    out_dir
+        The model folder; ``train/`` below it holds the resumable checkpoint.
+    recipe
+        Hyper-parameters (default :class:`IchRecipe`).
+    name
+        Card name; default the folder's name.
+    synthetic
+        The data are generated phantoms: the card says so and is never
+        marked for clinical use.
+
+    Raises
+    ------
+    DataError
+        If the data cannot be read or are too few to split.
+    """
+    recipe = recipe or IchRecipe()
+    say = say or logger.info
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "train"
+    t0 = time.perf_counter()
+    seed_everything(recipe.seed)
+
+    labels = read_labels(labels_csv)
+    slices = index_folder(dicom_dir, labels)
+    parts = split_by_group(slices, recipe.split, seed=recipe.seed)
+    train_part, val_part, test_part = parts
+    if not train_part or not val_part:
+        raise DataError(
+            f"{len({s.group for s in slices})} patient(s) cannot be split into train and "
+            "validation; at least 3 are needed (more for meaningful metrics)"
+        )
+    split_info = _describe(parts)
+    say(
+        "[ich] "
+        + ", ".join(
+            f"{k}: {v['groups']} patients / {v['slices']} slices" for k, v in split_info.items()
+        )
+    )
+
+    mean, std = channel_statistics(train_part, recipe.size, seed=recipe.seed)
+    spec = input_spec(recipe.size, mean, std)
+    say(f"[ich] normalisation mean {mean} std {std}")
+    datasets = {
+        name_: SliceDataset(part, spec, cache=recipe.cache)
+        for name_, part in (("train", train_part), ("val", val_part), ("test", test_part))
+    }
+    model = ICHNet(
+        recipe.backbone,
+        len(LABELS),
+        z_features=recipe.z_features,
+        hidden=recipe.hidden,
+        dropout=recipe.dropout,
+        pretrained_path=recipe.pretrained or None,
+    )
+    weights = torch.tensor([LOSS_WEIGHTS[label] for label in LABELS])
+    config = TrainConfig(
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
+        device=device,
+        progress=progress,
+    )
+
+    def optimizer(params: Any) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+    def scheduler(opt: torch.optim.Optimizer) -> Any:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
+
+    def report(stats: EpochStats) -> None:
+        say(
+            f"[ich] epoch {stats.epoch}/{recipe.epochs}: train loss {stats.train_loss:.4f}, "
+            f"val loss {stats.val_loss:.4f} ({stats.seconds:.0f}s)"
+        )
+
+    say(f"[ich] training {recipe.backbone} at {recipe.size} px on {len(train_part)} slices")
+    t_train = time.perf_counter()
+    result = fit(
+        model,
+        datasets["train"],
+        datasets["val"],
+        config,
+        loss_fn=WeightedBCE(weights),
+        optimizer_factory=optimizer,
+        scheduler_factory=scheduler,
+        augment=image_augment(recipe.augment, mean, std),
+        out_dir=work,
+        on_epoch_end=report,
+    )
+    train_seconds = time.perf_counter() - t_train
+
+    run_device = resolve_device(device)
+    tta = TTASpec()
+    fill = air_fill(mean, std)
+    probs = {
+        k: score_dataset(
+            model,
+            datasets[k],
+            batch_size=2 * recipe.batch_size,
+            device=run_device,
+            tta=tta,
+            fill=fill,
+        )
+        for k in ("val", "test")
+        if len(datasets[k])
+    }
+    thresholds = choose_thresholds(datasets["val"].targets(), probs["val"])
+    loss_weights = [LOSS_WEIGHTS[label] for label in LABELS]
+    metrics: dict[str, Any] = {}
+    for key, split_name in (("test", "held_out_test"), ("val", "validation")):
+        if key not in probs:
+            continue
+        metrics[split_name] = _rounded(
+            multilabel_report(
+                datasets[key].targets(),
+                probs[key],
+                list(LABELS),
+                thresholds,
+                loss_weights,
+                n_bootstrap=recipe.bootstrap_resamples,
+                seed=recipe.seed,
+            )
+        )
+        metrics[split_name]["unit"] = "slice"
+    if "held_out_test" in metrics:
+        test = metrics["held_out_test"]
+        say(
+            "[ich] held-out test: weighted log loss "
+            f"{test['weighted_log_loss']['value']:.4f}; AUC "
+            + ", ".join(
+                f"{label} {test['per_label'][label]['roc_auc']['value']:.3f}" for label in LABELS
+            )
+        )
+
+    model.cpu()
+    weights_path = out / WEIGHTS_FILE
+    torch.save(model.state_dict(), weights_path)
+    options = IchOptions(
+        z_features=recipe.z_features, hidden=recipe.hidden, dropout=recipe.dropout
+    ).model_dump(mode="json")
+    card = ModelCard(
+        name=name or out.name,
+        pipeline="ich",
+        version="0.1.0",
+        description=description
+        or (
+            "Intracranial hemorrhage on non-contrast head CT (seed 002): six independent "
+            "probabilities per slice, aggregated per study."
+        ),
+        architecture=recipe.backbone,
+        labels=[
+            LabelSpec(name=label, code=CODES[label], threshold=thr, report=True, finding_site=BRAIN)
+            for label, thr in zip(LABELS, thresholds, strict=True)
+        ],
+        input=spec,
+        explainer=ExplainerSpec(
+            method="gradcam",
+            target_layer=recipe.target_layer or default_target_layer(recipe.backbone),
+            top_k=recipe.heatmap_top_k,
+        ),
+        weights=WeightsSpec(file=WEIGHTS_FILE, sha256=sha256_file(weights_path)),
+        provenance=Provenance(
+            synthetic=synthetic,
+            clinical_use=False,
+            data=data_note
+            or f"RSNA-format data from {Path(dicom_dir).name} with labels {Path(labels_csv).name}",
+            generator="pipelines.ich.synth.write_rsna_dataset" if synthetic else None,
+            seed=recipe.seed,
+            trained_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            recipe={
+                **asdict(recipe),
+                "augment": dataclasses.asdict(recipe.augment),
+                "pretrained": bool(recipe.pretrained),
+                "loss": "BCE per label weighted any 2 / others 1 (RSNA)",
+                "optimizer": "AdamW, cosine schedule",
+                "selection": "epoch with the lowest validation loss",
+                "thresholds": "per label, max F1 on validation slices",
+                "splits": split_info,
+                "best_epoch": result.best_epoch,
+                "device": result.device,
+                "torch": torch.__version__,
+                "train_seconds": round(train_seconds, 1),
+                "history": result.history_rows(),
+            },
+        ),
+        metrics=metrics,
+        options=options,
+    )
+    card_path = out / CARD_FILE
+    write_card(card, card_path)
+    load_card(card_path)  # fail here, not when the node loads it
+    (work / CHECKPOINT_NAME).unlink(missing_ok=True)
+    say(f"[ich] wrote {card_path} in {time.perf_counter() - t0:.0f}s")
+    return card_path

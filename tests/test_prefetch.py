@@ -1,0 +1,35 @@
+"""Read-ahead keeps order, reports each item's error, and never runs far ahead."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pipelines.common.prefetch import prefetch
+
+
+def test_order_errors_and_bounded_lookahead() -> None:
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        with lock:
+            started.append(i)
+        if i == 3:
+            raise ValueError("bad item 3")
+        return i * i
+
+    seen = []
+    for item, future in prefetch(work, range(10), depth=2):
+        # the consumer holds item k: at most depth items beyond it have been started
+        with lock:
+            assert max(started) <= item + 2
+        if item == 3:
+            with pytest.raises(ValueError, match="bad item 3"):
+                future.result()
+        else:
+            seen.append(future.result())
+    assert seen == [i * i for i in range(10) if i != 3]
+    with pytest.raises(ValueError):
+        next(prefetch(work, [1], depth=0))
