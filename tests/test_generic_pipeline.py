@@ -159,6 +159,25 @@ def test_cam_heatmaps_are_unit_range_at_the_source_shape() -> None:
         compute_heatmaps(model, torch.randn(1, 3, 64, 64), target_layer="layer4", method="magic")
 
 
+def test_cam_with_the_graph_cut_at_the_layer_equals_the_library_on_a_full_graph() -> None:
+    """compute_heatmaps only records autograd from the target layer on; the maps must not change."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(1)
+    model = build_classifier("resnet18", 3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    ours = compute_heatmaps(model, x, target_layer="layer3", class_indices=[2, 0])
+    assert all(p.requires_grad for p in model.parameters())  # restored afterwards
+    with GradCAM(model=model, target_layers=[model.layer3]) as cam:
+        full = cam(
+            input_tensor=x.clone().requires_grad_(True),
+            targets=[ClassifierOutputTarget(2), ClassifierOutputTarget(0)],
+        )
+    for mine, theirs in zip(ours, full, strict=True):
+        np.testing.assert_allclose(mine, np.clip(theirs, 0, 1), atol=1e-5)
+
+
 # -- training loop ----------------------------------------------------------------------
 
 

@@ -331,3 +331,36 @@ def test_card_for_ich_needs_windows_and_an_any_label(tmp_path: Path) -> None:
         IntracranialHemorrhage(card(options={"aggregation": "mean"}), torch.device("cpu"))
     with pytest.raises(CardError, match="do not fit"):
         IntracranialHemorrhage(card(architecture="resnet34"), torch.device("cpu"))
+
+
+def test_split_spreads_every_subtype_and_keeps_patients_whole() -> None:
+    from pipelines.ich.data import LabelledSlice
+    from pipelines.ich.synth import series_hemorrhages
+
+    plan = series_hemorrhages(60, seed=0, positive_fraction=0.75)
+    slices = []
+    for i, present in enumerate(plan):
+        subtypes = tuple(int(label in present) for label in LABELS[:5])
+        for k in range(3):  # three slices per patient
+            slices.append(
+                LabelledSlice(
+                    Path(f"{i}-{k}"),
+                    f"{i}-{k}",
+                    f"{i}.{k}",
+                    f"P{i}",
+                    f"S{i}",
+                    f"E{i}",
+                    k / 2,
+                    (*subtypes, int(any(subtypes))),
+                )
+            )
+    parts = split_by_group(slices, (0.6, 0.2, 0.2), seed=0)
+    assert [len({s.group for s in p}) for p in parts] == [36, 12, 12]
+    for part in parts:
+        positives = np.array([s.labels for s in part]).sum(axis=0)
+        assert (positives > 0).all(), positives  # every label in every split
+    groups = [{s.group for s in p} for p in parts]
+    assert (
+        not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    )
+    assert split_by_group(slices, (0.6, 0.2, 0.2), seed=0) == parts  # reproducible

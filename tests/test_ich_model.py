@@ -34,8 +34,8 @@ from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 9001  # the demo trains on seed 0 phantoms
 #: Held-out series per subtype and negatives in the detection test.
-PER_SUBTYPE = 4
-NEGATIVES = 8
+PER_SUBTYPE = 6
+NEGATIVES = 12
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +70,17 @@ def held_out(tmp_path_factory: pytest.TempPathFactory, ich_demo_card: Path) -> l
 def test_demo_detects_the_synthetic_subtypes_on_held_out_phantoms(
     pipeline: IntracranialHemorrhage, held_out: list[tuple]
 ) -> None:
-    """Study level: every label's probability ranks its series above the others.
+    """Study level, on 30 hemorrhage series (6 per subtype) and 12 normal ones.
 
-    The bar: study-level ROC AUC >= 0.8 for ``any`` and >= 0.7 for each subtype
-    (its series against the negatives and the other subtypes), and ``any``
-    present on at least 3/4 of the hemorrhage series and on at most 1/4 of the
-    normal ones. Chance is 0.5; the demo trains from scratch on 33 phantom
-    patients in a few CPU minutes, so a bar near the measured values (see the
-    card's held-out metrics) would make the test flaky across torch builds,
-    while these bars still fail for a model that did not learn the subtypes.
+    The bars: ``any`` ranks the hemorrhage series above the normal ones (ROC
+    AUC >= 0.9) and is present on at least 90 % of them and at most 10 % of
+    the normal ones; each subtype ranks its own series above all others with
+    AUC >= 0.65, and the mean over the five subtypes is >= 0.8. Chance is 0.5.
+    A build of the demo measured ``any`` AUC 1.0 (present on 29/30, 0/12),
+    subtypes 0.73 (epidural, easily taken for subdural: both lie against the
+    skull) to 0.99, mean 0.89; the margins absorb the small differences of a
+    rebuild on another machine, while a model that did not learn the
+    subtypes fails them.
     """
     study = {label: [] for label in LABELS}
     present_any = []
@@ -100,13 +102,16 @@ def test_demo_detects_the_synthetic_subtypes_on_held_out_phantoms(
             ds = pydicom.dcmread(h.source, stop_before_pixels=True)
             assert h.array.shape == (ds.Rows, ds.Columns) and h.label == "any"
     truth_any = np.array([s is not None for s, _ in held_out])
-    assert roc_auc_score(truth_any, study["any"]) >= 0.8
+    assert roc_auc_score(truth_any, study["any"]) >= 0.9
+    aucs = {}
     for subtype in SUBTYPES:
         truth = np.array([s == subtype for s, _ in held_out])
-        assert roc_auc_score(truth, study[subtype]) >= 0.7, subtype
+        aucs[subtype] = roc_auc_score(truth, study[subtype])
+    assert min(aucs.values()) >= 0.65, aucs
+    assert np.mean(list(aucs.values())) >= 0.8, aucs
     present_any = np.array(present_any)
-    assert present_any[truth_any].mean() >= 0.75
-    assert present_any[~truth_any].mean() <= 0.25
+    assert present_any[truth_any].mean() >= 0.9
+    assert present_any[~truth_any].mean() <= 0.1
 
 
 def test_slice_order_does_not_depend_on_file_order(

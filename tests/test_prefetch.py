@@ -33,3 +33,16 @@ def test_order_errors_and_bounded_lookahead() -> None:
     assert seen == [i * i for i in range(10) if i != 3]
     with pytest.raises(ValueError):
         next(prefetch(work, [1], depth=0))
+
+
+def test_unthreaded_prefetch_has_the_same_results() -> None:
+    def work(i: int) -> int:
+        if i == 1:
+            raise KeyError(i)
+        return -i
+
+    out = list(prefetch(work, range(3), threaded=False))
+    assert [item for item, _ in out] == [0, 1, 2]
+    assert out[0][1].result() == 0 and out[2][1].result() == -2
+    with pytest.raises(KeyError):
+        out[1][1].result()

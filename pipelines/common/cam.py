@@ -96,6 +96,13 @@ def check_cam_method(method: str) -> None:
         )
 
 
+def _graph_starts_here(module: nn.Module, args: Any, output: Any) -> Any:
+    """Forward hook: the layer's output becomes the leaf the explanation's gradients flow to."""
+    if isinstance(output, torch.Tensor) and not output.requires_grad:
+        return output.detach().requires_grad_(True)
+    return None
+
+
 def resize_heatmap(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of one map to ``shape`` (Rows, Columns), clipped to [0, 1], float32."""
     t = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
@@ -162,18 +169,28 @@ def compute_heatmaps(
         targets = [ClassifierOutputTarget(int(i)) for i in class_indices]
 
     device = next(model.parameters()).device
+    # Gradients are only needed from the output back to the target layer. With the
+    # parameters frozen and the layer's output made a leaf that requires grad, autograd
+    # records nothing below that layer: the backbone runs at inference cost and the
+    # backward pass stops at the layer (the maps are the same as with a full graph).
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    start_graph = layer.register_forward_hook(_graph_starts_here)
     cam = _METHODS[method.lower()](model, [layer], reshape_transform)
     maps: list[np.ndarray] = []
     try:
+        for p in trainable:
+            p.requires_grad_(False)
         with torch.inference_mode(False), torch.enable_grad():
             for start in range(0, n, max(1, batch_size)):
-                # a fresh leaf that requires grad: works for frozen models and inference tensors
+                # a fresh tensor: inference-mode inputs cannot enter an autograd graph
                 chunk = inputs[start : start + batch_size].detach().clone().to(device)
-                chunk.requires_grad_(True)
                 chunk_targets = list(targets[start : start + batch_size]) if targets else None
                 maps.extend(np.asarray(cam(input_tensor=chunk, targets=chunk_targets)))
     finally:
+        start_graph.remove()
         cam.activations_and_grads.release()
+        for p in trainable:
+            p.requires_grad_(True)
         model.zero_grad(set_to_none=True)  # do not keep a model-sized gradient alive
     out = []
     for i, m in enumerate(maps):

@@ -199,11 +199,12 @@ def split_by_group(
 ) -> list[list[LabelledSlice]]:
     """Split slices into ``len(fractions)`` parts by patient (or study), never across them.
 
-    Groups with and without hemorrhage are shuffled with ``seed`` and
-    interleaved in proportion, then dealt to the split furthest below its
-    share, so each split gets a similar mix. A split with a positive share
-    that would stay empty takes a group from the largest split, as long as
-    there are enough groups.
+    Groups are stratified by their rarest hemorrhage subtype (or none); each
+    stratum, shuffled with ``seed``, is dealt to the split furthest below its
+    share within the stratum (ties: overall), so every split gets a similar
+    mix of subtypes and of normal patients. A split with
+    a positive share that would stay empty takes a group from the largest
+    split, as long as there are enough groups.
     """
     if not fractions or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise ValueError(f"fractions must be non-negative with a positive sum, got {fractions}")
@@ -211,19 +212,31 @@ def split_by_group(
     groups: dict[str, list[LabelledSlice]] = defaultdict(list)
     for s in slices:
         groups[s.group].append(s)
+    present = {
+        key: np.array([s.labels for s in members]).reshape(-1, len(LABELS)).max(axis=0)
+        for key, members in groups.items()
+    }
+    prevalence = np.sum(list(present.values()), axis=0)
+    subtypes = [i for i, label in enumerate(LABELS) if label != "any"]
+
+    def stratum(key: str) -> int:
+        found = [i for i in subtypes if present[key][i]]
+        return min(found, key=lambda i: (prevalence[i], i)) if found else -1
+
+    strata: dict[int, list[str]] = defaultdict(list)
+    for key in sorted(groups):
+        strata[stratum(key)].append(key)
     rng = np.random.default_rng(seed)
-    any_index = LABELS.index("any")
-    ranked: list[tuple[float, str]] = []
-    for positive in (True, False):
-        keys = sorted(
-            k for k, v in groups.items() if any(s.labels[any_index] for s in v) == positive
-        )
-        keys = [keys[i] for i in rng.permutation(len(keys))]
-        ranked.extend(((i + 0.5) / len(keys), key) for i, key in enumerate(keys))
     assigned: list[list[str]] = [[] for _ in fractions]
-    for n, (_, key) in enumerate(sorted(ranked)):
-        counts = np.array([len(a) for a in assigned], dtype=np.float64)
-        assigned[int(np.argmax(weights * (n + 1) - counts))].append(key)
+    for _, keys in sorted(strata.items()):
+        taken = np.zeros(len(fractions))
+        for n, index in enumerate(rng.permutation(len(keys))):
+            total = np.array([len(a) for a in assigned], dtype=np.float64)
+            # the split furthest below its share in this stratum; ties: overall
+            score = 1000.0 * (weights * (n + 1) - taken) + weights * (total.sum() + 1) - total
+            target = int(np.argmax(score))
+            taken[target] += 1
+            assigned[target].append(keys[index])
     for i, share in enumerate(weights):
         largest = max(range(len(assigned)), key=lambda j: len(assigned[j]))
         if share > 0 and not assigned[i] and len(assigned[largest]) > 1:

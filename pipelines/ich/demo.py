@@ -30,7 +30,7 @@ DEMO_NAME = "ich-demo"
 class IchDemoData:
     """The synthetic data set of the demo build."""
 
-    patients: int = 48
+    patients: int = 60
     slices: int = 20
     phantom_size: int = 256
     positive_fraction: float = 0.75
@@ -45,6 +45,8 @@ DEMO_RECIPE = IchRecipe(
     lr=1e-3,
     weight_decay=1e-4,
     hidden=256,
+    # 12 validation patients: enough positives of every subtype to pick thresholds
+    split=(0.6, 0.2, 0.2),
     # layer4 of ResNet-18 is a 4x4 grid at 128 px: too coarse to point at a bleed
     target_layer="backbone.layer3",
     cache=True,

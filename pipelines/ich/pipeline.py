@@ -57,7 +57,7 @@ from pipelines.base import (
 from pipelines.card import CardError, ModelCard
 from pipelines.common.cam import check_cam_method, compute_heatmaps
 from pipelines.common.models import load_weights, target_layer
-from pipelines.common.prefetch import prefetch
+from pipelines.common.prefetch import prefetch, spare_cores
 from pipelines.common.preprocess import to_model_input
 from pipelines.common.series import order_slices
 from pipelines.ich.labels import WINDOWS
@@ -244,7 +244,10 @@ class IntracranialHemorrhage(Pipeline):
             return read_slice(item.path, self.card.input)
 
         # the next slices are read while the model runs on the current batch
-        for item, future in prefetch(read, slices, depth=self.options.batch_size):
+        threaded = spare_cores(self.device)
+        for item, future in prefetch(
+            read, slices, depth=self.options.batch_size, threaded=threaded
+        ):
             try:
                 uid, image = future.result()
             except SliceError as exc:
