@@ -290,8 +290,14 @@ def test_cli_synth_train_and_evaluate(tmp_path: Path) -> None:
 def test_head_ct_through_orthanc_gets_six_group_sr_and_heatmaps(
     pacs: Orthanc, node_port: int, tmp_path: Path, database_url: str, ich_demo_card: Path
 ) -> None:
+    secret = "ZQXJ-SECRET-4711"  # Patient ID, and part of PatientName: must never be logged
     slices = write_head_ct_series(
-        tmp_path / "ct", seed=HELD_OUT_SEED, index=500, hemorrhages=("subdural",), n_slices=12
+        tmp_path / "ct",
+        seed=HELD_OUT_SEED,
+        index=500,
+        hemorrhages=("subdural",),
+        n_slices=12,
+        patient_id=secret,
     )
     workdir = tmp_path / "node"
     config = node_config(
@@ -363,3 +369,42 @@ def test_head_ct_through_orthanc_gets_six_group_sr_and_heatmaps(
         assert "ich-demo" in sc.SeriesDescription
     for ds in (sr, *objects["OT"]):
         assert dciodvfy_errors(ds) == [], ds.Modality
+    assert sr.PatientID == secret  # the results carry the patient, the logs do not
+    log = node.log_path.read_text()
+    assert "ich-demo" in log and secret not in log
+
+
+def test_tta_averages_the_views_and_top_k_mean_aggregates(
+    ich_demo_card: Path, held_out: list[tuple]
+) -> None:
+    """The card's TTA switch: probabilities are the mean over identity and the flipped view."""
+    card = load_card(ich_demo_card)
+    _, slices = held_out[1]
+    series = [SeriesInput("x", tuple(s.path for s in slices))]
+    plain = IntracranialHemorrhage(card, torch.device("cpu"))
+    flipped_only = card.model_copy(update={"options": {**card.options, "tta": {"hflip": True}}})
+    tta = IntracranialHemorrhage(flipped_only, torch.device("cpu"))
+    top2 = IntracranialHemorrhage(
+        card.model_copy(
+            update={"options": {**card.options, "aggregation": "top_k_mean", "aggregation_k": 2}}
+        ),
+        torch.device("cpu"),
+    )
+    from pipelines.common.preprocess import to_model_input
+    from pipelines.ich.slices import read_slice
+
+    x = to_model_input([read_slice(s.path, card.input)[1] for s in slices], card.input)
+    z = torch.linspace(0, 1, len(slices))
+    with torch.inference_mode():
+        p_id = torch.sigmoid(plain.model(x, z)).numpy()
+        p_flip = torch.sigmoid(plain.model(x.flip(-1), z)).numpy()
+    by_label = {f.label: f.probability for f in tta.run(series).findings}
+    expected = ((p_id + p_flip) / 2).max(axis=0)
+    assert [by_label[label] for label in LABELS] == pytest.approx(expected.tolist(), abs=1e-5)
+    plain_max = {f.label: f.probability for f in plain.run(series).findings}
+    assert [plain_max[label] for label in LABELS] == pytest.approx(
+        p_id.max(axis=0).tolist(), abs=1e-5
+    )
+    top = {f.label: f.probability for f in top2.run(series).findings}
+    expected_top = np.sort(p_id, axis=0)[-2:].mean(axis=0)
+    assert [top[label] for label in LABELS] == pytest.approx(expected_top.tolist(), abs=1e-5)
