@@ -54,9 +54,16 @@ def _files(paths: Sequence[str]) -> list[Path]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from dicom_node.service import Node
+    from dicom_node.tls import TLSError, server_context
 
     config = load_config(args.config)
     setup_logging(config.logging.level)
+    if config.node.tls is not None:
+        try:  # fail here with the file named, not later in each receiver process
+            server_context(config.node.tls)
+        except TLSError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     Node(args.config).serve()
     return EXIT_OK
 
@@ -72,6 +79,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"pipeline {name}: model {card.name} {card.version} ({card.pipeline}) ok")
         except CardError as exc:
             print(f"pipeline {name}: {exc}", file=sys.stderr)
+            problems += 1
+    from dicom_node.tls import TLSError, client_context, server_context
+
+    tls = [("node.tls", config.node.tls, server_context)] + [
+        (f"destinations.{name}.tls", dest.tls, client_context)
+        for name, dest in config.destinations.items()
+    ]
+    for where, settings, make in tls:
+        if settings is None:
+            continue
+        try:
+            make(settings)
+            print(f"{where}: certificates load")
+        except TLSError as exc:
+            print(f"{where}: {exc}", file=sys.stderr)
             problems += 1
     print(
         f"{args.config}: valid ({len(config.routes)} routes, {len(config.destinations)} destinations, "

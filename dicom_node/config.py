@@ -81,6 +81,57 @@ class Peer(_Strict):
             return False
 
 
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not Path(value).is_file():
+        raise ValueError(f"file {value} does not exist")
+    return value
+
+
+class _TLSBase(_Strict):
+    #: oldest protocol accepted (BCP 195: TLS 1.2 or newer)
+    minimum_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class ServerTLS(_TLSBase):
+    """DICOM TLS on the node's port: its certificate and key, and the CA of its peers (PEM)."""
+
+    certificate: Path
+    private_key: Path
+    #: CA certificate(s) that peers' client certificates must chain to
+    ca_certificates: Path | None = None
+    #: refuse the handshake of a peer without a valid client certificate
+    require_client_certificate: bool = True
+
+    _files = field_validator("certificate", "private_key", "ca_certificates")(_existing_file)
+
+    @model_validator(mode="after")
+    def _ca_when_required(self) -> ServerTLS:
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError(
+                "require_client_certificate needs ca_certificates (the CA that issues the "
+                "peers' certificates); or set require_client_certificate: false"
+            )
+        return self
+
+
+class ClientTLS(_TLSBase):
+    """DICOM TLS to a destination: the CA its certificate chains to, optional client certificate."""
+
+    ca_certificates: Path
+    certificate: Path | None = None
+    private_key: Path | None = None
+    #: check that the destination's certificate names ``host``
+    verify_hostname: bool = True
+
+    _files = field_validator("certificate", "private_key", "ca_certificates")(_existing_file)
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLS:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("set both certificate and private_key, or neither")
+        return self
+
+
 class NodeSection(_Strict):
     ae_title: AETitle = "DICOM_NODE"
     host: str = "0.0.0.0"
@@ -96,6 +147,8 @@ class NodeSection(_Strict):
     network_timeout: float = Field(60.0, gt=0)
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(60.0, gt=0)
+    #: DICOM TLS on the port (read at start: a change needs a restart)
+    tls: ServerTLS | None = None
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
@@ -127,6 +180,8 @@ class Destination(_Strict):
     ae_title: AETitle
     host: str
     port: int = Field(ge=1, le=65535)
+    #: speak DICOM TLS to this destination
+    tls: ClientTLS | None = None
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
@@ -223,6 +278,22 @@ def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             rel = url[len("sqlite:///") :]
             if rel and rel != ":memory:":
                 storage["database_url"] = "sqlite:///" + str(base / rel)
+
+    def absolute(section: Any, keys: tuple[str, ...]) -> None:
+        if isinstance(section, dict):
+            for key in keys:
+                if isinstance(section.get(key), str) and not Path(section[key]).is_absolute():
+                    section[key] = str(base / section[key])
+
+    tls_files = ("certificate", "private_key", "ca_certificates")
+    node = raw.get("node")
+    if isinstance(node, dict):
+        absolute(node.get("tls"), tls_files)
+    destinations = raw.get("destinations")
+    if isinstance(destinations, dict):
+        for dest in destinations.values():
+            if isinstance(dest, dict):
+                absolute(dest.get("tls"), tls_files)
     pipes = raw.get("pipelines")
     if isinstance(pipes, dict):
         for spec in pipes.values():

@@ -98,6 +98,8 @@ class NodeProcess:
         self.config_path = self.workdir / "config.yaml"
         self.log_path = self.workdir / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
+        #: (SSL context, server host name) for :meth:`echo` when the node listens with TLS
+        self.tls_args: tuple[Any, str | None] | None = None
         self.write_config(config)
 
     # --- configuration ----------------------------------------------------------------
@@ -136,7 +138,9 @@ class NodeProcess:
             if self.echo():
                 return self
             time.sleep(0.2)
-        raise TimeoutError(f"node did not answer C-ECHO within {timeout} s:\n{self.log_tail()}")
+        tail = self.log_tail()
+        self.stop()  # a node that never answered must not outlive the test
+        raise TimeoutError(f"node did not answer C-ECHO within {timeout} s:\n{tail}")
 
     def echo(self, calling_ae: str = TEST_AET) -> bool:
         if not port_is_open(self.port):
@@ -144,7 +148,7 @@ class NodeProcess:
         ae = AE(ae_title=calling_ae)
         ae.add_requested_context(Verification)
         ae.acse_timeout = ae.network_timeout = 2
-        assoc = ae.associate("127.0.0.1", self.port, ae_title=NODE_AET)
+        assoc = ae.associate("127.0.0.1", self.port, ae_title=NODE_AET, tls_args=self.tls_args)
         if not assoc.is_established:
             return False
         status = assoc.send_c_echo()

@@ -19,6 +19,7 @@ from pynetdicom import AE
 
 from dicom_node.config import Destination
 from dicom_node.dispatch.destinations import SendError, register
+from dicom_node.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,13 @@ def send_dicom(
     # one context per pair, so each file goes in the transfer syntax it is stored in
     for sop_class, syntax in sorted(pairs):
         ae.add_requested_context(sop_class, syntax)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    tls_args = None
+    if destination.tls is not None:
+        context = client_context(destination.tls)
+        tls_args = (context, destination.host if destination.tls.verify_hostname else None)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+    )
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"
         raise SendError(

@@ -42,6 +42,7 @@ from dicom_node.config import Config
 from dicom_node.db import utcnow
 from dicom_node.receive.index import ReceivedInstance, index_instance
 from dicom_node.receive.spool import InvalidUIDError, Spool, check_uid
+from dicom_node.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -298,16 +299,18 @@ class StorageSCP:
             (node.host, node.port),
             evt_handlers=self.handlers(),
             server_class=ReusePortServer,
+            ssl_context=server_context(node.tls) if node.tls is not None else None,
         )
         ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() finds it
         thread = threading.Thread(target=server.serve_forever, name="storage-scp", daemon=True)
         thread.start()
         self.server = server
         log.info(
-            "listening as %s on %s:%d (%d peers allowed)",
+            "listening as %s on %s:%d%s (%d peers allowed)",
             node.ae_title,
             node.host,
             node.port,
+            " with DICOM TLS" if node.tls is not None else "",
             len(node.peers),
         )
         return server
