@@ -87,4 +87,5 @@ def test_32_parallel_associations_all_stored(tmp_path: Path, database_url: str) 
         assert node.echo()  # still serving
     # bounded memory: receiving streams to disk; 128 objects must not grow a process by much
     growth = {pid: after[pid] - before.get(pid, after[pid]) for pid in after}
+    print(f"RSS MiB before {sorted(before.values())} after {sorted(after.values())}")
     assert max(growth.values()) < 150, (before, after)
