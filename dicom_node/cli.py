@@ -271,6 +271,7 @@ def cmd_train_ich(args: argparse.Namespace) -> int:
             name=args.name,
             device=args.device,
             synthetic=args.synthetic,
+            workers=args.workers,
             say=print,
         )
     except DataError as exc:
@@ -398,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", action="store_true", help="keep inputs in memory (small data)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading slices")
     p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
     p.set_defaults(func=cmd_train_ich)
 

@@ -168,6 +168,7 @@ def train_ich(
     synthetic: bool = False,
     description: str = "",
     data_note: str = "",
+    workers: int = 0,
     say: Callable[[str], None] | None = None,
 ) -> Path:
     """Train, evaluate and write ``<out_dir>/card.yaml`` + ``weights.pt``; return the card path.
@@ -185,6 +186,8 @@ def train_ich(
     synthetic
         The data are generated phantoms: the card says so and is never
         marked for clinical use.
+    workers
+        DataLoader processes reading and windowing slices (0: in this process).
 
     Raises
     ------
@@ -238,6 +241,7 @@ def train_ich(
         seed=recipe.seed,
         device=device,
         progress=progress,
+        num_workers=workers,
     )
 
     def optimizer(params: Any) -> torch.optim.Optimizer:
