@@ -111,6 +111,13 @@ def test_signed_pixels_and_the_seed_windows_in_the_card_spec() -> None:
         InputSpec(channels=3, windows=[WindowSpec(center=40, width=80)])
 
 
+def test_a_slice_with_an_empty_rescale_slope_is_skipped_not_a_crash() -> None:
+    ds = ct_slice(np.zeros((4, 4)))
+    ds.RescaleSlope = ""  # as some anonymisers leave it
+    with pytest.raises(SliceError, match="modality LUT"):
+        slice_image(ds, input_spec(8, [0.0] * 3, [1.0] * 3))
+
+
 def test_slice_without_pixels_or_in_colour_is_refused_with_a_reason() -> None:
     ds = ct_slice(np.zeros((4, 4)))
     del ds.PixelData
@@ -176,6 +183,9 @@ def test_thresholds_maximise_f1_on_validation() -> None:
     p = np.array([[0.9, 0.2], [0.6, 0.3], [0.55, 0.1], [0.1, 0.4]])
     # label 0: threshold 0.6 separates perfectly (F1 1); label 1 has no positives -> 0.5
     assert choose_thresholds(y, p) == [0.6, 0.5]
+    # never rounded above the probability that set it
+    (t,) = choose_thresholds(np.array([[1], [0]]), np.array([[0.9999996], [0.2]]))
+    assert t <= 0.9999996
 
 
 # --- augmentation ------------------------------------------------------------------------
@@ -213,7 +223,7 @@ def test_read_labels_parses_rsna_rows_and_refuses_bad_ones(tmp_path: Path) -> No
     rows += [f"ID_abc123_{label},{int(label in ('subdural', 'any'))}" for label in LABELS]
     rows += [f"ID_def456_{label},0" for label in LABELS]
     rows.append("ID_def456_any,0")  # identical duplicate, as in the competition file
-    good.write_text("\n".join(rows) + "\n")
+    good.write_text("\ufeff" + "\n".join(rows) + "\n")  # with a BOM, as Excel saves it
     labels = read_labels(good)
     assert labels == {"abc123": (0, 0, 0, 0, 1, 1), "def456": (0,) * 6}
 
@@ -272,6 +282,11 @@ def test_missing_files_and_unlabelled_folders_are_reported(tmp_path: Path) -> No
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="none of the"):
         index_folder(tmp_path / "empty", labels)
+    # exports often name files by SOP Instance UID (a "suffix" of digits) or without suffix
+    for s in slices[1:]:
+        s.path.rename(s.path.with_name(str(s.sop_instance_uid)))
+    (tmp_path / "rsna" / "dicom" / "notes.txt").write_text("not DICOM")
+    assert len(index_folder(tmp_path / "rsna" / "dicom", labels)) == 11
 
 
 def test_a_few_training_steps_reduce_the_loss(tmp_path: Path) -> None:
@@ -331,6 +346,9 @@ def test_card_for_ich_needs_windows_and_an_any_label(tmp_path: Path) -> None:
         IntracranialHemorrhage(card(options={"aggregation": "mean"}), torch.device("cpu"))
     with pytest.raises(CardError, match="do not fit"):
         IntracranialHemorrhage(card(architecture="resnet34"), torch.device("cpu"))
+    ablation = ExplainerSpec(method="ablationcam", target_layer="backbone.layer3", top_k=1)
+    with pytest.raises(CardError, match="copies of each slice"):
+        IntracranialHemorrhage(card(explainer=ablation), torch.device("cpu"))
 
 
 def test_split_spreads_every_subtype_and_keeps_patients_whole() -> None:

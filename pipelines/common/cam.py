@@ -174,8 +174,13 @@ def compute_heatmaps(
     # records nothing below that layer: the backbone runs at inference cost and the
     # backward pass stops at the layer (the maps are the same as with a full graph).
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # registered before the CAM's own hooks, so that they see the leaf it makes
     start_graph = layer.register_forward_hook(_graph_starts_here)
-    cam = _METHODS[method.lower()](model, [layer], reshape_transform)
+    try:
+        cam = _METHODS[method.lower()](model, [layer], reshape_transform)
+    except BaseException:
+        start_graph.remove()
+        raise
     maps: list[np.ndarray] = []
     try:
         for p in trainable:

@@ -48,7 +48,12 @@ def modality_pixels(ds: Dataset, frame: int = 0) -> np.ndarray:
         raise PixelDataError(f"image of shape {arr.shape} is too small to analyse")
     padding = ds.get("PixelPaddingValue")
     pad_mask = arr == padding if padding is not None else None
-    out = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    try:
+        out = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    except Exception as exc:  # e.g. an empty or non-numeric RescaleSlope from an anonymiser
+        raise PixelDataError(
+            f"cannot apply the modality LUT (RescaleSlope/Intercept, LUT): {type(exc).__name__}"
+        ) from exc
     if pad_mask is not None and pad_mask.any() and not pad_mask.all():
         out[pad_mask] = out[~pad_mask].min()
     return out

@@ -77,7 +77,7 @@ def read_labels(path: str | Path) -> dict[str, tuple[int, ...]]:
     if not path.is_file():
         raise DataError(f"labels file {path} does not exist")
     values: dict[str, dict[str, int]] = defaultdict(dict)
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # tolerate a BOM (Excel)
         reader = csv.reader(fh)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:2]] != ["ID", "Label"]:
@@ -113,13 +113,17 @@ def read_labels(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def _dicom_files(folder: Path) -> Iterable[Path]:
+    """Every file below ``folder``: exports name files ``ID_x.dcm``, ``<SOP UID>`` or ``IM0001``;
+    whether one is DICOM is decided by reading it."""
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in (".dcm", ".dicom", ""):
+        if path.is_file():
             yield path
 
 
 def _image_id(path: Path) -> str:
-    stem = path.stem if path.suffix.lower() in (".dcm", ".dicom") else path.name
+    stem = (
+        path.name[: -len(path.suffix)] if path.suffix.lower() in (".dcm", ".dicom") else path.name
+    )
     return stem[3:] if stem.startswith("ID_") else stem
 
 

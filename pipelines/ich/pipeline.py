@@ -67,6 +67,9 @@ from pipelines.registry import register
 
 logger = logging.getLogger(__name__)
 
+#: CAM methods that feed the model many copies of an input in one batch (not one row per slice).
+BATCH_EXPANDING_METHODS = frozenset({"ablationcam"})
+
 
 class TTASpec(BaseModel):
     """Test-time augmentation: probabilities averaged over the identity and these views."""
@@ -190,6 +193,12 @@ class IntracranialHemorrhage(Pipeline):
         self.model.to(device).eval()
         self.explain_layer: torch.nn.Module | None = None
         if card.explainer.top_k > 0:
+            if card.explainer.method.lower() in BATCH_EXPANDING_METHODS:
+                raise CardError(
+                    f"card {card.name!r}: explainer.method {card.explainer.method!r} runs the model "
+                    "on copies of each slice, which cannot carry the slice positions; use a "
+                    "gradient method (gradcam, gradcam++, hirescam, xgradcam, layercam) or eigencam"
+                )
             try:
                 check_cam_method(card.explainer.method)
                 self.explain_layer = target_layer(self.model, card.explainer.target_layer)
@@ -271,9 +280,11 @@ class IntracranialHemorrhage(Pipeline):
                 continue
             column = probs[:, i]
             order = np.argsort(-column, kind="stable")
-            support = [j for j in order if column[j] >= label.threshold]
-            support = support[: self.options.max_supporting_slices] or [int(order[0])]
             probability = float(study[i])
+            support = [j for j in order if column[j] >= label.threshold]
+            if probability < label.threshold or not support:
+                support = [int(order[0])]  # absent: the single most suspicious slice
+            support = support[: self.options.max_supporting_slices]
             findings.append(
                 Finding(
                     label=label.name,

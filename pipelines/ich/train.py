@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -130,7 +131,8 @@ def choose_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> list[float]:
             f1 = f1_score(t, (p >= candidate).astype(np.int64))
             if not np.isnan(f1) and f1 >= best_f1:
                 best, best_f1 = float(candidate), f1
-        out.append(round(best, 6))
+        # rounded down: the slice that set the threshold must stay at or above it
+        out.append(math.floor(best * 1e6) / 1e6)
     return out
 
 
