@@ -317,6 +317,18 @@ def phantom_dataset(
     return ds
 
 
+def set_image_pixels(ds: Dataset, pixels: np.ndarray) -> None:
+    """Image Pixel module of a phantom: MONOCHROME2, 16 bits allocated, 12 stored, unsigned."""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = (int(v) for v in pixels.shape)
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+
+
 def _build_dataset(
     pixels: np.ndarray,
     *,
@@ -379,14 +391,7 @@ def _build_dataset(
     ds.PixelSpacingCalibrationType = "GEOMETRY"
     ds.PixelSpacingCalibrationDescription = "Corrected for nominal magnification"
     # DX image + image pixel
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
+    set_image_pixels(ds, pixels)
     ds.PixelIntensityRelationship = "LOG"
     ds.PixelIntensityRelationshipSign = 1
     ds.RescaleIntercept = 0
@@ -397,7 +402,6 @@ def _build_dataset(
     ds.WindowCenter = round(float(lo + hi) / 2.0, 1)
     ds.WindowWidth = round(max(float(hi - lo), 1.0), 1)
     ds.WindowCenterWidthExplanation = "PHANTOM"
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
     return ds
 
 

@@ -80,6 +80,7 @@ from pipelines.common.phantoms import (
     _soft_ellipse,
     _uid,
     phantom_dataset,
+    set_image_pixels,
 )
 from pipelines.ich.labels import LABELS, SUBTYPES
 
@@ -655,14 +656,7 @@ def _build_slice(
     ds.SliceThickness = round(thickness, 6)
     ds.SliceLocation = z_mm
     # image pixel + CT image
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = columns
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
+    set_image_pixels(ds, stored)
     ds.RescaleIntercept = RESCALE_INTERCEPT
     ds.RescaleSlope = 1
     ds.RescaleType = "HU"
@@ -671,7 +665,6 @@ def _build_slice(
     ds.WindowCenter = BRAIN_WINDOW[0]
     ds.WindowWidth = BRAIN_WINDOW[1]
     ds.WindowCenterWidthExplanation = "BRAIN"
-    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
     return ds
 
 
