@@ -127,6 +127,14 @@ class PipelineResult:
     #: (SOP Instance UID or file name, reason) for every image the pipeline skipped
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
+    def skipped_summary(self, limit: int = 5) -> str:
+        """The first ``limit`` skip reasons, for an error message (UIDs or file names only)."""
+        if not self.skipped:
+            return "no files"
+        text = "; ".join(f"{ident}: {why}" for ident, why in self.skipped[:limit])
+        rest = len(self.skipped) - limit
+        return text + (f" (and {rest} more)" if rest > 0 else "")
+
 
 class PipelineInputError(ValueError):
     """The selected series hold nothing this pipeline can use (logged, job fails cleanly)."""

@@ -272,12 +272,10 @@ class GenericClassifier(Pipeline):
         files = [path for s in series for path in s.files]
         scored = self._score(files, result.skipped)
         if not scored:
-            reasons = "; ".join(f"{ident}: {why}" for ident, why in result.skipped[:5])
-            more = f" (and {len(result.skipped) - 5} more)" if len(result.skipped) > 5 else ""
             raise PipelineInputError(
                 f"none of the {len(files)} file(s) in {len(series)} series is a greyscale "
-                f"single-frame image that {self.card.name!r} can classify: {reasons or 'no files'}"
-                f"{more}; check the route's selection for this model"
+                f"single-frame image that {self.card.name!r} can classify: "
+                f"{result.skipped_summary()}; check the route's selection for this model"
             )
         result.findings = self._findings(scored)
         result.heatmaps = self._heatmaps(scored, result.skipped)

@@ -412,3 +412,14 @@ def test_tta_averages_the_views_and_top_k_mean_aggregates(
     top = {f.label: f.probability for f in top_findings}
     expected_top = np.sort(p_id, axis=0)[-2:].mean(axis=0)
     assert [top[label] for label in LABELS] == pytest.approx(expected_top.tolist(), abs=1e-5)
+
+
+def test_a_series_with_nothing_usable_fails_with_the_reasons(
+    pipeline: IntracranialHemorrhage, tmp_path: Path
+) -> None:
+    from pipelines.base import PipelineInputError
+
+    junk = tmp_path / "junk.dcm"
+    junk.write_text("not DICOM")
+    with pytest.raises(PipelineInputError, match=r"junk\.dcm: not a readable DICOM file"):
+        pipeline.run([SeriesInput("x", (junk,))])

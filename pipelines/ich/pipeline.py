@@ -344,11 +344,9 @@ class IntracranialHemorrhage(Pipeline):
             ordered = self._order(series, result.skipped)
             slices, probs = self._score(ordered, result.skipped)
             if not slices:
-                reasons = "; ".join(f"{ident}: {why}" for ident, why in result.skipped[:5])
-                more = f" (and {len(result.skipped) - 5} more)" if len(result.skipped) > 5 else ""
                 raise PipelineInputError(
                     f"none of the files in {len(series)} series is an axial CT slice that "
-                    f"{self.card.name!r} can read: {reasons or 'no files'}{more}; check the "
+                    f"{self.card.name!r} can read: {result.skipped_summary()}; check the "
                     "route's selection for this model"
                 )
             result.findings = self._findings(slices, probs)
