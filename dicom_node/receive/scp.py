@@ -2,10 +2,13 @@
 
 The C-STORE handler never decodes pixel data. pynetdicom streams the bytes
 exactly as the peer sent them into a temporary file in the spool's ``tmp/``
-(chunked receiving); the handler reads only the header elements it indexes,
+(chunked receiving); the handler walks the data set's structure (tags and
+lengths: is it whole, well-formed, are its Pixel Data as described?
+:mod:`dicom_node.receive.check`), keeps only the header elements it indexes,
 fsyncs the file, renames it into place atomically, fsyncs the folder, indexes
-it, and only then answers Success. Every failure becomes a named DICOM status and one log line; nothing
-raises into pynetdicom.
+it, and only then answers Success. Every failure becomes a named DICOM status
+and one log line naming UIDs only; nothing raises into pynetdicom. A transfer
+cut off by an abort leaves no partial file behind.
 
 Statuses (PS3.4 Annex B.2.3):
 
@@ -14,24 +17,31 @@ Statuses (PS3.4 Annex B.2.3):
 ``0xA700``  Refused: Out of Resources — disk below the watermark, spool
             write failed, or index unavailable. The peer should retry.
 ``0xA900``  Error: Data Set does not match SOP Class — a UID is missing
-            or malformed, or the header disagrees with the request.
-``0xC000``  Error: Cannot understand — the data set cannot be parsed.
+            or malformed, the header disagrees with the request (SOP
+            Instance or SOP Class UID, presentation context), or the Pixel
+            Data are missing from an image or do not match the Image Pixel
+            module (fewer bytes than Rows x Columns x ... need).
+``0xC000``  Error: Cannot understand — no data set, or not one well-formed
+            data set in the negotiated transfer syntax (truncated, a length
+            past the end, undefined length misused, garbage), or compressed
+            Pixel Data declaring more decoded bytes than the node accepts
+            (decompression bomb); see :mod:`dicom_node.receive.check`.
 ==========  =========================================================
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -40,8 +50,16 @@ from sqlalchemy import Engine
 
 from dicom_node.config import Config
 from dicom_node.db import utcnow
+from dicom_node.receive.check import (
+    PIXEL_KEYWORDS,
+    DataSetMismatchError,
+    MalformedDataSetError,
+    check_pixels,
+    plain_text,
+    read_header,
+)
 from dicom_node.receive.index import ReceivedInstance, index_instance
-from dicom_node.receive.spool import InvalidUIDError, Spool, check_uid
+from dicom_node.receive.spool import UID_PATTERN, InvalidUIDError, Spool, check_uid
 from dicom_node.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -54,8 +72,9 @@ CANNOT_UNDERSTAND = 0xC000
 #: how many series UIDs each receiver remembers as already indexed
 KNOWN_SERIES = 4096
 
-#: elements read from each received header (everything else stays undecoded)
+#: elements kept from each received header (everything else is only walked over)
 HEADER_TAGS = [
+    "SpecificCharacterSet",
     "SOPClassUID",
     "SOPInstanceUID",
     "StudyInstanceUID",
@@ -63,6 +82,7 @@ HEADER_TAGS = [
     "Modality",
     "BodyPartExamined",
     "SeriesDescription",
+    *PIXEL_KEYWORDS,
 ]
 
 
@@ -104,7 +124,9 @@ class StorageSCP:
         self._config = config
         self.spool = spool
         self.engine = engine
-        self._stats: dict[int, _AssocStats] = {}
+        #: per association; weak, because pynetdicom ends some associations without an event (a
+        #: malformed DIMSE message kills its DUL): their entries go with the association object
+        self._stats: weakref.WeakKeyDictionary[Any, _AssocStats] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         #: series this process indexed (study and series rows exist): their instances need one statement
         self._known_series: OrderedDict[str, None] = OrderedDict()
@@ -133,14 +155,37 @@ class StorageSCP:
 
     def _on_established(self, event: evt.Event) -> None:
         with self._lock:
-            self._stats[id(event.assoc)] = _AssocStats()
+            self._stats[event.assoc] = _AssocStats()
+        refused = event.assoc.rejected_contexts
+        if refused:
+            # the peer cannot send these objects on this association: say which and why
+            requestor = event.assoc.requestor
+            log.info(
+                "association from %s at %s: refused %d presentation context(s): %s",
+                requestor.ae_title,
+                requestor.address,
+                len(refused),
+                "; ".join(
+                    f"{_printable(str(cx.abstract_syntax))} with "
+                    f"{', '.join(_printable(str(ts)) for ts in cx.transfer_syntax)}: {cx.status}"
+                    for cx in refused
+                ),
+            )
 
     def _on_closed(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        cut_off = _discard_partial(event.assoc)
+        if cut_off is not None:
+            log.warning(
+                "association from %s at %s ended while receiving %s: partial data set discarded",
+                requestor.ae_title,
+                requestor.address,
+                cut_off,
+            )
         with self._lock:
-            stats = self._stats.pop(id(event.assoc), None)
+            stats = self._stats.pop(event.assoc, None)
         if stats is None:
             return
-        requestor = event.assoc.requestor
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
         log.info(
             "association from %s at %s %s: %d stored (%d duplicates), %d refused %s",
@@ -161,7 +206,7 @@ class StorageSCP:
     def _on_store(self, event: evt.Event) -> int:
         status, duplicate = self._store(event)
         with self._lock:
-            stats = self._stats.get(id(event.assoc))
+            stats = self._stats.get(event.assoc)
             if stats is not None:
                 if status == SUCCESS:
                     stats.stored += 1
@@ -172,58 +217,66 @@ class StorageSCP:
         return status
 
     def _store(self, event: evt.Event) -> tuple[int, bool]:
-        request_sop = str(event.request.AffectedSOPInstanceUID or "")
+        # the peer's UID, printable: it names the object in the log lines before it is checked
+        request_sop = _printable(str(event.request.AffectedSOPInstanceUID or ""))
         calling = event.assoc.requestor.ae_title.strip()
         node = self.config.storage
         free = self.spool.free_mb()
         if free < node.min_free_disk_mb:
             log.error(
                 "refused %s from %s: %.0f MiB free on the spool disk, below min_free_disk_mb=%d",
-                request_sop[:64],
+                request_sop,
                 calling,
                 free,
                 node.min_free_disk_mb,
             )
             return OUT_OF_RESOURCES, False
-        try:
-            # pynetdicom wrote the object, as received, to a file in the spool's tmp/
-            received = Path(event.dataset_path)
-        except AttributeError:
-            log.error("refused %s from %s: no data set was received", request_sop[:64], calling)
+        # pynetdicom wrote the object, as received, to a file in the spool's tmp/; a C-STORE
+        # request whose command says no data set follows has none (dataset_path is None)
+        path = event.dataset_path
+        if path is None:
+            log.error("refused %s from %s: the request has no data set", request_sop, calling)
             return CANNOT_UNDERSTAND, False
+        received = Path(path)
+        syntax = event.context.transfer_syntax
         try:
-            header = dcmread(received, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            header = read_header(received, syntax, HEADER_TAGS)
             size = received.stat().st_size
-            sop_class = check_uid(header.get("SOPClassUID"), "SOP Class UID")
-            sop = check_uid(header.get("SOPInstanceUID"), "SOP Instance UID")
-            study = check_uid(header.get("StudyInstanceUID"), "Study Instance UID")
-            series = check_uid(header.get("SeriesInstanceUID"), "Series Instance UID")
-        except InvalidUIDError as exc:
-            log.error("refused %s from %s: %s", request_sop[:64], calling, exc)
+            sop_class = check_uid(header.text("SOPClassUID"), "SOP Class UID")
+            sop = check_uid(header.text("SOPInstanceUID"), "SOP Instance UID")
+            study = check_uid(header.text("StudyInstanceUID"), "Study Instance UID")
+            series = check_uid(header.text("SeriesInstanceUID"), "Series Instance UID")
+            mismatch = _request_mismatch(event, sop_class, sop)
+            if mismatch:
+                raise InvalidUIDError(mismatch)
+            check_pixels(header, sop_class, syntax)
+            modality = _text(plain_text(header, "Modality"), 16)
+            body_part = _text(plain_text(header, "BodyPartExamined"), 64)
+            description = _text(plain_text(header, "SeriesDescription"), 64)
+        except (InvalidUIDError, DataSetMismatchError) as exc:
+            log.error("refused %s from %s: %s", request_sop, calling, exc)
             return DATASET_MISMATCH, False
-        except (InvalidDicomError, Exception) as exc:  # noqa: BLE001 - any parse failure
+        except MalformedDataSetError as exc:
+            log.error("refused %s from %s: %s", request_sop, calling, exc)
+            return CANNOT_UNDERSTAND, False
+        except Exception as exc:  # noqa: BLE001 - any other parse failure
             log.error(
-                "refused %s from %s: data set cannot be parsed: %s", request_sop[:64], calling, exc
+                "refused %s from %s: data set cannot be parsed: %s",
+                request_sop,
+                calling,
+                _oneline(exc),
             )
             return CANNOT_UNDERSTAND, False
-        if request_sop.rstrip("\x00 ") != sop:
-            log.error(
-                "refused %s from %s: data set SOP Instance UID %s differs from the request",
-                request_sop[:64],
-                calling,
-                sop,
-            )
-            return DATASET_MISMATCH, False
         relative = self.spool.instance_path(study, series, sop)
         item = ReceivedInstance(
             sop_instance_uid=sop,
             sop_class_uid=sop_class,
             series_instance_uid=series,
             study_instance_uid=study,
-            transfer_syntax_uid=str(event.context.transfer_syntax),
-            modality=_text(header.get("Modality"), 16),
-            body_part_examined=_text(header.get("BodyPartExamined"), 64),
-            series_description=_text(header.get("SeriesDescription"), 64),
+            transfer_syntax_uid=str(syntax),
+            modality=modality,
+            body_part_examined=body_part,
+            series_description=description,
             path=str(relative),
             size=size,
             calling_ae_title=calling,
@@ -331,4 +384,65 @@ def _text(value: Any, limit: int) -> str | None:
 
 
 def _oneline(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    if not str(exc):
+        return type(exc).__name__
+    text = str(exc).splitlines()[0][:300]
+    return text if text.isprintable() else repr(text)
+
+
+def _discard_partial(assoc: Any) -> str | None:
+    """Remove the file of a data set still arriving when the association ended; name it.
+
+    pynetdicom streams a data set into the spool's ``tmp/`` as it arrives and
+    removes the file after the C-STORE handler. A transfer cut off by an abort,
+    a dropped connection or a timeout never reaches the handler, and its
+    partial file would stay in ``tmp/`` until the next start
+    (:meth:`Spool.clean_tmp`). pynetdicom keeps the message being received as
+    ``assoc.dimse.message``; its file is ``_data_set_file`` (private, so read
+    defensively). Returns the request's SOP Instance UID (printable), or None
+    when nothing was arriving.
+    """
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is None:
+        return None
+    try:
+        partial.close()
+        os.unlink(partial.name)
+    except (OSError, ValueError):
+        pass  # already gone; clean_tmp removes anything left at the next start
+    command = getattr(message, "command_set", None)
+    sop = command.get("AffectedSOPInstanceUID", "") if command is not None else ""
+    return _printable(str(sop or ""))
+
+
+def _printable(value: str, limit: int = 64) -> str:
+    """``value`` as it may appear in a log line: a UID as is, anything else quoted and escaped.
+
+    A peer chooses the request's UID; newlines or control characters in it must
+    not forge log lines.
+    """
+    value = value.rstrip("\x00 ")
+    if UID_PATTERN.match(value) and len(value) <= limit:
+        return value
+    return repr(value[:limit])
+
+
+def _request_mismatch(event: evt.Event, sop_class: str, sop: str) -> str | None:
+    """Why the data set's SOP Class and Instance UIDs disagree with the request; None if they agree.
+
+    The presentation context says what the peer proposed to send, the request
+    what it says it sends: a data set of another SOP class may not be what the
+    peer meant, and would be indexed under the wrong class.
+    """
+    request_sop = str(event.request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
+    if request_sop != sop:
+        return f"data set SOP Instance UID {sop} differs from the request"
+    request_class = str(event.request.AffectedSOPClassUID or "").rstrip("\x00 ")
+    context_class = str(event.context.abstract_syntax)
+    if sop_class != request_class or sop_class != context_class:
+        return (
+            f"data set SOP Class UID {sop_class} differs from the request ({_printable(request_class)}) "
+            f"or the presentation context ({context_class})"
+        )
+    return None

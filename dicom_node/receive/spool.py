@@ -38,8 +38,25 @@ def check_uid(value: object, name: str) -> str:
     if not text:
         raise InvalidUIDError(f"{name} is missing")
     if len(text) > 64 or not UID_PATTERN.match(text):
-        raise InvalidUIDError(f"{name} {text[:80]!r} is not a valid UID")
+        raise InvalidUIDError(f"{name} is not a valid UID ({_describe(text)})")
     return text
+
+
+def _describe(text: str) -> str:
+    """A malformed UID as the error message may show it: quoted while it looks like a UID.
+
+    The rest is only counted: an element whose wrong length swallowed the
+    elements after it carries them in its value, the patient's name among
+    them, and the message goes to the log.
+    """
+    head = re.match(r"[0-9.]*", text)
+    shown = head.group() if head else ""
+    rest = text[len(shown) :]
+    if len(shown) > 64:
+        return f"{shown[:64]!r}... ({len(text)} characters)"
+    if not rest:
+        return repr(shown)
+    return f"{shown!r} then {rest[0]!r} and {len(rest) - 1} more characters"
 
 
 class Spool:
