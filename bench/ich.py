@@ -29,7 +29,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import pydicom
 import torch
 from pydicom.uid import generate_uid
 
+from bench import best_of
 from pipelines.base import SeriesInput
 from pipelines.card import ModelCard, load_card, sha256_file, write_card
 from pipelines.common.train import resolve_device
@@ -93,15 +93,6 @@ def tall_series(files: Sequence, folder: Path, n: int) -> Path:  # type: ignore[
     return folder
 
 
-def _timed(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def measure(card_path: Path, series: SeriesInput, repeats: int, device: torch.device) -> dict:
     card = load_card(card_path)
     full = IntracranialHemorrhage(card, device)
@@ -112,8 +103,8 @@ def measure(card_path: Path, series: SeriesInput, repeats: int, device: torch.de
     n = len(series.files)
     full.run([series])  # warm-up: allocator, kernels, page cache
     scoring.run([series])
-    t_full = _timed(lambda: full.run([series]), repeats)
-    t_scoring = _timed(lambda: scoring.run([series]), repeats)
+    t_full = best_of(lambda: full.run([series]), repeats)
+    t_scoring = best_of(lambda: scoring.run([series]), repeats)
 
     # baseline: the same network, same batch size, inputs already preprocessed in memory
     from pipelines.common.preprocess import to_model_input
@@ -131,7 +122,7 @@ def measure(card_path: Path, series: SeriesInput, repeats: int, device: torch.de
                     torch.sigmoid(model(x[i : i + batch], z[i : i + batch])).cpu()
 
     bare()
-    t_bare = _timed(bare, repeats)
+    t_bare = best_of(bare, repeats)
     return {
         "model": f"{card.name} ({card.architecture}, {card.input.size} px, TTA views {views})",
         "slices": n,

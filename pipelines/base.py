@@ -97,17 +97,54 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Annotation:
+    """A box with a short caption, burned into the Secondary Capture of a heatmap.
+
+    Detectors report *where* they found something; drawing the box and its
+    label on the same image as the heatmap lets the radiologist see both
+    without a viewer that renders SR boxes. The SR still carries the boxes
+    as coordinates (:attr:`Finding.box`); this is only their picture.
+
+    Parameters
+    ----------
+    box : Box
+        The region, in pixel coordinates of the heatmap's source image (its
+        ``sop_instance_uid`` must be that image's).
+    text : str
+        Caption drawn in a tag just above the box, e.g.
+        ``"cardiac_hypertrophy 87%"``: the model's label and score only,
+        never patient information (the SC declares Burned In Annotation
+        ``NO``). Empty draws the box without a tag.
+    """
+
+    box: Box
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class Heatmap:
     """An explanation map for one source image.
 
     ``array`` is float32, shape (Rows, Columns) of the source image, values in
     [0, 1]. The node renders it as an RGB overlay of the source image.
+
+    ``annotations`` are boxes (with their labels and scores) drawn on that
+    same Secondary Capture, on top of the overlay. Each box must lie on the
+    heatmap's source image: a box whose ``sop_instance_uid`` differs is an
+    error when the SC is rendered, not silently dropped, because a box shown
+    on the wrong image is worse than no box. A list is accepted and stored
+    as a tuple.
     """
 
     source: Path
     sop_instance_uid: str
     array: np.ndarray
     label: str = ""
+    annotations: tuple[Annotation, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Frozen: the tuple keeps a Heatmap from changing after the pipeline returns it.
+        object.__setattr__(self, "annotations", tuple(self.annotations))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import (
@@ -25,6 +25,10 @@ from pydantic import (
 )
 
 from pipelines.base import Code
+
+#: File names of a model folder: ``models/<name>/card.yaml`` and the weights it names.
+CARD_FILE = "card.yaml"
+WEIGHTS_FILE = "weights.pt"
 
 
 class CardError(ValueError):
@@ -162,6 +166,28 @@ class ModelCard(_Strict):
     @property
     def algorithm_name(self) -> str:
         return self.name
+
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+def parse_options(card: ModelCard, options_model: type[OptionsT], pipeline: str) -> OptionsT:
+    """Validate a card's pipeline-specific ``options`` with the pipeline's pydantic model.
+
+    Raises
+    ------
+    CardError
+        Naming each option and what is wrong with it.
+    """
+    try:
+        return options_model.model_validate(card.options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"options.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise CardError(
+            f"card {card.name!r} is invalid for the {pipeline} pipeline: {problems}"
+        ) from None
 
 
 def sha256_file(path: Path) -> str:

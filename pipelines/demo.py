@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import logging
 import shutil
 import sys
@@ -34,20 +35,17 @@ import torch
 from torch.utils.data import TensorDataset
 
 from pipelines.card import (
+    CARD_FILE,
+    WEIGHTS_FILE,
     CardError,
     CodeSpec,
     ExplainerSpec,
     InputSpec,
     LabelSpec,
-    ModelCard,
     Provenance,
-    WeightsSpec,
     existing_card,
-    load_card,
-    sha256_file,
-    write_card,
 )
-from pipelines.common.metrics import binary_report
+from pipelines.common.metrics import binary_report, rounded
 from pipelines.common.models import build_classifier
 from pipelines.common.phantoms import (
     LESION_RADIUS_RANGE,
@@ -56,12 +54,12 @@ from pipelines.common.phantoms import (
 )
 from pipelines.common.preprocess import display_image, to_model_input
 from pipelines.common.train import (
-    CHECKPOINT_NAME,
     EpochStats,
     TrainConfig,
     fit,
     horizontal_flip,
     predict,
+    save_model,
     seed_everything,
     sgd,
 )
@@ -69,8 +67,6 @@ from pipelines.common.train import (
 logger = logging.getLogger(__name__)
 
 DEMO_NAME = "generic-demo"
-CARD_FILE = "card.yaml"
-WEIGHTS_FILE = "weights.pt"
 LABELS = ("normal", "lesion")
 _SPLITS = {"train": 1, "val": 2, "test": 3}
 
@@ -136,17 +132,6 @@ def load_phantom_tensors(
 def _input_spec(recipe: DemoRecipe) -> InputSpec:
     c = recipe.channels
     return InputSpec(size=recipe.input_size, channels=c, mean=[0.5] * c, std=[0.25] * c)
-
-
-def _rounded(value: Any, digits: int = 4) -> Any:
-    """Round floats in nested metrics so that the card stays readable."""
-    if isinstance(value, float):
-        return round(value, digits)
-    if isinstance(value, dict):
-        return {k: _rounded(v, digits) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_rounded(v, digits) for v in value]
-    return value
 
 
 def _card_paths(models_dir: Path) -> list[Path]:
@@ -252,7 +237,7 @@ def build_generic_demo(
     for split in ("val", "test"):
         logits, _ = predict(model, tensors[split][0], batch_size=64, device="cpu")
         probs = torch.softmax(logits, dim=1)[:, LABELS.index("lesion")].numpy()
-        metrics[split] = _rounded(
+        metrics[split] = rounded(
             binary_report(
                 tensors[split][1].numpy(),
                 probs,
@@ -269,9 +254,10 @@ def build_generic_demo(
         f"confusion {test['confusion_matrix']}"
     )
 
-    torch.save(model.state_dict(), weights_path)
     lo, hi = LESION_RADIUS_RANGE
-    card = ModelCard(
+    card_path = save_model(
+        model,
+        folder,
         name=DEMO_NAME,
         pipeline="generic",
         version="0.1.0",
@@ -293,7 +279,6 @@ def build_generic_demo(
         ],
         input=spec,
         explainer=ExplainerSpec(method="gradcam", target_layer=recipe.target_layer, top_k=3),
-        weights=WeightsSpec(file=WEIGHTS_FILE, sha256=sha256_file(weights_path)),
         provenance=Provenance(
             synthetic=True,
             clinical_use=False,
@@ -325,23 +310,25 @@ def build_generic_demo(
         ),
         metrics={"held_out_test": metrics["test"], "validation": metrics["val"]},
     )
-    write_card(card, card_path)
-    load_card(card_path)  # what the node will do: fail here, not in production
-    (work / CHECKPOINT_NAME).unlink(missing_ok=True)  # only needed to resume an interrupted build
     say(f"[demo] wrote {card_path} and {weights_path} in {time.perf_counter() - t_start:.0f}s")
     return card_path
 
 
-def _build_ich_demo(models_dir: Path, *, seed: int, force: bool, progress: bool) -> Path:
-    from pipelines.ich.demo import build_ich_demo
+def _lazy(module: str, function: str) -> Callable[..., Path]:
+    """A demo builder imported on first use (pipelines load torch models and generators)."""
 
-    return build_ich_demo(models_dir, seed=seed, force=force, progress=progress)
+    def build(models_dir: Path, *, seed: int, force: bool, progress: bool) -> Path:
+        builder = getattr(importlib.import_module(module), function)
+        return builder(models_dir, seed=seed, force=force, progress=progress)
+
+    return build
 
 
 #: Every demo model, in build order: name -> builder(models_dir, seed=, force=, progress=).
 DEMOS: dict[str, Callable[..., Path]] = {
     DEMO_NAME: build_generic_demo,
-    "ich-demo": _build_ich_demo,
+    "ich-demo": _lazy("pipelines.ich.demo", "build_ich_demo"),
+    "cxr-demo": _lazy("pipelines.cxr.demo", "build_cxr_demo"),
 }
 
 

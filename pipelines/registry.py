@@ -12,7 +12,11 @@ from collections.abc import Callable
 from pipelines.base import Pipeline
 
 #: Modules that define pipelines, imported on first lookup.
-PIPELINE_MODULES: tuple[str, ...] = ("pipelines.generic", "pipelines.ich.pipeline")
+PIPELINE_MODULES: tuple[str, ...] = (
+    "pipelines.generic",
+    "pipelines.ich.pipeline",
+    "pipelines.cxr.pipeline",
+)
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 _loaded = False

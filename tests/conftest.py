@@ -52,6 +52,27 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"dicom-node index database: {database_backend()} ({DATABASE_ENV})"
 
 
+#: set to 1 to run every test on PostgreSQL, not only those that use the index database
+ALL_TESTS_ENV = "DICOM_NODE_TEST_ALL"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On PostgreSQL, run the tests that use the index database (``database_url``).
+
+    ``scripts/run-tests`` runs the suite on SQLite, then on PostgreSQL; a test
+    that never touches the index (a pipeline, the preprocessing, a parser)
+    would only repeat its SQLite result while doubling the CI time.
+    """
+    if database_backend() != "postgresql" or os.environ.get(ALL_TESTS_ENV) == "1":
+        return
+    keep, skip = [], []
+    for item in items:
+        (keep if "database_url" in getattr(item, "fixturenames", ()) else skip).append(item)
+    if skip:
+        config.hook.pytest_deselected(items=skip)
+        items[:] = keep
+
+
 @contextlib.contextmanager
 def required_peer() -> Iterator[None]:
     """Turn a missing peer program into a test failure (never a skip)."""
@@ -231,29 +252,30 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         cluster.drop_database(name)
 
 
-@pytest.fixture(scope="session")
-def demo_card() -> Path:
-    """The demo model the shipped config.yaml uses: ``models/generic-demo/card.yaml``.
-
-    Built once per checkout by ``dicom-node models build-demo`` (``scripts/run-tests`` runs it
-    before pytest); built here if missing, else verified (sha256) and reused. The build is
-    deterministic, so every run tests the same weights.
-    """
+def _demo(name: str) -> Path:
+    """A demo model's card, built once per checkout (``scripts/run-tests`` builds them before
+    pytest); built here if missing, else verified (sha256) and reused. The builds are
+    deterministic, so every run tests the same weights."""
     from pipelines.demo import build_demo
 
     models = Path(__file__).resolve().parent.parent / "models"
-    (card,) = build_demo(models, seed=0, progress=False, only=["generic-demo"])
+    (card,) = build_demo(models, seed=0, progress=False, only=[name])
     return card
+
+
+@pytest.fixture(scope="session")
+def demo_card() -> Path:
+    """The generic demo model (lesion classifier): ``models/generic-demo/card.yaml``."""
+    return _demo("generic-demo")
 
 
 @pytest.fixture(scope="session")
 def ich_demo_card() -> Path:
-    """The ``ich-demo`` model (seed 002 on synthetic head CT): ``models/ich-demo/card.yaml``.
+    """The ``ich-demo`` model (seed 002 on synthetic head CT): ``models/ich-demo/card.yaml``."""
+    return _demo("ich-demo")
 
-    Built like :func:`demo_card` (``scripts/run-tests`` builds it before pytest).
-    """
-    from pipelines.demo import build_demo
 
-    models = Path(__file__).resolve().parent.parent / "models"
-    (card,) = build_demo(models, seed=0, progress=False, only=["ich-demo"])
-    return card
+@pytest.fixture(scope="session")
+def cxr_demo_card() -> Path:
+    """The ``cxr-demo`` detector (seed 001 on synthetic chest radiographs)."""
+    return _demo("cxr-demo")

@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pipelines.card import CardError, InputSpec, WindowSpec
 from pipelines.common.augment import AugmentSpec, image_augment
+from pipelines.common.metrics import choose_thresholds
 from pipelines.common.train import TrainConfig, fit
 from pipelines.ich.data import (
     DataError,
@@ -29,7 +30,7 @@ from pipelines.ich.model import FixedPosition, ICHNet, WeightedBCE
 from pipelines.ich.pipeline import aggregate
 from pipelines.ich.slices import SliceError, input_spec, slice_image
 from pipelines.ich.synth import write_rsna_dataset
-from pipelines.ich.train import choose_thresholds, default_target_layer
+from pipelines.ich.train import default_target_layer
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -8,6 +8,7 @@ what the pipeline reported.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import highdicom as hd
@@ -39,7 +40,8 @@ from dicom_node.results import (
     sr_sop_instance_uid,
 )
 from dicom_node.results import codes as result_codes
-from pipelines.base import Box, Code, Finding
+from dicom_node.results.sc import BOX_COLOUR
+from pipelines.base import Annotation, Box, Code, Finding, Heatmap
 
 from dicom_validation import dciodvfy_errors, dciodvfy_report
 
@@ -675,6 +677,105 @@ def test_overlay_rgb() -> None:
     assert (out[5:10, 5:10, 0].astype(int) > out[5:10, 5:10, 2].astype(int)).all()
     with pytest.raises(ValueError, match="differs"):
         overlay_rgb(gray, heat[:, :10])
+
+
+def _build_sc(source: Dataset, algorithm: AlgorithmInfo, annotations: list[Annotation]) -> Dataset:
+    rows, cols = int(source.Rows), int(source.Columns)
+    return build_heatmap_sc(
+        source,
+        _blob(rows, cols, rows / 2, cols / 2, rows / 8),
+        algorithm,
+        job_key=JOB,
+        series_instance_uid=heatmap_series_instance_uid(JOB),
+        series_number=902,
+        instance_number=1,
+        label="lesion",
+        annotations=annotations,
+    )
+
+
+def test_heatmap_sc_draws_boxes_and_labels(
+    tmp_path: Path, ct: Dataset, algorithm: AlgorithmInfo
+) -> None:
+    """Outline on the box edges, tag above it, every other pixel as without boxes."""
+    uid = str(ct.SOPInstanceUID)
+    plain = _build_sc(ct, algorithm, []).pixel_array.astype(int)
+    annotated = Annotation(Box(uid, 40, 60, 90, 100), "lesion 87%")
+    sc = _build_sc(ct, algorithm, [annotated])
+    path = tmp_path / "sc_boxes.dcm"
+    ds = _write_read(sc, path)
+    _assert_valid(path)
+    _check_sc(ds, ct, algorithm, heatmap_series_instance_uid(JOB))  # Burned In Annotation NO
+    assert "1 box with labels drawn" in ds.DerivationDescription
+    assert ds.SOPInstanceUID == heatmap_sop_instance_uid(JOB, uid, "lesion"), "boxes keep the UID"
+
+    rgb = ds.pixel_array.astype(int)
+    colour = np.array(BOX_COLOUR)
+    # x1/y1 are exclusive edges: the box covers columns 40..89 and rows 60..99.
+    for edge in (rgb[60, 40:90], rgb[99, 40:90], rgb[60:100, 40], rgb[60:100, 89]):
+        assert (edge == colour).all()
+    np.testing.assert_array_equal(rgb[64:96, 44:86], plain[64:96, 44:86])  # inside
+    changed = (rgb != plain).any(axis=-1)
+    assert not changed[:, :40].any() and not changed[100:].any()  # left of and below the box
+    assert not changed[60:, 90:].any()  # right of the box, below the tag
+    assert not changed[:35].any()  # well above the tag
+    tag = rgb[38:60, 40:90]
+    assert changed[38:60, 40:90].mean() > 0.5, "a filled tag sits just above the box"
+    # Anti-aliased white text on a black tag.
+    assert (tag == 0).all(axis=-1).any() and (tag.min(axis=-1) > 180).any(), "white on black"
+
+    # Empty text: the box without a tag.
+    box_only = _build_sc(ct, algorithm, [Annotation(Box(uid, 40, 60, 90, 100), "")])
+    changed = (box_only.pixel_array.astype(int) != plain).any(axis=-1)
+    assert changed[60, 40:90].all() and not changed[:60].any()
+    assert box_only.DerivationDescription.count("1 box drawn") == 1
+
+
+def test_heatmap_sc_clips_boxes_at_the_image_edge(
+    tmp_path: Path, dx: Dataset, algorithm: AlgorithmInfo
+) -> None:
+    """A box over the border is clipped; with no room above, the tag goes inside."""
+    uid = str(dx.SOPInstanceUID)
+    rows, cols = int(dx.Rows), int(dx.Columns)
+    plain = _build_sc(dx, algorithm, []).pixel_array.astype(int)
+    wide = "cardiac_hypertrophy 87% (a caption wider than the image)"
+    sc = _build_sc(dx, algorithm, [Annotation(Box(uid, -10.5, -5, 25.2, rows + 30), wide)])
+    path = tmp_path / "sc_clipped.dcm"
+    ds = _write_read(sc, path)
+    _assert_valid(path)
+    rgb = ds.pixel_array.astype(int)
+    colour = np.array(BOX_COLOUR)
+    assert (rgb[20:, 0] == colour).all(), "left edge clipped to column 0"
+    assert (rgb[rows - 1, :26] == colour).all(), "bottom edge clipped to the last row"
+    assert (rgb[20:, 25] == colour).all(), "right edge: the pixel holding x1 = 25.2"
+    assert (rgb[:, 30:] == plain[:, 30:])[20:].all()
+    changed = (rgb != plain).any(axis=-1)
+    assert changed[3:8, 26:].all(), "tag inside the box at the top, shifted to fit"
+    assert (rgb[3:8, :cols] == 0).all(axis=-1).any(), "black tag"
+
+
+def test_heatmap_sc_rejects_bad_boxes(ct: Dataset, algorithm: AlgorithmInfo) -> None:
+    uid = str(ct.SOPInstanceUID)
+    other = "1.2.826.0.1.3680043.8.498.1"
+    with pytest.raises(ValueError, match=re.escape(other)) as info:
+        _build_sc(ct, algorithm, [Annotation(Box(other, 1, 1, 5, 5), "nodule 40%")])
+    assert uid in str(info.value), "the error names both images"
+    with pytest.raises(ValueError, match="outside"):
+        _build_sc(ct, algorithm, [Annotation(Box(uid, 200, 1, 250, 5), "x")])
+    with pytest.raises(ValueError, match="x1 < x0"):
+        _build_sc(ct, algorithm, [Annotation(Box(uid, 50, 1, 5, 5), "x")])
+    with pytest.raises(ValueError, match="NaN"):
+        _build_sc(ct, algorithm, [Annotation(Box(uid, float("nan"), 1, 5, 5), "x")])
+    with pytest.raises(TypeError, match="Annotation"):
+        _build_sc(ct, algorithm, [Box(uid, 1, 1, 5, 5)])  # type: ignore[list-item]
+
+
+def test_heatmap_annotations_default_and_tuple() -> None:
+    array = np.zeros((4, 4), np.float32)
+    assert Heatmap(Path("a.dcm"), "1.2", array).annotations == ()
+    note = Annotation(Box("1.2", 0, 0, 1, 1), "x 1%")
+    heatmap = Heatmap(Path("a.dcm"), "1.2", array, annotations=[note])  # type: ignore[arg-type]
+    assert heatmap.annotations == (note,)
 
 
 def test_dciodvfy_helper_reports_errors(ct: Dataset, algorithm: AlgorithmInfo) -> None:

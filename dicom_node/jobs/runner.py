@@ -207,6 +207,7 @@ class JobRunner:
                 series_number=SC_SERIES_NUMBER,
                 instance_number=number,
                 label=heatmap.label,
+                annotations=heatmap.annotations,
             )
             outputs.append(("SC", sc, self._write(job.id, sc)))
         return outputs

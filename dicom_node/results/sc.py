@@ -2,8 +2,9 @@
 
 Every viewer and PACS displays Secondary Capture Image Storage, which is why
 explanation maps are sent as an RGB SC image (the source image in grey with a
-jet-coloured heatmap blended on top where the map is significant) rather than
-as a parametric map or segmentation few viewers render.
+jet-coloured heatmap blended on top where the map is significant, and, for
+detectors, each box outlined with its label and score in a tag above it)
+rather than as a parametric map, segmentation or SR boxes few viewers render.
 
 What the SC carries and why
 ---------------------------
@@ -24,9 +25,14 @@ What the SC carries and why
   (121322, DCM, "Source image for image processing operation") (CID 7202).
 * Contributing Equipment identifying the AI model (IHE AI Results; see
   :func:`dicom_node.results.sr.algorithm_contributing_equipment`).
-* Burned In Annotation ``NO``: only colour is drawn, no text, so nothing in
-  the pixels identifies the patient. Later callers that burn in text must
-  set it to ``YES``.
+* Boxes and captions (:class:`pipelines.base.Annotation`) drawn on top of the
+  overlay: a magenta outline (a hue the jet map and the grey image never
+  produce) and white text on a black tag, so both read on any background.
+  Line width and font size scale with the image, so a 3000-pixel radiograph
+  and a 256-pixel phantom look alike at "fit to window".
+* Burned In Annotation ``NO``: the only text drawn is the model's label and
+  score, which cannot identify the patient. Callers that burn in patient
+  or date information must set it to ``YES``.
 * Conversion Type ``WSD`` (workstation): the image is rendered by software,
   not digitised from a video or film source.
 * A deterministic SOP Instance UID from (job key, source SOP Instance UID,
@@ -37,10 +43,14 @@ What the SC carries and why
 from __future__ import annotations
 
 import copy
+import functools
+import math
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
 import pydicom
+from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -48,12 +58,15 @@ from dicom_node.results import codes
 from dicom_node.results.algorithm import NOT_FOR_DIAGNOSTIC_USE, AlgorithmInfo
 from dicom_node.results.sr import algorithm_contributing_equipment
 from dicom_node.results.uids import result_uid
+from pipelines.base import Annotation, Box
 from pipelines.common.image import display_pixels
 
 __all__ = [
+    "BOX_COLOUR",
     "DEFAULT_ALPHA",
     "DEFAULT_THRESHOLD",
     "build_heatmap_sc",
+    "draw_annotations",
     "heatmap_series_instance_uid",
     "heatmap_sop_instance_uid",
     "jet",
@@ -67,6 +80,22 @@ DEFAULT_ALPHA = 0.5
 #: Heatmap range above the threshold over which the opacity ramps up from 0,
 #: so the coloured region has a soft edge instead of a hard contour.
 _RAMP = 0.15
+
+#: Box outline (and tag border) colour: saturated magenta. Jet never produces
+#: it (red and blue are only both non-zero around 0.5, where green is at full
+#: strength) and neither does the grey image, so a box stays distinct from
+#: hot spots and anatomy alike.
+BOX_COLOUR = (255, 0, 255)
+#: Caption tag: white text on black, readable whatever lies under the tag.
+_TAG_FILL = (0, 0, 0)
+_TAG_TEXT = (255, 255, 255)
+#: Line width and font size as fractions of the image's shorter side, with
+#: minimums that keep them visible on small images (a 256-pixel phantom is
+#: shown magnified, a 3000-pixel radiograph reduced).
+_LINE_FRACTION = 0.003
+_FONT_FRACTION = 0.018
+_MIN_LINE = 2
+_MIN_FONT = 10
 
 # LPS patient axes: +x = Left, +y = Posterior, +z = Head (PS3.3 C.7.6.1.1.1).
 _AXIS_LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))
@@ -154,6 +183,147 @@ def overlay_rgb(
     return np.round(rgb * 255.0).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's built-in scalable font at ``size`` pixels (no font file to ship or find)."""
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError as exc:  # Pillow < 10.1: load_default() takes no size
+        raise RuntimeError(
+            "drawing box labels needs Pillow >= 10.1 (scalable default font); "
+            "upgrade it with: pip install 'pillow>=10.1'"
+        ) from exc
+    except ImportError as exc:  # Pillow built without FreeType
+        raise RuntimeError(
+            "drawing box labels needs Pillow with FreeType support; install the "
+            "official Pillow wheel (pip install --force-reinstall pillow)"
+        ) from exc
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        raise RuntimeError("Pillow returned a bitmap font; upgrade to Pillow >= 10.1")
+    return font
+
+
+def _box_pixels(box: Box, rows: int, cols: int) -> tuple[int, int, int, int]:
+    """First and last column and row covered by ``box``, clipped to the image.
+
+    DICOM pixel coordinates put the top-left corner of the top-left pixel at
+    (0, 0), so pixel column ``c`` spans [c, c + 1): the box covers columns
+    ``floor(x0)`` to ``ceil(x1) - 1`` (``x1`` is the exclusive right edge),
+    and likewise for rows. A box partly outside the image is clipped; one
+    entirely outside is an error, because drawing nothing would hide the
+    pipeline's coordinate bug.
+    """
+    coords = (box.x0, box.y0, box.x1, box.y1)
+    if not all(math.isfinite(float(c)) for c in coords):
+        raise ValueError(f"box {coords} on {box.sop_instance_uid} has NaN or inf coordinates")
+    if box.x1 < box.x0 or box.y1 < box.y0:
+        raise ValueError(
+            f"box {coords} on {box.sop_instance_uid} has x1 < x0 or y1 < y0; "
+            "pass (x0, y0) = top-left and (x1, y1) = bottom-right"
+        )
+    left, top = math.floor(box.x0), math.floor(box.y0)
+    right = max(left, math.ceil(box.x1) - 1)
+    bottom = max(top, math.ceil(box.y1) - 1)
+    if right < 0 or bottom < 0 or left >= cols or top >= rows:
+        raise ValueError(
+            f"box {coords} lies entirely outside the {cols}x{rows} (Columns x Rows) image "
+            f"{box.sop_instance_uid}; boxes are in pixel coordinates of the source image "
+            "(x = column, y = row), not of the model's resized input"
+        )
+    return max(left, 0), max(top, 0), min(right, cols - 1), min(bottom, rows - 1)
+
+
+def draw_annotations(
+    rgb: np.ndarray, annotations: Sequence[Annotation], sop_instance_uid: str
+) -> np.ndarray:
+    """Draw boxes and their captions on an RGB image (e.g. from :func:`overlay_rgb`).
+
+    Each box is outlined in :data:`BOX_COLOUR`; a non-empty caption goes in a
+    black tag with white text just above the box, or inside it at the top
+    when there is no room above (a box at the image's top edge). All boxes
+    are drawn before any tag so that no outline crosses a caption. Line
+    width and font size scale with the image's shorter side.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        uint8, shape (Rows, Columns, 3); not modified.
+    annotations : sequence of Annotation
+        Boxes in pixel coordinates of this image (see
+        :class:`pipelines.base.Box`); clipped to the image. Whitespace in a
+        caption (newlines included) is collapsed to single spaces: the tag
+        holds one line.
+    sop_instance_uid : str
+        SOP Instance UID of the image ``rgb`` shows; every box must be on it.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new uint8 (Rows, Columns, 3) array with the annotations drawn.
+
+    Raises
+    ------
+    ValueError
+        If a box is on another image (both UIDs are named), has non-finite
+        or inverted coordinates, or lies entirely outside the image.
+    TypeError
+        If an item is not an :class:`pipelines.base.Annotation`.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(
+            f"draw_annotations() needs a uint8 (Rows, Columns, 3) RGB array, "
+            f"got {rgb.dtype} {rgb.shape}; pass the output of overlay_rgb()"
+        )
+    rows, cols = rgb.shape[:2]
+    boxes = []
+    for index, annotation in enumerate(annotations):
+        if not isinstance(annotation, Annotation):
+            raise TypeError(
+                f"annotation {index} is a {type(annotation).__name__}, not a "
+                "pipelines.base.Annotation; wrap boxes as Annotation(box=..., text=...)"
+            )
+        box = annotation.box
+        if str(box.sop_instance_uid) != str(sop_instance_uid):
+            raise ValueError(
+                f"annotation {index} ({annotation.text!r}) has a box on image "
+                f"{box.sop_instance_uid}, but it is drawn on image {sop_instance_uid}; "
+                "attach each box to the Heatmap of the image it was detected on"
+            )
+        boxes.append((_box_pixels(box, rows, cols), " ".join(annotation.text.split())))
+    if not boxes:
+        return rgb.copy()
+
+    short = min(rows, cols)
+    line = max(_MIN_LINE, round(_LINE_FRACTION * short))
+    font = _font(max(_MIN_FONT, round(_FONT_FRACTION * short)))
+    ascent, descent = font.getmetrics()
+    pad = line + max(1, font.size // 6)
+
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(image)
+    for (left, top, right, bottom), _ in boxes:
+        # Pillow's width grows inwards, so the outline stays on the box's own pixels.
+        draw.rectangle((left, top, right, bottom), outline=BOX_COLOUR, width=line)
+    for (left, top, _, _), text in boxes:
+        if not text:
+            continue
+        tag_w = math.ceil(draw.textlength(text, font=font)) + 2 * pad
+        tag_h = ascent + descent + 2 * pad
+        tag_top = top - tag_h if top - tag_h >= 0 else top
+        # Shift left rather than run off the right edge; a caption wider than
+        # the image starts at column 0 and is cut at the right.
+        tag_left = max(0, min(left, cols - tag_w))
+        draw.rectangle(
+            (tag_left, tag_top, tag_left + tag_w - 1, tag_top + tag_h - 1),
+            fill=_TAG_FILL,
+            outline=BOX_COLOUR,
+            width=line,
+        )
+        draw.text((tag_left + pad, tag_top + pad), text, font=font, fill=_TAG_TEXT, anchor="la")
+    return np.array(image, dtype=np.uint8)
+
+
 def _orientation_letters(cosines: np.ndarray) -> str:
     """Patient Orientation string of one direction cosine vector (e.g. ``"L"``, ``"PF"``).
 
@@ -236,6 +406,7 @@ def build_heatmap_sc(
     series_number: int,
     instance_number: int,
     label: str = "",
+    annotations: Sequence[Annotation] = (),
 ) -> pydicom.Dataset:
     """Render a heatmap over its source image as an RGB Secondary Capture image.
 
@@ -261,6 +432,10 @@ def build_heatmap_sc(
     label : str, optional
         Card label the heatmap explains; part of the UID and of the Derivation
         Description so that several labels per image stay distinct.
+    annotations : sequence of Annotation, optional
+        Boxes with captions (label and score) drawn over the overlay, see
+        :func:`draw_annotations`. Every box must be on ``source``; the SC's
+        UID does not depend on them, so a resend with other boxes replaces it.
 
     Returns
     -------
@@ -271,7 +446,8 @@ def build_heatmap_sc(
     ------
     ValueError
         If the heatmap does not match the source size, is not finite, is far
-        outside [0, 1], or the source lacks identifying attributes.
+        outside [0, 1], the source lacks identifying attributes, or a box is
+        on another image, inverted, non-finite or entirely outside the image.
     pipelines.common.image.PixelDataError
         If the source has no decodable greyscale pixel data.
     """
@@ -301,7 +477,9 @@ def build_heatmap_sc(
             f"heatmap values span [{heatmap.min():.3g}, {heatmap.max():.3g}]; normalise to [0, 1]"
         )
 
+    annotations = tuple(annotations)
     rgb = overlay_rgb(display_pixels(source), heatmap)
+    rgb = draw_annotations(rgb, annotations, str(source.SOPInstanceUID))
     orientation = _patient_orientation(source)
     pixel_spacing = source.get("PixelSpacing")
 
@@ -344,11 +522,24 @@ def build_heatmap_sc(
         sc.ImageLaterality = laterality
     else:
         sc.Laterality = None  # Type 2C, empty = unknown (see module docstring)
+    # Burned In Annotation "indicates whether or not image contains sufficient
+    # burned in annotation to identify the patient and date the image was
+    # acquired" (PS3.3 Table C.7-9, General Image Module). The only text drawn
+    # is the model's label and score, which identifies neither, so it stays NO
+    # even with annotations; de-identification tools then keep the pixels.
     sc.BurnedInAnnotation = "NO"
     sc.ConversionType = "WSD"
     what = f"heatmap of {label!r}" if label else "heatmap"
+    drawn = ""
+    if annotations:
+        count = len(annotations)
+        labelled = any(a.text.strip() for a in annotations)
+        drawn = f", {count} box{'es' if count > 1 else ''}" + (
+            " with labels drawn" if labelled else " drawn"
+        )
     sc.DerivationDescription = (
         f"AI {what} by {algorithm.name} {algorithm.version} blended over the source image"
+        + drawn
         + ("" if algorithm.for_diagnostic_use else f"; {NOT_FOR_DIAGNOSTIC_USE}")
     )[:1024]
     if not algorithm.for_diagnostic_use:

@@ -19,7 +19,7 @@ that needs another method registers it with :func:`register_cam_method`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,8 @@ from pytorch_grad_cam import (
     LayerCAM,
     XGradCAM,
 )
+from pytorch_grad_cam import ablation_cam as _ablation_cam
+from pytorch_grad_cam.ablation_layer import AblationLayerFasterRCNN
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
@@ -43,15 +45,23 @@ from pipelines.common.models import target_layer as resolve_layer
 
 logger = logging.getLogger(__name__)
 
-#: ``factory(model, target_layers, reshape_transform) -> BaseCAM``
-CamFactory = Callable[[nn.Module, list[nn.Module], Callable[..., Any] | None], BaseCAM]
+# AblationCAM draws a tqdm bar on stderr for every explained image; in a service that is log
+# noise (one bar per heatmap in the journal). Its module-level ``tqdm`` is replaced by a
+# pass-through; nothing else in the library uses it.
+_ablation_cam.tqdm = type("_Quiet", (), {"tqdm": staticmethod(lambda iterable, **_: iterable)})
+
+#: ``factory(model, target_layers, reshape_transform, **method_options) -> BaseCAM``
+CamFactory = Callable[..., BaseCAM]
 
 
 def _simple(cls: type[BaseCAM]) -> CamFactory:
     def make(
-        model: nn.Module, layers: list[nn.Module], reshape: Callable[..., Any] | None
+        model: nn.Module,
+        layers: list[nn.Module],
+        reshape: Callable[..., Any] | None,
+        **options: Any,
     ) -> BaseCAM:
-        return cls(model=model, target_layers=layers, reshape_transform=reshape)
+        return cls(model=model, target_layers=layers, reshape_transform=reshape, **options)
 
     return make
 
@@ -96,6 +106,49 @@ def check_cam_method(method: str) -> None:
         )
 
 
+class FpnAblationLayer(AblationLayerFasterRCNN):
+    """AblationCAM's Faster R-CNN layer for any FPN, not only ResNet's five levels.
+
+    The library's layer maps ablated channel ``i`` to pyramid level
+    ``i // 256`` by the key names of torchvision's ResNet-FPN ('0'..'3',
+    'pool'); the MobileNet-v3 FPN returns three levels ('0', '1', 'pool'),
+    so channels of its last level would look up a level '2' that does not
+    exist. This layer takes the levels in the order the backbone returns
+    them, which is the order ``fasterrcnn_reshape_transform`` concatenates.
+    """
+
+    def __call__(self, x: Any) -> Any:
+        result = self.activations
+        levels = list(result.keys())
+        channels = next(iter(result.values())).shape[1]
+        for i in range(next(iter(result.values())).shape[0]):
+            level, channel = divmod(int(self.indices[i]), channels)
+            result[levels[level]][i, channel, :, :] = -1000
+        return result
+
+
+def fpn_reshape_transform(features: Mapping[str, torch.Tensor], max_side: int = 64) -> torch.Tensor:
+    """A detector backbone's FPN levels as one (N, levels x C, h, w) activation map for a CAM.
+
+    Every level is resized to the finest level's grid (at most ``max_side``
+    cells on its longer side, to bound AblationCAM's memory) and the levels
+    are concatenated in the backbone's order. The library's own transform
+    resizes to the coarsest level instead ('pool', stride 64: a 4 x 4 map
+    for a 256-pixel radiograph), far too coarse to show where a finding is.
+    """
+    levels = list(features.values())
+    height, width = (int(v) for v in levels[0].shape[-2:])
+    scale = min(1.0, max_side / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return torch.cat(
+        [
+            F.interpolate(torch.abs(level), size, mode="bilinear", align_corners=False)
+            for level in levels
+        ],
+        dim=1,
+    )
+
+
 def _graph_starts_here(module: nn.Module, args: Any, output: Any) -> Any:
     """Forward hook: the layer's output becomes the leaf the explanation's gradients flow to."""
     if isinstance(output, torch.Tensor) and not output.requires_grad:
@@ -121,6 +174,7 @@ def compute_heatmaps(
     method: str = "gradcam",
     reshape_transform: Callable[..., Any] | None = None,
     batch_size: int = 8,
+    method_options: Mapping[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """Explain ``model``'s outputs for a batch of preprocessed inputs.
 
@@ -149,6 +203,10 @@ def compute_heatmaps(
         Turns the target layer's activations into (N, C, h, w) (ViT, detectors).
     batch_size : int
         Inputs explained per backward pass (bounds memory).
+    method_options : mapping, optional
+        Keyword arguments of the method's class, e.g. AblationCAM's
+        ``ablation_layer`` (a detector's), ``batch_size`` (ablated copies per
+        forward pass) and ``ratio_channels_to_ablate``.
 
     Returns
     -------
@@ -177,7 +235,7 @@ def compute_heatmaps(
     # registered before the CAM's own hooks, so that they see the leaf it makes
     start_graph = layer.register_forward_hook(_graph_starts_here)
     try:
-        cam = _METHODS[method.lower()](model, [layer], reshape_transform)
+        cam = _METHODS[method.lower()](model, [layer], reshape_transform, **(method_options or {}))
     except BaseException:
         start_graph.remove()
         raise

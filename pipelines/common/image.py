@@ -81,12 +81,18 @@ def window_stack(values: np.ndarray, windows: Sequence[tuple[float, float]]) -> 
     return np.stack([window(values, c, w) for c, w in windows]).astype(np.float32, copy=False)
 
 
-def display_pixels(ds: Dataset, frame: int = 0, values: np.ndarray | None = None) -> np.ndarray:
+def display_pixels(
+    ds: Dataset,
+    frame: int = 0,
+    values: np.ndarray | None = None,
+    *,
+    stretch: tuple[float, float] = (0.5, 99.5),
+) -> np.ndarray:
     """Return one frame as shown on a viewer, float32 in [0, 1], bright = dense.
 
     Applies the object's VOI (WindowCenter/Width or VOI LUT) when present,
-    otherwise stretches between the 0.5th and 99.5th percentile; inverts
-    MONOCHROME1.
+    then stretches between the ``stretch`` percentiles (default 0.5th and
+    99.5th; ``(0, 100)`` is a plain min-max scaling); inverts MONOCHROME1.
     """
     if values is None:
         values = modality_pixels(ds, frame)
@@ -97,7 +103,10 @@ def display_pixels(ds: Dataset, frame: int = 0, values: np.ndarray | None = None
             shown = values
     else:
         shown = values
-    lo, hi = np.percentile(shown, [0.5, 99.5])
+    if tuple(stretch) == (0.0, 100.0):  # min-max: no sort needed
+        lo, hi = float(shown.min()), float(shown.max())
+    else:
+        lo, hi = np.percentile(shown, list(stretch))
     if hi <= lo:
         hi = lo + 1.0
     out = np.clip((shown - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)

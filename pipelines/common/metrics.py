@@ -18,6 +18,7 @@ than a made-up 0 or 1.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -466,3 +467,36 @@ def multilabel_report(
             "weights": {name: float(x) for name, x in zip(names, w, strict=True)},
         },
     }
+
+
+def choose_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> list[float]:
+    """Per label, the probability threshold with the highest F1 on (validation) data.
+
+    Candidates are the observed probabilities; ties go to the higher
+    threshold (fewer false positives). 0.5 for a label without positives.
+    """
+    out = []
+    for k in range(y_true.shape[1]):
+        t, p = y_true[:, k], y_prob[:, k]
+        if t.sum() == 0:
+            out.append(0.5)
+            continue
+        best, best_f1 = 0.5, -1.0
+        for candidate in np.unique(p):
+            f1 = f1_score(t, (p >= candidate).astype(np.int64))
+            if not np.isnan(f1) and f1 >= best_f1:
+                best, best_f1 = float(candidate), f1
+        # rounded down: the slice that set the threshold must stay at or above it
+        out.append(math.floor(best * 1e6) / 1e6)
+    return out
+
+
+def rounded(value: Any, digits: int = 4) -> Any:
+    """Floats rounded to ``digits`` in nested dicts / lists (metrics written to a card)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v, digits) for v in value]
+    return value

@@ -94,7 +94,7 @@ class PhantomFile:
     lesion: LesionInfo | None
 
 
-def _soft_ellipse(
+def soft_ellipse(
     rows: np.ndarray,
     cols: np.ndarray,
     center: tuple[float, float],
@@ -106,7 +106,7 @@ def _soft_ellipse(
     return 1.0 / (1.0 + np.exp(np.clip((r - 1.0) * sharpness, -50.0, 50.0)))
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Low-frequency texture: a ``cells``x``cells`` Gaussian grid upsampled bicubically."""
     coarse = rng.standard_normal((cells, cells)).astype(np.float32)
     image = Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC)
@@ -166,7 +166,7 @@ def make_radiograph(
 
     # body outline: soft tissue in air
     body_c = (0.55 * s + jitter(0.02), 0.5 * s + jitter(0.02))
-    body = _soft_ellipse(
+    body = soft_ellipse(
         rows, cols, body_c, (0.52 * s + jitter(0.03), 0.44 * s + jitter(0.03)), sharpness=25.0
     )
     image = 250.0 + 1450.0 * body
@@ -183,13 +183,13 @@ def make_radiograph(
     for side in (-1.0, 1.0):
         centre = (lung_row + jitter(0.01), body_c[1] + side * sep)
         axes = (0.3 * s + jitter(0.02), (0.13 if side < 0 else 0.12) * s + jitter(0.01))
-        lungs = np.maximum(lungs, _soft_ellipse(rows, cols, centre, axes, sharpness=18.0))
+        lungs = np.maximum(lungs, soft_ellipse(rows, cols, centre, axes, sharpness=18.0))
     lung_depth = rng.uniform(900.0, 1150.0)
     image -= lung_depth * lungs
 
     # heart shadow over the lower medial left lung (image right)
     heart_c = (0.66 * s + jitter(0.02), body_c[1] + 0.1 * s + jitter(0.015))
-    heart = _soft_ellipse(rows, cols, heart_c, (0.11 * s + jitter(0.01), 0.12 * s), 12.0)
+    heart = soft_ellipse(rows, cols, heart_c, (0.11 * s + jitter(0.01), 0.12 * s), 12.0)
     image += 0.9 * lung_depth * heart * lungs
 
     # ribs: curved brighter bands across the lung fields
@@ -200,13 +200,13 @@ def make_radiograph(
     ribs = np.exp(-(((rib_pos - 0.5) / 0.2) ** 2))
     image += rng.uniform(150.0, 250.0) * ribs * lungs * (1.0 - heart)
     # lung markings: mid-frequency texture that the model must learn to ignore
-    image += 70.0 * _smooth_noise(rng, size, 20) * lungs
+    image += 70.0 * smooth_noise(rng, size, 20) * lungs
 
     # visible lung field (for lesion placement): lung, not heart, not the rib-free edges
     field = (lungs > 0.9) & (heart < 0.1)
 
     # texture, global exposure variation and noise (drawn before the lesion, see above)
-    texture = 90.0 * _smooth_noise(rng, size, 8) * body + 40.0 * _smooth_noise(rng, size, 32)
+    texture = 90.0 * smooth_noise(rng, size, 8) * body + 40.0 * smooth_noise(rng, size, 32)
     gain, offset = rng.uniform(0.9, 1.1), rng.uniform(-100.0, 100.0)
     noise = rng.normal(0.0, rng.uniform(25.0, 45.0), size=image.shape)
 
@@ -224,7 +224,12 @@ def make_radiograph(
     return np.clip(np.rint(image), 0, MAX_VALUE).astype(np.uint16), info
 
 
-def _uid(seed: int, index: int, what: str) -> str:
+def phantom_uid(seed: int, index: int, what: str) -> str:
+    """A UID that is a pure function of ``(seed, index, what)``: rewritten phantoms keep their UIDs.
+
+    Generators other than :func:`write_radiograph_study` put their own prefix
+    in ``what`` so that their objects never share a UID with these phantoms.
+    """
     return generate_uid(entropy_srcs=["dicom-node phantom", str(seed), str(index), what])
 
 
@@ -329,7 +334,7 @@ def set_image_pixels(ds: Dataset, pixels: np.ndarray) -> None:
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
 
 
-def _build_dataset(
+def build_dx_dataset(
     pixels: np.ndarray,
     *,
     seed: int,
@@ -338,6 +343,14 @@ def _build_dataset(
     patient_id: str,
     uids: dict[str, str],
 ) -> Dataset:
+    """A complete PA chest *DX For Presentation* object (MONOCHROME2) around ``pixels``.
+
+    Every module dciodvfy requires is written (DX series, anatomy imaged,
+    positioning, detector, image), with PixelSpacing from
+    :data:`FIELD_OF_VIEW_MM` and a window from the pixels' percentiles.
+    Other chest generators reuse it and then override what differs (the
+    descriptions, the photometric interpretation).
+    """
     rows, columns = pixels.shape
     when = dt.datetime(2024, 1, 1, 8, 0, 0) + dt.timedelta(days=index % 365, minutes=index % 600)
     spacing = FIELD_OF_VIEW_MM / columns
@@ -439,9 +452,9 @@ def write_radiograph_study(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pixels, info = make_radiograph(_phantom_rng(seed, index), lesion=lesion, size=size)
-    uids = {what: _uid(seed, index, what) for what in ("study", "series", "sop")}
+    uids = {what: phantom_uid(seed, index, what) for what in ("study", "series", "sop")}
     patient_id = f"PHANTOM-{seed}-{index}"
-    ds = _build_dataset(
+    ds = build_dx_dataset(
         pixels,
         seed=seed,
         index=index,

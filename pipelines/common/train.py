@@ -47,6 +47,13 @@ Inputs = torch.Tensor | tuple[torch.Tensor, ...]
 Augment = Callable[[Inputs, torch.Tensor, torch.Generator], tuple[Inputs, torch.Tensor]]
 #: ``metric(logits, targets) -> float`` on the whole validation set
 ValMetric = Callable[[torch.Tensor, torch.Tensor], float]
+#: ``step(model, inputs, targets) -> loss`` on one training batch already on the device,
+#: for models whose training call is not ``loss_fn(model(inputs), targets)`` (detectors
+#: return their own losses)
+TrainStep = Callable[[nn.Module, Any, Any], torch.Tensor]
+#: ``validate(model, val_set, device) -> (val_loss or None, selection metric)``, for
+#: models whose validation is not a loss over concatenated logits (e.g. detection mAP)
+Validate = Callable[[nn.Module, Dataset, torch.device], tuple[float | None, float]]
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -175,11 +182,19 @@ def horizontal_flip(p: float = 0.5) -> Augment:
     return augment
 
 
-def to_device(inputs: Inputs, device: torch.device | str) -> Inputs:
-    """Move a tensor or a tuple of tensors to ``device``."""
+def to_device(inputs: Any, device: torch.device | str) -> Any:
+    """Move a tensor, or the tensors in nested tuples / lists / dicts, to ``device``.
+
+    Tuples and lists come back as tuples (model inputs) and dicts as dicts
+    (detection targets); anything else is returned as is.
+    """
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
     if isinstance(inputs, tuple | list):
-        return tuple(t.to(device) for t in inputs)
-    return inputs.to(device)
+        return tuple(to_device(t, device) for t in inputs)
+    if isinstance(inputs, dict):
+        return {k: to_device(v, device) for k, v in inputs.items()}
+    return inputs
 
 
 def call_model(model: nn.Module, inputs: Inputs) -> torch.Tensor:
@@ -308,6 +323,10 @@ def fit(
     augment: Augment | None = None,
     val_metric: ValMetric | None = None,
     maximize: bool = True,
+    train_step: TrainStep | None = None,
+    validate: Validate | None = None,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    scheduler_interval: str = "epoch",
     out_dir: Path | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
@@ -328,14 +347,28 @@ def fit(
     optimizer_factory : callable, optional
         ``factory(model.parameters())``; default :func:`sgd` (lr 0.001, momentum 0.9).
     scheduler_factory : callable, optional
-        ``factory(optimizer)``; its ``step()`` is called once per epoch.
+        ``factory(optimizer)``; its ``step()`` is called once per epoch, or
+        after every optimizer step with ``scheduler_interval="batch"``
+        (warm-up and one-cycle schedules).
     augment : callable, optional
         ``augment(batch, generator)`` applied to each training batch on the CPU.
     val_metric : callable, optional
         ``metric(logits, targets)`` on the whole validation set, used to pick
         the best epoch; default the validation loss (lower is better).
     maximize : bool
-        Whether a larger ``val_metric`` is better (ignored for the default).
+        Whether a larger ``val_metric`` (or ``validate`` metric) is better
+        (ignored for the default).
+    train_step : callable, optional
+        ``step(model, inputs, targets) -> loss`` replacing
+        ``loss_fn(model(inputs), targets)``, e.g. the sum of a torchvision
+        detector's losses. Inputs and targets are moved to the device first.
+    validate : callable, optional
+        ``validate(model, val_set, device) -> (val_loss or None, metric)``
+        replacing the default validation (loss and ``val_metric`` over the
+        concatenated logits), e.g. COCO mAP of a detector.
+    collate_fn : callable, optional
+        The DataLoader's ``collate_fn`` for training batches (e.g. keep
+        detection images and targets as lists).
     out_dir : Path, optional
         Where ``checkpoint.pt`` is written after every epoch and resumed from
         when present.
@@ -361,8 +394,12 @@ def fit(
     loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     optimizer = (optimizer_factory or sgd())(model.parameters())
     scheduler = scheduler_factory(optimizer) if scheduler_factory is not None else None
-    if val_metric is None:
+    if val_metric is None and validate is None:
         maximize = False
+    if scheduler_interval not in ("epoch", "batch"):
+        raise ValueError(
+            f"scheduler_interval must be 'epoch' or 'batch', got {scheduler_interval!r}"
+        )
     n_train = len(train_set)  # type: ignore[arg-type]
     n_val = len(val_set) if val_set is not None else 0  # type: ignore[arg-type]
     fingerprint = _fingerprint(model, optimizer, config, n_train, n_val)
@@ -408,6 +445,7 @@ def fit(
             sampler=order,
             drop_last=drop_last,
             num_workers=config.num_workers,
+            collate_fn=collate_fn,
         )
         model.train()
         total, seen = 0.0, 0
@@ -422,25 +460,32 @@ def fit(
         for x, y in bar:
             if augment is not None:
                 x, y = augment(x, y, generator)
-            x, y = to_device(x, device), y.to(device)
+            x, y = to_device(x, device), to_device(y, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(call_model(model, x), y)
+            if train_step is not None:
+                loss = train_step(model, x, y)
+            else:
+                loss = loss_fn(call_model(model, x), y)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"training loss became {loss.item()} in epoch {epoch}; lower the learning rate"
                 )
             loss.backward()
             optimizer.step()
-            total += loss.item() * y.shape[0]
-            seen += y.shape[0]
+            if scheduler is not None and scheduler_interval == "batch":
+                scheduler.step()
+            total += loss.item() * len(y)
+            seen += len(y)
             bar.set_postfix(loss=f"{total / seen:.4f}")
         bar.close()
         lr = float(optimizer.param_groups[0]["lr"])
-        if scheduler is not None:
+        if scheduler is not None and scheduler_interval == "epoch":
             scheduler.step()
 
         val_loss = val_score = None
-        if val_set is not None and n_val > 0:
+        if val_set is not None and n_val > 0 and validate is not None:
+            val_loss, val_score = validate(model, val_set, device)
+        elif val_set is not None and n_val > 0:
             logits, targets = predict(
                 model, val_set, batch_size=config.eval_batch_size or 2 * per_batch, device=device
             )
@@ -450,7 +495,7 @@ def fit(
             epoch=epoch,
             train_loss=total / max(seen, 1),
             val_loss=val_loss,
-            val_metric=val_score if val_metric is not None else None,
+            val_metric=val_score if val_metric is not None or validate is not None else None,
             seconds=time.perf_counter() - t0,
             lr=lr,
         )
@@ -502,3 +547,35 @@ def fit(
         resumed_from=start,
         device=str(device),
     )
+
+
+def save_model(model: nn.Module, out_dir: Path, **card_fields: Any) -> Path:
+    """Write ``weights.pt`` and a ``card.yaml`` naming it (with its sha256); return the card path.
+
+    ``card_fields`` are the :class:`pipelines.card.ModelCard` fields other
+    than ``weights``. The card is loaded back as the node will load it, so a
+    card that would not load fails here, at training time, not in production;
+    the resumable checkpoint in ``<out_dir>/train`` is then removed.
+    """
+    from pipelines.card import (
+        CARD_FILE,
+        WEIGHTS_FILE,
+        ModelCard,
+        WeightsSpec,
+        load_card,
+        sha256_file,
+        write_card,
+    )
+
+    out_dir = Path(out_dir)
+    model.cpu()
+    weights_path = out_dir / WEIGHTS_FILE
+    torch.save(model.state_dict(), weights_path)
+    card = ModelCard(
+        **card_fields, weights=WeightsSpec(file=WEIGHTS_FILE, sha256=sha256_file(weights_path))
+    )
+    card_path = out_dir / CARD_FILE
+    write_card(card, card_path)
+    load_card(card_path)
+    (out_dir / "train" / CHECKPOINT_NAME).unlink(missing_ok=True)
+    return card_path

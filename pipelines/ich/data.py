@@ -32,6 +32,7 @@ from torch.utils.data import Dataset as TorchDataset
 from pipelines.card import InputSpec
 from pipelines.common.preprocess import to_model_input
 from pipelines.common.series import order_slices
+from pipelines.common.split import grouped_split
 from pipelines.ich.labels import LABELS
 from pipelines.ich.slices import SliceError, input_spec, read_slice
 
@@ -203,49 +204,20 @@ def split_by_group(
 ) -> list[list[LabelledSlice]]:
     """Split slices into ``len(fractions)`` parts by patient (or study), never across them.
 
-    Groups are stratified by their rarest hemorrhage subtype (or none); each
-    stratum, shuffled with ``seed``, is dealt to the split furthest below its
-    share within the stratum (ties: overall), so every split gets a similar
-    mix of subtypes and of normal patients. A split with
-    a positive share that would stay empty takes a group from the largest
-    split, as long as there are enough groups.
+    Groups are stratified by their rarest hemorrhage subtype (``any`` is not
+    a subtype), see :func:`pipelines.common.split.grouped_split`.
     """
-    if not fractions or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"fractions must be non-negative with a positive sum, got {fractions}")
-    weights = np.asarray(fractions, dtype=np.float64) / float(sum(fractions))
-    groups: dict[str, list[LabelledSlice]] = defaultdict(list)
-    for s in slices:
-        groups[s.group].append(s)
-    present = {
-        key: np.array([s.labels for s in members]).reshape(-1, len(LABELS)).max(axis=0)
-        for key, members in groups.items()
-    }
-    prevalence = np.sum(list(present.values()), axis=0)
-    subtypes = [i for i, label in enumerate(LABELS) if label != "any"]
-
-    def stratum(key: str) -> int:
-        found = [i for i in subtypes if present[key][i]]
-        return min(found, key=lambda i: (prevalence[i], i)) if found else -1
-
-    strata: dict[int, list[str]] = defaultdict(list)
-    for key in sorted(groups):
-        strata[stratum(key)].append(key)
-    rng = np.random.default_rng(seed)
-    assigned: list[list[str]] = [[] for _ in fractions]
-    for _, keys in sorted(strata.items()):
-        taken = np.zeros(len(fractions))
-        for n, index in enumerate(rng.permutation(len(keys))):
-            total = np.array([len(a) for a in assigned], dtype=np.float64)
-            # the split furthest below its share in this stratum; ties: overall
-            score = 1000.0 * (weights * (n + 1) - taken) + weights * (total.sum() + 1) - total
-            target = int(np.argmax(score))
-            taken[target] += 1
-            assigned[target].append(keys[index])
-    for i, share in enumerate(weights):
-        largest = max(range(len(assigned)), key=lambda j: len(assigned[j]))
-        if share > 0 and not assigned[i] and len(assigned[largest]) > 1:
-            assigned[i].append(assigned[largest].pop())
-    return [[s for key in keys for s in groups[key]] for keys in assigned]
+    subtypes = [label for label in LABELS if label != "any"]
+    return grouped_split(
+        slices,
+        fractions,
+        group=lambda s: s.group,
+        classes=lambda s: [
+            label for label, v in zip(LABELS, s.labels, strict=True) if v and label != "any"
+        ],
+        class_order=subtypes,
+        seed=seed,
+    )
 
 
 class SliceDataset(TorchDataset):

@@ -17,9 +17,9 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pipelines.card import existing_card
+from pipelines.card import CARD_FILE, existing_card
 from pipelines.ich.synth import write_rsna_dataset
-from pipelines.ich.train import CARD_FILE, IchRecipe, train_ich
+from pipelines.ich.train import IchRecipe, train_ich
 
 logger = logging.getLogger(__name__)
 

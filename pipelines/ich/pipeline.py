@@ -43,7 +43,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms.v2 import functional as TF
 
 from pipelines.base import (
@@ -55,6 +55,7 @@ from pipelines.base import (
     SeriesInput,
 )
 from pipelines.card import CardError, ModelCard
+from pipelines.card import parse_options as parse_card_options
 from pipelines.common.cam import check_cam_method, compute_heatmaps
 from pipelines.common.models import load_weights, target_layer
 from pipelines.common.prefetch import prefetch, spare_cores
@@ -102,20 +103,8 @@ class IchOptions(BaseModel):
 
 
 def parse_options(card: ModelCard) -> IchOptions:
-    """Validate a card's ``options`` for the ``ich`` pipeline.
-
-    Raises
-    ------
-    CardError
-        Naming the option and what is wrong with it.
-    """
-    try:
-        return IchOptions.model_validate(card.options)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"options.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise CardError(f"card {card.name!r} is invalid for the ich pipeline: {problems}") from None
+    """Validate a card's ``options`` for the ``ich`` pipeline (CardError naming the option)."""
+    return parse_card_options(card, IchOptions, "ich")
 
 
 def build_model(card: ModelCard, options: IchOptions | None = None) -> ICHNet:

@@ -76,11 +76,11 @@ from pydicom.dataset import Dataset
 
 from pipelines.common.phantoms import (
     PhantomHeader,
-    _smooth_noise,
-    _soft_ellipse,
-    _uid,
     phantom_dataset,
+    phantom_uid,
     set_image_pixels,
+    smooth_noise,
+    soft_ellipse,
 )
 from pipelines.ich.labels import LABELS, SUBTYPES
 
@@ -196,7 +196,7 @@ def _wrap(angle: np.ndarray) -> np.ndarray:
 
 def _z_texture(rng: np.random.Generator, size: int, n: int, cells: int) -> np.ndarray:
     """(n, S, S) unit-ish smooth texture that also varies smoothly from slice to slice."""
-    a, b = _smooth_noise(rng, size, cells), _smooth_noise(rng, size, cells)
+    a, b = smooth_noise(rng, size, cells), smooth_noise(rng, size, cells)
     w = np.linspace(0.0, rng.uniform(1.0, 2.0) * np.pi, n, dtype=np.float32) + rng.uniform(0, 6.3)
     return np.cos(w)[:, None, None] * a + np.sin(w)[:, None, None] * b
 
@@ -264,7 +264,7 @@ def _anatomy(
 
     # skull: dense tables, lighter diploe, some texture
     across = np.clip((depth_out - scalp) / skull_t, 0.0, 1.0)
-    bone = 750.0 + 750.0 * (2.0 * across - 1.0) ** 2 + 40.0 * _smooth_noise(rng, size, 16)
+    bone = 750.0 + 750.0 * (2.0 * across - 1.0) ** 2 + 40.0 * smooth_noise(rng, size, 16)
     bone = np.clip(bone, *BONE_HU_RANGE)
 
     # sulci: radial CSF lines near the surface, wobbling with angle, depth and z
@@ -303,8 +303,8 @@ def _anatomy(
         ru = (du * math.cos(alpha) + dv * math.sin(alpha)) / a_v
         rv = (dv * math.cos(alpha) - du * math.sin(alpha)) / b_v
         sharp = 4.0 * float(b_v.max(initial=7.0)) / px
-        body = _soft_ellipse(ru, rv, (0.0, 0.0), (1.0, 1.0), sharp)
-        caudate = _soft_ellipse(ru, rv, (-0.25, s * 1.25), (0.5, 0.75), sharp)
+        body = soft_ellipse(ru, rv, (0.0, 0.0), (1.0, 1.0), sharp)
+        caudate = soft_ellipse(ru, rv, (-0.25, s * 1.25), (0.5, 0.75), sharp)
         side = np.zeros_like(u)
         side[v_at] = body * (1.0 - caudate)
         sides.append(side)
@@ -316,9 +316,9 @@ def _anatomy(
     c_at = np.flatnonzero(np.abs(tn - cz0) < ch)
     cu_, cv_ = u[c_at], v[c_at]
     mid_u = rng.uniform(3.0, 7.0)
-    outer = _soft_ellipse(cu_, cv_, (mid_u, 0.0), (13.5, 14.5), 13.5 * 4.0 / px)
-    midbrain = _soft_ellipse(cu_, cv_, (mid_u, 0.0), (10.0, 11.0), 10.0 * 4.0 / px)
-    suprasellar = _soft_ellipse(cu_, cv_, (-9.0, 0.0), (7.0, 10.0), 7.0 * 4.0 / px)
+    outer = soft_ellipse(cu_, cv_, (mid_u, 0.0), (13.5, 14.5), 13.5 * 4.0 / px)
+    midbrain = soft_ellipse(cu_, cv_, (mid_u, 0.0), (10.0, 11.0), 10.0 * 4.0 / px)
+    suprasellar = soft_ellipse(cu_, cv_, (-9.0, 0.0), (7.0, 10.0), 7.0 * 4.0 / px)
     basal = np.maximum(outer * (1.0 - midbrain), suprasellar)
     beta, w_syl, l_syl = rng.uniform(0.25, 0.45), rng.uniform(1.5, 2.5), rng.uniform(30, 42)
     for s in (-1.0, 1.0):
@@ -333,7 +333,7 @@ def _anatomy(
     cisterns[c_at] = basal
 
     # parenchyma: cortical ribbon and sulcal banks are grey, the rest white
-    cortex = rng.uniform(2.5, 3.5) + 0.5 * _smooth_noise(rng, size, 10)
+    cortex = rng.uniform(2.5, 3.5) + 0.5 * smooth_noise(rng, size, 10)
     grey = np.maximum(
         _ramp(cortex - depth, px),
         _ramp(sulcus_width / 2.0 + cortex - sulcus_dist, px)
@@ -541,7 +541,7 @@ def render_head(
         mask = _hemorrhage(subtype, lrng, frame)
         # no blood on a slice where there is too little of it to label the slice positive
         mask[mask.reshape(n_slices, -1).sum(axis=1) < threshold] = False
-        blood = lrng.uniform(62.0, 78.0) + 2.5 * _smooth_noise(lrng, size, 12)
+        blood = lrng.uniform(62.0, 78.0) + 2.5 * smooth_noise(lrng, size, 12)
         # blood replaces what fills the brain's share of a pixel; bone at the inner table stays
         blood = np.clip(blood, *BLOOD_HU_RANGE)
         hu = np.where(mask, hu + frame.brain_fraction * (blood - filling), hu)
@@ -722,9 +722,9 @@ def write_head_ct_series(
     order = geometry.permutation(n_slices) if shuffle_files else np.arange(n_slices)
     patient_id = patient_id if patient_id is not None else f"ICH-{seed}-{index}"
     uids = {
-        "study": study_instance_uid or _uid(seed, index, "ich-study"),
-        "series": _uid(seed, index, "ich-series"),
-        "frame": _uid(seed, index, "ich-frame-of-reference"),
+        "study": study_instance_uid or phantom_uid(seed, index, "ich-study"),
+        "series": phantom_uid(seed, index, "ich-series"),
+        "frame": phantom_uid(seed, index, "ich-frame-of-reference"),
     }
     when = dt.datetime(2024, 1, 1, 7, 0, 0) + dt.timedelta(
         days=index % 365, minutes=(37 * index) % 720
@@ -734,7 +734,7 @@ def write_head_ct_series(
 
     slices: list[SynthSlice | None] = [None] * n_slices
     for k in (int(i) for i in order):
-        sop = _uid(seed, index, f"ich-sop-{k}")
+        sop = phantom_uid(seed, index, f"ich-sop-{k}")
         z_mm = round(z_offset + k * slice_thickness_mm, 3)
         ds = _build_slice(
             stored[k],

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,21 +38,16 @@ import torch
 from pipelines.card import (
     ExplainerSpec,
     LabelSpec,
-    ModelCard,
     Provenance,
-    WeightsSpec,
-    load_card,
-    sha256_file,
-    write_card,
 )
 from pipelines.common.augment import AugmentSpec, image_augment
-from pipelines.common.metrics import f1_score, multilabel_report
+from pipelines.common.metrics import choose_thresholds, multilabel_report, rounded
 from pipelines.common.train import (
-    CHECKPOINT_NAME,
     EpochStats,
     TrainConfig,
     fit,
     resolve_device,
+    save_model,
     seed_everything,
 )
 from pipelines.ich.data import (
@@ -71,9 +65,6 @@ from pipelines.ich.pipeline import IchOptions, TTASpec, air_fill, score_dataset
 from pipelines.ich.slices import input_spec
 
 logger = logging.getLogger(__name__)
-
-CARD_FILE = "card.yaml"
-WEIGHTS_FILE = "weights.pt"
 
 
 def default_target_layer(backbone: str) -> str:
@@ -112,38 +103,6 @@ class IchRecipe:
             raise ValueError(
                 f"split must be three shares with train and validation > 0: {self.split}"
             )
-
-
-def choose_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> list[float]:
-    """Per label, the probability threshold with the highest F1 on (validation) data.
-
-    Candidates are the observed probabilities; ties go to the higher
-    threshold (fewer false positives). 0.5 for a label without positives.
-    """
-    out = []
-    for k in range(y_true.shape[1]):
-        t, p = y_true[:, k], y_prob[:, k]
-        if t.sum() == 0:
-            out.append(0.5)
-            continue
-        best, best_f1 = 0.5, -1.0
-        for candidate in np.unique(p):
-            f1 = f1_score(t, (p >= candidate).astype(np.int64))
-            if not np.isnan(f1) and f1 >= best_f1:
-                best, best_f1 = float(candidate), f1
-        # rounded down: the slice that set the threshold must stay at or above it
-        out.append(math.floor(best * 1e6) / 1e6)
-    return out
-
-
-def _rounded(value: Any, digits: int = 4) -> Any:
-    if isinstance(value, float):
-        return round(value, digits)
-    if isinstance(value, dict):
-        return {k: _rounded(v, digits) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_rounded(v, digits) for v in value]
-    return value
 
 
 def _describe(parts: Sequence[Sequence[LabelledSlice]]) -> dict[str, Any]:
@@ -295,7 +254,7 @@ def train_ich(
     for key, split_name in (("test", "held_out_test"), ("val", "validation")):
         if key not in probs:
             continue
-        metrics[split_name] = _rounded(
+        metrics[split_name] = rounded(
             multilabel_report(
                 datasets[key].targets(),
                 probs[key],
@@ -317,13 +276,12 @@ def train_ich(
             )
         )
 
-    model.cpu()
-    weights_path = out / WEIGHTS_FILE
-    torch.save(model.state_dict(), weights_path)
     options = IchOptions(
         z_features=recipe.z_features, hidden=recipe.hidden, dropout=recipe.dropout
     ).model_dump(mode="json")
-    card = ModelCard(
+    card_path = save_model(
+        model,
+        out,
         name=name or out.name,
         pipeline="ich",
         version="0.1.0",
@@ -343,7 +301,6 @@ def train_ich(
             target_layer=recipe.target_layer or default_target_layer(recipe.backbone),
             top_k=recipe.heatmap_top_k,
         ),
-        weights=WeightsSpec(file=WEIGHTS_FILE, sha256=sha256_file(weights_path)),
         provenance=Provenance(
             synthetic=synthetic,
             clinical_use=False,
@@ -371,9 +328,5 @@ def train_ich(
         metrics=metrics,
         options=options,
     )
-    card_path = out / CARD_FILE
-    write_card(card, card_path)
-    load_card(card_path)  # fail here, not when the node loads it
-    (work / CHECKPOINT_NAME).unlink(missing_ok=True)
     say(f"[ich] wrote {card_path} in {time.perf_counter() - t0:.0f}s")
     return card_path
