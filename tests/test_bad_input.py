@@ -986,8 +986,9 @@ def test_non_image_objects_are_routed_without_error(
 ) -> None:
     """SR, PDF, presentation state and KOS series of a study: stored, and routing passes them by.
 
-    A route for CT images fires for the CT series only; the others match no
-    route, and routing them raises nothing.
+    A route for CT images fires for the CT series only; the others are not
+    routed at all, not even by a fallback rule (no pipeline reads them), and
+    routing them raises nothing.
     """
     caplog.set_level(logging.INFO, logger="dicom_node")
     image = ct()
@@ -1003,7 +1004,9 @@ def test_non_image_objects_are_routed_without_error(
     config = parse_config(
         """
 pipelines: {generic: {card: card.yaml}}
-routes: [{name: ct, match: {Modality: CT}, pipeline: generic, shadow: true}]
+routes:
+  - {name: ct, match: {Modality: CT}, pipeline: generic, shadow: true}
+  - {name: rest, fallback: true, pipeline: generic, shadow: true}
 """,
         tmp_path,
     )
@@ -1016,6 +1019,8 @@ routes: [{name: ct, match: {Modality: CT}, pipeline: generic, shadow: true}]
         Router(receiver.spool)(session, completion, config)
     with Session(receiver.engine) as session:
         jobs = [(job.route, job.series_uids) for job in session.query(Job)]
-    assert jobs == [("ct", [series[0]])]
-    unrouted = [r.getMessage() for r in caplog.records if "matched no route" in r.getMessage()]
+    # the fallback fires for the CT too (the CT rule is a shadow rule), never for the others
+    assert jobs == [("ct", [series[0]]), ("rest", [series[0]])]
+    unrouted = [r.getMessage() for r in caplog.records if "non-image objects" in r.getMessage()]
     assert len(unrouted) == 4, unrouted
+    assert any("Encapsulated PDF Storage" in m for m in unrouted)

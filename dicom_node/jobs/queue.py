@@ -14,6 +14,7 @@ from collections import defaultdict
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +24,7 @@ from dicom_node.db import transaction, utcnow
 from dicom_node.events import record
 from dicom_node.jobs.tables import Job, JobState
 from dicom_node.receive import index
+from dicom_node.receive.check import is_image_storage
 from dicom_node.receive.spool import Spool
 from dicom_node.results.algorithm import AlgorithmInfo
 from dicom_node.route.match import fired_routes
@@ -40,6 +42,11 @@ def is_own_result(header: Dataset) -> bool:
 
 class Router:
     """Routes the series of a completed study and creates one job per fired route.
+
+    Series of non-image objects (SR, PDF, presentation states, key objects:
+    a PACS forwards them with the study) and of this node's own results are
+    not routed: every pipeline analyses images, and a fallback rule must not
+    turn a forwarded report into a failed job.
 
     Used as the completion stage's ``on_complete`` callback, inside its transaction.
     """
@@ -64,6 +71,16 @@ class Router:
                 # a PACS that forwards everything sends our results back: never analyse them
                 log.info("series %s holds this node's own results; not routed", series_uid)
                 record(session, "route", "own-result", series_uid)
+                continue
+            sop_class = str(header.get("SOPClassUID", ""))
+            if not is_image_storage(sop_class):
+                # SR, PDF, presentation states, KOS travel with studies; pipelines analyse images
+                log.info(
+                    "series %s holds non-image objects (%s); not routed",
+                    series_uid,
+                    UID(sop_class).name if sop_class else "no SOP Class UID",
+                )
+                record(session, "route", "non-image", series_uid, sop_class[:64])
                 continue
             calling = index.series_calling_ae(session, series_uid)
             routes = fired_routes(config.routes, header, calling)
