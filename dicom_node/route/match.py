@@ -35,14 +35,10 @@ as not matched, and its outcome says so.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
-from pydicom import Dataset
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.multival import MultiValue
-
+from dicom_node.route.derived import DERIVED
 from dicom_node.route.rules import (
     MatchValue,
     PresenceMatch,
@@ -51,8 +47,9 @@ from dicom_node.route.rules import (
     Route,
     Scalar,
 )
+from dicom_node.route.values import Attributes, _text, attribute_values
 
-Attributes = Dataset | Mapping[str, Any]
+__all__ = ["Attributes", "Condition", "RuleOutcome", "attribute_values", "evaluate", "select"]
 
 CALLING_AE = "calling AE"
 """The pseudo-keyword of the condition on the calling AE title."""
@@ -60,10 +57,6 @@ CALLING_AE = "calling AE"
 # DICOM decimal strings (DS, IS) and YAML numbers; deliberately narrower than
 # float() so that "nan", "inf" and "1_000" stay strings.
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-
-# Text VRs whose single value may legitimately contain a backslash; pydicom
-# does not split them either.
-_UNSPLIT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 
 
 @dataclass(frozen=True)
@@ -142,38 +135,6 @@ class RuleOutcome:
     def failures(self) -> tuple[Condition, ...]:
         """The conditions that do not hold."""
         return tuple(c for c in self.conditions if not c.ok)
-
-
-def _text(value: Any) -> str:
-    """One DICOM value as stripped text (PersonName, DSfloat, IS, bytes, numbers)."""
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    # Strip NUL as well as spaces: some writers pad UIDs and bytes values with it.
-    return str(value).strip(" \x00\t\r\n")
-
-
-def attribute_values(attrs: Attributes, keyword: str) -> list[str] | None:
-    """The values of ``keyword`` as a list of stripped strings, or ``None`` if absent.
-
-    A present attribute with no value gives ``[]``. A plain mapping may hold
-    multi-valued attributes either as lists or as backslash-joined strings (as
-    a database index stores them); the latter are split, except for the VRs
-    whose single value may contain a backslash.
-    """
-    if keyword not in attrs:
-        return None
-    raw = attrs.get(keyword)
-    if raw is None:
-        return []
-    if isinstance(raw, str) and not isinstance(attrs, Dataset):
-        tag = tag_for_keyword(keyword)
-        if tag is None or dictionary_VR(tag) not in _UNSPLIT_VRS:
-            raw = raw.split("\\")
-    # Only true value lists: PersonName, for one, is iterable but a single value.
-    if not isinstance(raw, MultiValue | list | tuple):
-        raw = [raw]
-    values = [_text(v) for v in raw]
-    return values if any(values) else []
 
 
 def _number(text: str) -> float | None:
@@ -268,6 +229,16 @@ def _check(keyword: str, spec: MatchValue, values: list[str] | None) -> Conditio
     )
 
 
+def _condition(keyword: str, spec: MatchValue, attrs: Attributes) -> Condition:
+    """One ``match`` entry: a DICOM attribute, or a derived key with the reason of its value."""
+    derived = DERIVED.get(keyword)
+    if derived is None:
+        return _check(keyword, spec, attribute_values(attrs, keyword))
+    value, because = derived.decide(attrs)
+    condition = _check(keyword, spec, [value])
+    return replace(condition, reason=f"{condition.reason} ({because})")
+
+
 def _check_calling_ae(allowed: list[str], calling_ae: str | None) -> Condition:
     stripped = [a.strip() for a in allowed]
     expected = f"one of [{', '.join(_quote(a) for a in stripped)}]"
@@ -306,7 +277,7 @@ def evaluate(route: Route, attrs: Attributes, calling_ae: str | None) -> RuleOut
         :func:`select` weighs. A fallback rule, which has no conditions,
         comes back matched.
     """
-    conditions = [_check(kw, spec, attribute_values(attrs, kw)) for kw, spec in route.match.items()]
+    conditions = [_condition(kw, spec, attrs) for kw, spec in route.match.items()]
     if route.calling_ae is not None:
         conditions.append(_check_calling_ae(route.calling_ae, calling_ae))
     matched = all(c.ok for c in conditions)

@@ -11,6 +11,7 @@ that sent them, and names the pipeline to run and where to send results::
           SeriesDescription: {regex: "(?i)pa|ap"}   # Python regex, searched
           SliceThickness: {range: [0.5, 5]}          # numeric, inclusive
           ContrastBolusAgent: {present: false}       # attribute absent or empty
+          contrast: enhanced                 # derived by the node: enhanced | unenhanced
         calling_ae: [ORTHANC]              # optional
         pipeline: generic
         destinations: [pacs]
@@ -22,6 +23,10 @@ Rules are tried in order. Every matching non-fallback rule fires (a series may
 feed several pipelines) until a matching rule marked ``final``. Fallback rules
 fire only for series that no non-fallback, non-shadow rule matched (a shadow
 rule never changes what production routing does).
+
+Lower-case keys are derived by the node from several attributes
+(:mod:`dicom_node.route.derived`); ``contrast`` says whether contrast was
+given (:mod:`dicom_node.route.contrast` documents the decision).
 
 Values are strict: ``Modality: true`` is an error, not ``1``. Quote values
 that YAML would otherwise read as numbers or booleans (``SeriesNumber: "010"``).
@@ -45,6 +50,8 @@ from pydantic import (
     model_validator,
 )
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from dicom_node.route.derived import DERIVED
 
 Scalar = StrictStr | StrictInt | StrictFloat
 
@@ -124,6 +131,16 @@ MatchValue = Annotated[
 ]
 
 
+def _check_derived(keyword: str, spec: Any, allowed: tuple[str, ...]) -> None:
+    """A derived key takes one of its values, or a list of them (not regex / range / presence)."""
+    values = spec if isinstance(spec, list) else [spec]
+    if not values or any(not isinstance(v, str) or v not in allowed for v in values):
+        raise ValueError(
+            f"{keyword!r} is derived by the node and takes one of {', '.join(allowed)} "
+            f"(or a list of them), got {spec!r}"
+        )
+
+
 class Route(_Strict):
     """One routing rule."""
 
@@ -141,15 +158,28 @@ class Route(_Strict):
     def _listify(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("match", mode="before")
+    @classmethod
+    def _derived_values(cls, v: Any) -> Any:
+        # before type validation, so that `contrast: yes` (YAML's true) gets this message
+        if isinstance(v, dict):
+            for keyword, spec in v.items():
+                if keyword in DERIVED:
+                    _check_derived(keyword, spec, DERIVED[keyword].values)
+        return v
+
     @field_validator("match")
     @classmethod
     def _keywords(cls, v: dict[str, Any]) -> dict[str, Any]:
         for keyword in v:
+            if keyword in DERIVED:
+                continue
             tag = tag_for_keyword(keyword)
             if tag is None:
                 raise ValueError(
                     f"{keyword!r} is not a DICOM keyword (use the standard keyword, "
-                    "e.g. Modality, BodyPartExamined, SeriesDescription)"
+                    "e.g. Modality, BodyPartExamined, SeriesDescription) nor a derived key "
+                    f"({', '.join(DERIVED)})"
                 )
             if dictionary_VR(tag) == "SQ":
                 raise ValueError(f"{keyword!r} is a sequence; rules match plain attributes only")

@@ -469,6 +469,143 @@ def multilabel_report(
     }
 
 
+#: The metric table of seed 000 (CT gallbladder), in the study's column order.
+STUDY_METRICS: tuple[str, ...] = (
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "fpr",
+    "fnr",
+    "ppv",
+    "npv",
+    "f1_positive",
+    "f1_negative",
+)
+
+
+def study_metrics(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """Seed 000's metric table for one run of 0/1 decisions (keys: :data:`STUDY_METRICS`).
+
+    The negative class gets its own precision (NPV) and F1 because the study
+    reports both classes; ``fpr`` = 1 - specificity and ``fnr`` = 1 -
+    sensitivity. Undefined entries (no positives, no negative calls...) are
+    ``nan``.
+    """
+    (tn, fp), (fn, tp) = (map(int, row) for row in confusion_matrix(y_true, y_pred))
+    return {
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "fpr": _ratio(fp, tn + fp),
+        "fnr": _ratio(fn, tp + fn),
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1_positive": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f1_negative": _ratio(2 * tn, 2 * tn + fn + fp),
+    }
+
+
+def repeat_summary(
+    runs: Sequence[Mapping[str, float]], alpha: float = 0.05
+) -> dict[str, dict[str, float]]:
+    """Mean and Student-t confidence interval of each metric over repeated training runs.
+
+    Seed 000 retrains its chosen setting 40 times and reports every metric as
+    mean with a 95 % interval; the spread is that of the training runs (seed,
+    initialisation, shuffling), not of the test cases, so the interval is the
+    t interval of the mean of the runs, ``mean +- t(1 - alpha/2, n-1) * sd / sqrt(n)``.
+    Runs where a metric is ``nan`` are left out of that metric (its ``n`` says
+    how many counted); with one run the interval is ``nan``.
+
+    Returns
+    -------
+    dict
+        ``{metric: {"mean", "sd", "ci_low", "ci_high", "n"}}`` for every key of
+        the runs, in the first run's order.
+    """
+    from scipy.stats import t as student_t
+
+    if not runs:
+        raise ValueError("repeat_summary needs at least one run")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    out: dict[str, dict[str, float]] = {}
+    for name in runs[0]:
+        values = np.array([float(run[name]) for run in runs], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        n = int(values.size)
+        mean = float(values.mean()) if n else float("nan")
+        sd = float(values.std(ddof=1)) if n > 1 else float("nan")
+        half = float(student_t.ppf(1.0 - alpha / 2.0, n - 1) * sd / math.sqrt(n)) if n > 1 else 0.0
+        lo, hi = (mean - half, mean + half) if n > 1 else (float("nan"), float("nan"))
+        out[name] = {"mean": mean, "sd": sd, "ci_low": lo, "ci_high": hi, "n": n}
+    return out
+
+
+def classification_report(y_true: Any, y_pred: Any, labels: Sequence[str]) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support, accuracy, macro and weighted averages.
+
+    The layout of scikit-learn's ``classification_report(output_dict=True)``,
+    which seed 003 printed, computed here so the node needs no scikit-learn.
+    ``y_true`` and ``y_pred`` hold class indices into ``labels``. A class
+    nobody predicted has precision ``nan`` (scikit-learn warns and shows 0);
+    averages skip ``nan``.
+    """
+    t = np.asarray(y_true).astype(np.int64).ravel()
+    p = np.asarray(y_pred).astype(np.int64).ravel()
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred differ in length: {t.size} vs {p.size}")
+    k = len(labels)
+    if t.size and (min(t.min(), p.min()) < 0 or max(t.max(), p.max()) >= k):
+        raise ValueError(f"class indices must be in [0, {k - 1}] for labels {list(labels)}")
+    report: dict[str, Any] = {}
+    rows = []
+    for i, label in enumerate(labels):
+        tp = int(np.sum((t == i) & (p == i)))
+        support = int(np.sum(t == i))
+        predicted = int(np.sum(p == i))
+        row = {
+            "precision": _ratio(tp, predicted),
+            "recall": _ratio(tp, support),
+            "f1": _ratio(2 * tp, support + predicted),
+            "support": support,
+        }
+        report[label] = row
+        rows.append(row)
+    report["accuracy"] = _ratio(int(np.sum(t == p)), int(t.size))
+    supports = np.array([r["support"] for r in rows], dtype=np.float64)
+    for average in ("macro avg", "weighted avg"):
+        entry: dict[str, Any] = {}
+        for key in ("precision", "recall", "f1"):
+            values = np.array([r[key] for r in rows], dtype=np.float64)
+            ok = ~np.isnan(values)
+            weights = np.ones_like(values) if average == "macro avg" else supports
+            total = float(weights[ok].sum())
+            entry[key] = float((values[ok] * weights[ok]).sum() / total) if total else float("nan")
+        entry["support"] = int(t.size)
+        report[average] = entry
+    return report
+
+
+def format_classification_report(report: Mapping[str, Any], digits: int = 2) -> str:
+    """:func:`classification_report` as the text table scikit-learn prints."""
+    names = [k for k in report if k not in ("accuracy", "macro avg", "weighted avg")]
+    width = max(len(n) for n in [*names, "weighted avg"])
+    header = f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}"
+
+    def line(name: str, row: Mapping[str, Any]) -> str:
+        cells = (f"{row[k]:>9.{digits}f}" for k in ("precision", "recall", "f1"))
+        return f"{name:>{width}} {' '.join(cells)} {row['support']:>9}"
+
+    total = report["macro avg"]["support"]
+    lines = [header, "", *(line(n, report[n]) for n in names), ""]
+    lines.append(
+        f"{'accuracy':>{width}} {'':>9} {'':>9} {report['accuracy']:>9.{digits}f} {total:>9}"
+    )
+    lines += [line(a, report[a]) for a in ("macro avg", "weighted avg")]
+    return "\n".join(lines)
+
+
 def choose_thresholds(y_true: np.ndarray, y_prob: np.ndarray) -> list[float]:
     """Per label, the probability threshold with the highest F1 on (validation) data.
 

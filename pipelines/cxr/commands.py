@@ -1,0 +1,208 @@
+"""``dicom-node`` subcommands of the cxr pipeline (see :mod:`pipelines.commands`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pipelines.commands import EXIT_OK, CommandGroups, data_error, model_ready
+
+
+def cmd_synth_cxr(args: argparse.Namespace) -> int:
+    from pipelines.cxr.synth import write_cxr_dataset
+
+    data = write_cxr_dataset(
+        Path(args.out),
+        n=args.n,
+        seed=args.seed,
+        size=args.size,
+        finding_rate=args.finding_rate,
+        monochrome1_fraction=args.monochrome1_fraction,
+    )
+    boxes = json.loads(data.annotations.read_text())["annotations"]
+    print(
+        f"wrote {len(data.images)} synthetic chest radiographs (DX) of {len(data.patients)} "
+        f"patients to {data.images_dir}, finding masks to {data.masks_dir} and {len(boxes)} "
+        f"COCO boxes to {data.annotations}"
+    )
+    return EXIT_OK
+
+
+def cmd_masks_to_coco(args: argparse.Namespace) -> int:
+    from pipelines.cxr.coco import CocoError, masks_to_coco, split_by_patient, write_coco
+
+    out = Path(args.out)
+    try:
+        coco = masks_to_coco(
+            Path(args.images), Path(args.masks), args.classes or None, min_pixels=args.min_pixels
+        )
+        write_coco(coco, out)
+        print(
+            f"wrote {out}: {len(coco['images'])} images, {len(coco['annotations'])} boxes, "
+            f"classes {', '.join(c['name'] for c in coco['categories'])}"
+        )
+        if args.split:
+            names = ("train", "val", "test")[: len(args.split)]
+            parts = split_by_patient(coco, args.split, seed=args.seed, images_dir=Path(args.images))
+            for name, part in zip(names, parts, strict=True):
+                path = out.with_name(f"{out.stem}.{name}{out.suffix}")
+                write_coco(part, path)
+                patients = len({img["patient_id"] for img in part["images"]})
+                print(f"wrote {path}: {len(part['images'])} images of {patients} patients")
+    except CocoError as exc:
+        return data_error(exc)
+    return EXIT_OK
+
+
+def cmd_train_cxr(args: argparse.Namespace) -> int:
+    from dicom_node.logs import setup_logging
+    from pipelines.common.augment import DetectionAugmentSpec
+    from pipelines.cxr.coco import CocoError
+    from pipelines.cxr.data import DetectionDataError
+    from pipelines.cxr.train import CxrRecipe, train_cxr
+
+    setup_logging("INFO")
+    recipe = CxrRecipe(
+        architecture=args.architecture,
+        size=args.size,
+        max_size=max(args.max_size, args.size),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=not args.no_nesterov,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        augment=DetectionAugmentSpec(
+            rotation=args.rotation, brightness=args.brightness, contrast=args.contrast
+        ),
+        pretrained=args.pretrained or "",
+        explainer=args.explainer,
+        cache=args.cache,
+        seed=args.seed,
+    )
+    try:
+        card = train_cxr(
+            args.images,
+            args.coco,
+            args.out,
+            recipe,
+            name=args.name,
+            device=args.device,
+            synthetic=args.synthetic,
+            workers=args.workers,
+            say=print,
+        )
+    except (CocoError, DetectionDataError) as exc:
+        return data_error(exc)
+    return model_ready(card)
+
+
+def cmd_evaluate_cxr(args: argparse.Namespace) -> int:
+    from dicom_node.logs import setup_logging
+    from pipelines.cxr.coco import CocoError
+    from pipelines.cxr.data import DetectionDataError
+    from pipelines.cxr.evaluate import evaluate_cxr, format_report
+
+    setup_logging("WARNING")
+    try:
+        report = evaluate_cxr(
+            args.model,
+            args.images,
+            args.coco,
+            out_dir=args.out,
+            device=args.device,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+    except (CocoError, DetectionDataError) as exc:
+        return data_error(exc)
+    print(format_report(report))
+    print(f"saved {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'precision_recall.png'}")
+    return EXIT_OK
+
+
+def add_commands(groups: CommandGroups) -> None:
+    """``synth cxr``, ``dataset masks-to-coco``, ``train cxr-findings``, ``evaluate cxr-findings``."""
+    p = groups.synth.add_parser(
+        "cxr", help="chest radiographs with findings: DX DICOM, binary masks and COCO boxes"
+    )
+    p.add_argument("--out", required=True, help="output folder (images/, masks/, annotations.json)")
+    p.add_argument("--n", type=int, default=20, help="number of images (two per patient)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=512, help="rows = columns of each image")
+    p.add_argument("--finding-rate", type=float, default=0.5, help="chance of each finding")
+    p.add_argument("--monochrome1-fraction", type=float, default=0.1)
+    p.set_defaults(func=cmd_synth_cxr)
+
+    p = groups.dataset.add_parser(
+        "masks-to-coco",
+        help="binary finding masks (MASKS/<class>/<image stem>.png) to COCO boxes (seed 001)",
+    )
+    p.add_argument("--images", required=True, help="folder of the DICOM images")
+    p.add_argument(
+        "--masks", required=True, help="folder with one subfolder of PNG masks per class"
+    )
+    p.add_argument("--out", required=True, help="COCO JSON to write")
+    p.add_argument(
+        "--classes", nargs="+", help="class names in label order (default: the mask folders)"
+    )
+    p.add_argument("--min-pixels", type=int, default=4, help="smaller mask components are noise")
+    p.add_argument(
+        "--split",
+        nargs="+",
+        type=float,
+        metavar="SHARE",
+        help="also write OUT.train/.val[/.test].json split by Patient ID, e.g. 0.8 0.2",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient split")
+    p.set_defaults(func=cmd_masks_to_coco)
+
+    p = groups.train.add_parser(
+        "cxr-findings", help="seed 001 Faster R-CNN from DICOM chest radiographs + COCO boxes"
+    )
+    p.add_argument("--images", required=True, help="folder the COCO file_name entries are in")
+    p.add_argument("--coco", required=True, help="COCO detection JSON (see dataset masks-to-coco)")
+    p.add_argument("--out", required=True, help="model folder to write, e.g. models/cxr-site")
+    p.add_argument("--name", help="card name (default: the folder name)")
+    p.add_argument(
+        "--architecture",
+        default="fasterrcnn_resnet50_fpn",
+        help="fasterrcnn_resnet50_fpn (seed), fasterrcnn_mobilenet_v3_large_fpn (CPU sites), "
+        "fasterrcnn_resnet18_fpn",
+    )
+    p.add_argument("--size", type=int, default=800, help="shorter side of the input, pixels")
+    p.add_argument("--max-size", type=int, default=1333, help="cap on the longer side")
+    p.add_argument("--epochs", type=int, default=18)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.003)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=["constant", "onecycle"], default="constant")
+    p.add_argument("--rotation", type=float, default=5.0, help="max rotation, degrees")
+    p.add_argument("--brightness", type=float, default=0.1)
+    p.add_argument("--contrast", type=float, default=0.1)
+    p.add_argument(
+        "--pretrained", help="local torchvision COCO weights of the architecture (fine-tuning)"
+    )
+    p.add_argument("--explainer", choices=["ablationcam", "eigencam"], default="ablationcam")
+    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", action="store_true", help="keep prepared images in memory")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading images")
+    p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
+    p.set_defaults(func=cmd_train_cxr)
+
+    p = groups.evaluate.add_parser(
+        "cxr-findings", help="COCO AP/AR summary, per-class AP50 with 95 % CI, PR curves"
+    )
+    p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
+    p.add_argument("--images", required=True, help="folder the COCO file_name entries are in")
+    p.add_argument("--coco", required=True, help="COCO detection JSON with the true boxes")
+    p.add_argument("--out", default="cxr-evaluation", help="folder for metrics.json and the PNG")
+    p.add_argument("--device")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate_cxr)
