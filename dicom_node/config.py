@@ -157,6 +157,22 @@ class NodeSection(_Strict):
         return any(peer.allows(ae_title, address) for peer in self.peers)
 
 
+class RetentionPolicy(_Strict):
+    """When the node deletes a finished study's images and results (see dicom_node/retention.py)."""
+
+    #: delete finished studies this many days after their last activity (null: keep until
+    #: the disk runs low)
+    keep_days: float | None = Field(7, gt=0)
+    #: below min_free_disk_mb, delete finished studies, oldest first, until this much is free
+    #: (null: min_free_disk_mb plus 10 %); false-y ``emergency`` switches that off
+    emergency: bool = True
+    emergency_free_mb: float | None = Field(None, ge=0)
+    #: nothing younger than this is deleted (a copy being received again is left alone)
+    settle_seconds: float = Field(300, ge=0)
+    #: how often the retention check runs
+    interval_seconds: float = Field(60, gt=0)
+
+
 class StorageSection(_Strict):
     spool: Path = Path("var/spool")
     database_url: str = "sqlite:///var/dicom-node.db"
@@ -164,6 +180,13 @@ class StorageSection(_Strict):
     min_free_disk_mb: int = Field(1024, ge=0)
     #: fsync each received object before answering Success (turn off only for benchmarks)
     fsync: bool = True
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
+
+    @property
+    def emergency_free_mb(self) -> float:
+        """Free space the emergency cleanup restores (see :class:`RetentionPolicy`)."""
+        target = self.retention.emergency_free_mb
+        return self.min_free_disk_mb * 1.1 if target is None else max(target, self.min_free_disk_mb)
 
 
 class CompletionSection(_Strict):

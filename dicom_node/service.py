@@ -6,6 +6,7 @@ Process layout::
     ├─ completion poll   (APScheduler)         └─ Storage SCP on the shared port (SO_REUSEPORT):
     ├─ job runner        (APScheduler)            C-ECHO, C-STORE → spool + index
     ├─ dispatcher        (APScheduler)
+    ├─ retention         (APScheduler)
     └─ config watcher, receiver supervisor
 
 Receiving runs in its own processes so that inference (which holds the GIL
@@ -40,6 +41,7 @@ from dicom_node.jobs import queue
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
 from dicom_node.receive.spool import Spool
+from dicom_node.retention import Retention
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class Node:
         self.completion = CompletionStage(self.live, self.sessions, queue.Router(self.spool))
         self.runner = JobRunner(self.live, self.sessions, self.spool)
         self.dispatcher = Dispatcher(self.live, self.sessions, self.spool)
+        self.retention = Retention(self.live, self.sessions, self.spool)
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
@@ -121,6 +124,12 @@ class Node:
         )
         self.scheduler.add_job(
             self.live.check, "interval", seconds=CONFIG_CHECK_SECONDS, id="config"
+        )
+        self.scheduler.add_job(
+            self.retention.run,
+            "interval",
+            seconds=self.config.storage.retention.interval_seconds,
+            id="retention",
         )
         self.scheduler.start()
 

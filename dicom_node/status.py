@@ -25,6 +25,7 @@ def collect(config: Config, *, events: int = 15) -> dict[str, Any]:
             "path": str(config.storage.spool),
             "free_mb": round(Spool(config.storage.spool, fsync=False).free_mb()),
             "min_free_disk_mb": config.storage.min_free_disk_mb,
+            "retention": config.storage.retention.model_dump(),
         },
     }
     try:
@@ -71,7 +72,9 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [f"node {report['node']['ae_title']} port {report['node']['port']}"]
     spool = report["spool"]
     lines.append(
-        f"spool {spool['path']}: {spool['free_mb']} MiB free (refuses below {spool['min_free_disk_mb']})"
+        f"spool {spool['path']}: {spool['free_mb']} MiB free (refuses below {spool['min_free_disk_mb']}); "
+        f"finished studies kept {_days(spool['retention']['keep_days'])}, emergency cleanup "
+        f"{'on' if spool['retention']['emergency'] else 'off'}"
     )
     if "error" in report:
         lines.append(report["error"])
@@ -98,3 +101,7 @@ def format_status(report: dict[str, Any]) -> str:
                 f"  {e['at']} {e['stage']}/{e['kind']} {e['subject'] or ''} {e['detail'] or ''}".rstrip()
             )
     return "\n".join(lines)
+
+
+def _days(keep_days: float | None) -> str:
+    return "until the disk runs low" if keep_days is None else f"{keep_days:g} days"

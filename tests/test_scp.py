@@ -16,6 +16,7 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from dicom_node.config import Config, parse_config
 from dicom_node.db import make_engine, migrate
@@ -102,6 +103,31 @@ def test_missing_or_malformed_uids_are_refused_and_nothing_escapes(
     assert receiver.count() == 0
     assert receiver.files() == []
     assert not list(tmp_path.parent.glob("**/evil*"))
+
+
+def test_a_series_retention_removed_is_indexed_again(receiver: Receiver) -> None:
+    """The receiver remembers series it indexed; retention may delete them since."""
+    from datetime import timedelta
+
+    from dicom_node.db import utcnow
+    from dicom_node.receive.index import forget_study
+
+    first = ct()
+    assert receiver.store(first) == 0x0000
+    with receiver.engine.begin() as conn, Session(bind=conn) as session:
+        forget_study(
+            session,
+            first.StudyInstanceUID,
+            through_id=10**9,
+            received_before=utcnow() + timedelta(seconds=1),
+        )
+        session.flush()
+    assert receiver.count() == 0
+    second = ct(SOPInstanceUID=first.SOPInstanceUID + ".2")  # same series, new instance
+    assert receiver.store(second) == 0x0000
+    assert receiver.count() == 1
+    with receiver.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM series")).scalar_one() == 1
 
 
 def test_disk_below_watermark_is_out_of_resources(tmp_path: Path, database_url: str) -> None:

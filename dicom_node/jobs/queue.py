@@ -15,14 +15,14 @@ from collections import defaultdict
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.complete.tables import Completion
 from dicom_node.config import Config
 from dicom_node.db import transaction, utcnow
 from dicom_node.events import record
-from dicom_node.jobs.tables import Job, JobState
+from dicom_node.jobs.tables import Job, JobState, Result
 from dicom_node.receive import index
 from dicom_node.receive.check import is_image_storage
 from dicom_node.receive.spool import Spool
@@ -161,3 +161,14 @@ def fail(sessions: sessionmaker[Session], job_id: int, error: str) -> None:
             .values(state=JobState.FAILED, error=error[:2000], finished_at=utcnow())
         )
         record(session, "jobs", "job-failed", str(job_id), error[:500])
+
+
+def forget_results(session: Session, study_uid: str) -> list[str]:
+    """Delete the result rows of a study's jobs and return their spool paths (jobs stay).
+
+    For retention, which removes the files in the same transaction.
+    """
+    jobs = select(Job.id).where(Job.study_instance_uid == study_uid)
+    return list(
+        session.scalars(delete(Result).where(Result.job_id.in_(jobs)).returning(Result.path)).all()
+    )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -146,6 +146,39 @@ def series_calling_ae(session: Session, series_uid: str) -> str | None:
         .order_by(Instance.id.desc())
         .limit(1)
     )
+
+
+def forget_study(
+    session: Session, study_uid: str, *, through_id: int, received_before: datetime
+) -> list[str]:
+    """Delete a study's instance rows that retention may remove; return their spool paths.
+
+    Only instances covered by a completion (``id <= through_id``) that have not
+    been received again since ``received_before`` go; series and study rows
+    go when no instance is left. A copy that arrives later is a new instance
+    again (a new generation). The caller removes the files in the same
+    transaction, before it commits.
+    """
+    paths = session.scalars(
+        delete(Instance)
+        .where(
+            Instance.study_instance_uid == study_uid,
+            Instance.id <= through_id,
+            Instance.received_at < received_before,
+        )
+        .returning(Instance.path)
+    ).all()
+    remaining = select(Instance.series_instance_uid).where(Instance.study_instance_uid == study_uid)
+    session.execute(
+        delete(Series).where(
+            Series.study_instance_uid == study_uid, Series.series_instance_uid.not_in(remaining)
+        )
+    )
+    if not session.scalar(
+        select(func.count()).select_from(Series).where(Series.study_instance_uid == study_uid)
+    ):
+        session.execute(delete(Study).where(Study.study_instance_uid == study_uid))
+    return list(paths)
 
 
 def counts(session: Session) -> dict[str, int]:

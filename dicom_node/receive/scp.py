@@ -47,6 +47,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 
 from dicom_node.config import Config
 from dicom_node.db import utcnow
@@ -293,8 +294,7 @@ class StorageSCP:
             )
             return OUT_OF_RESOURCES, False
         try:
-            with self.engine.begin() as connection:
-                new = index_instance(connection, item, series_known=known)
+            new = self._index(item, known)
         except Exception as exc:  # noqa: BLE001 - any database failure is out of resources
             log.error("refused %s from %s: index unavailable: %s", sop, calling, _oneline(exc))
             return OUT_OF_RESOURCES, False
@@ -305,6 +305,24 @@ class StorageSCP:
                     self._known_series.popitem(last=False)
         log.debug("stored %s (series %s) from %s", sop, series, calling)
         return SUCCESS, not new
+
+    def _index(self, item: ReceivedInstance, known: bool) -> bool:
+        """Index one instance; True if it is new.
+
+        A series this process indexed before needs only the instance row;
+        if that fails because retention has since removed the series row,
+        the series is forgotten and the full upsert tried once more.
+        """
+        try:
+            with self.engine.begin() as connection:
+                return index_instance(connection, item, series_known=known)
+        except IntegrityError:
+            if not known:
+                raise
+        with self._lock:
+            self._known_series.pop(item.series_instance_uid, None)
+        with self.engine.begin() as connection:
+            return index_instance(connection, item)
 
     # --- lifecycle ----------------------------------------------------------------------
 
