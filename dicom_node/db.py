@@ -14,6 +14,7 @@ PostgreSQL is used by URL (``postgresql+psycopg://...``).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -64,26 +65,44 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+#: Seconds a writer waits for a locked SQLite database (``?timeout=`` in the URL changes it);
+#: after that the receiver answers 0xA700 (out of resources) and the peer retries later.
+SQLITE_TIMEOUT_SECONDS = 30.0
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any, *, busy_ms: int) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={busy_ms:d}")
     cursor.close()
 
 
 def make_engine(url: str) -> Engine:
     """Create an engine for ``url`` with the node's settings for its dialect.
 
-    For SQLite the parent folder of the database file is created.
+    For SQLite the parent folder of the database file is created, and
+    ``?timeout=SECONDS`` sets how long a writer waits for a lock (default
+    :data:`SQLITE_TIMEOUT_SECONDS`). PostgreSQL connections are checked
+    before use, so the node reconnects by itself after a database restart.
     """
-    if url.startswith("sqlite"):
-        path = url.split(":///", 1)[-1]
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        try:
+            timeout = float(parsed.query.get("timeout", SQLITE_TIMEOUT_SECONDS))  # type: ignore[arg-type]
+        except ValueError:
+            raise ValueError(f"timeout in {url!r} must be a number of seconds") from None
+        engine = create_engine(
+            parsed.difference_update_query(["timeout"]),
+            connect_args={"timeout": timeout, "check_same_thread": False},
+        )
+        event.listen(
+            engine, "connect", functools.partial(_sqlite_pragmas, busy_ms=int(timeout * 1000))
+        )
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 

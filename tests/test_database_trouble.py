@@ -1,0 +1,114 @@
+"""The index database in trouble: a locked SQLite file, a PostgreSQL restart under a running node.
+
+What cannot be indexed is answered out-of-resources (0xA700), never Success,
+with a log line; when the database is back the node stores again by itself,
+and the stages behind the receiver (completion, jobs) carry on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from sqlalchemy import text
+
+from dicom_node.config import parse_config
+from dicom_node.db import make_engine, migrate
+from dicom_node.receive.scp import StorageSCP
+from dicom_node.receive.spool import Spool
+from pipelines.common.phantoms import write_radiograph_study
+
+from node import NODE_AET, TEST_AET, NodeProcess, node_config
+from peers import free_port
+
+LOCK_TIMEOUT = 1.0
+
+
+def store(port: int, ds: pydicom.Dataset) -> int | None:
+    ae = AE(ae_title=TEST_AET)
+    ae.dimse_timeout = 120
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title=NODE_AET)
+    assert assoc.is_established
+    try:
+        return getattr(assoc.send_c_store(ds), "Status", None)
+    finally:
+        assoc.release()
+
+
+@pytest.fixture
+def sqlite_receiver(tmp_path: Path) -> Iterator[Any]:
+    database = tmp_path / "index.db"
+    port = free_port()
+    url = f"sqlite:///{database}?timeout={LOCK_TIMEOUT}"
+    config = parse_config(
+        f"""
+node: {{ae_title: {NODE_AET}, host: 127.0.0.1, port: {port},
+        peers: [{{ae_title: {TEST_AET}, host: 127.0.0.1}}]}}
+storage: {{spool: spool, database_url: "{url}", min_free_disk_mb: 0}}
+""",
+        tmp_path,
+    )
+    engine = make_engine(config.storage.database_url)
+    migrate(engine)
+    scp = StorageSCP(lambda: config, Spool(config.storage.spool), engine)
+    scp.start()
+    yield port, database, engine
+    scp.stop()
+    engine.dispose()
+
+
+def test_a_locked_sqlite_index_is_out_of_resources_then_recovers(
+    sqlite_receiver: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, database, engine = sqlite_receiver
+    studies = [
+        write_radiograph_study(tmp_path / "in", seed=5, index=i, lesion=False) for i in range(2)
+    ]
+    first, second = (pydicom.dcmread(s.path) for s in studies)
+    assert store(port, first) == 0x0000
+    holder = sqlite3.connect(database, timeout=0, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock, e.g. a long migration
+    try:
+        t0 = time.monotonic()
+        assert store(port, second) == 0xA700
+        assert time.monotonic() - t0 >= LOCK_TIMEOUT * 0.9  # it waited for the lock first
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert any("index unavailable" in r.getMessage() for r in caplog.records)
+    assert store(port, second) == 0x0000  # recovered by itself: the peer's retry is stored
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM instances")).scalar_one() == 2
+
+
+def test_a_postgresql_restart_under_a_running_node(
+    tmp_path: Path, postgres_cluster_factory: Any, demo_card: Path
+) -> None:
+    cluster = postgres_cluster_factory()
+    studies = [
+        write_radiograph_study(tmp_path / "in", seed=6, index=i, lesion=bool(i % 2))
+        for i in range(3)
+    ]
+    datasets = [pydicom.dcmread(s.path) for s in studies]
+    config = node_config(tmp_path / "node", cluster.url)
+    with NodeProcess(tmp_path / "node", config) as node:
+        assert store(node.port, datasets[0]) == 0x0000
+        cluster.stop()
+        assert store(node.port, datasets[1]) == 0xA700  # not indexed: never Success
+        time.sleep(2)  # the completion, job and dispatch stages meet the outage too
+        cluster.start()
+        assert store(node.port, datasets[1]) == 0x0000  # the peer's retry
+        assert store(node.port, datasets[2]) == 0x0000
+        node.wait_for("SELECT count(*) FROM instances", 3, timeout=30)
+        # the stages behind the receiver carry on: every study completes and is analysed
+        node.wait_for("SELECT count(*) FROM jobs WHERE state = 'done'", 3, timeout=180)
+        assert node.process is not None and node.process.poll() is None
+        log = node.log_text()
+    assert "index unavailable" in log
