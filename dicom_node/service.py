@@ -37,6 +37,7 @@ from dicom_node.db import make_engine, migrate, session_factory, transaction
 from dicom_node.dispatch import outbox
 from dicom_node.dispatch.dispatcher import Dispatcher
 from dicom_node.events import record
+from dicom_node.faults import MAIN_PID_ENV
 from dicom_node.jobs import queue
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
@@ -98,6 +99,7 @@ class Node:
                 log.error("pipeline %s cannot be loaded: %s (its jobs will fail)", name, exc)
 
     def start_receivers(self) -> None:
+        os.environ[MAIN_PID_ENV] = str(os.getpid())  # for crash points in the receivers
         ctx = multiprocessing.get_context("spawn")
         for number in range(self.config.node.receiver_processes):
             self.receivers.append(self._spawn(ctx, number))

@@ -118,8 +118,9 @@ class NodeProcess:
 
     # --- lifecycle --------------------------------------------------------------------
 
-    def start(self, timeout: float = 60.0) -> Self:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def start(self, timeout: float = 60.0, env: dict[str, str] | None = None) -> Self:
+        """Start ``dicom-node serve`` and wait until it answers C-ECHO (``env``: extra variables)."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dicom_node", "serve", "--config", str(self.config_path)],

@@ -34,6 +34,7 @@ from dicom_node.complete.tables import Completion
 from dicom_node.config import CompletionSection, Config
 from dicom_node.db import transaction, utcnow
 from dicom_node.events import record
+from dicom_node.faults import crash_point
 from dicom_node.receive.tables import Instance
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class CompletionStage:
                     f"{completion.reason}",
                 )
                 self.on_complete(session, completion, config)
+                crash_point("completion-before-commit")
             log.info(
                 "study %s complete (generation %d, %d series, %s)",
                 study_uid,

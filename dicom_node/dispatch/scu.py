@@ -19,6 +19,7 @@ from pynetdicom import AE
 
 from dicom_node.config import Destination
 from dicom_node.dispatch.destinations import SendError, register
+from dicom_node.faults import crash_point
 from dicom_node.tls import client_context
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ def send_dicom(
                     ds.SOPInstanceUID,
                     code,
                 )
+            if len(files) > 1:
+                crash_point("mid-dispatch")
     finally:
         if assoc.is_established:
             assoc.release()

@@ -23,6 +23,7 @@ from dicom_node.config import Config, PipelineConfig
 from dicom_node.db import transaction, utcnow
 from dicom_node.dispatch import outbox
 from dicom_node.events import record
+from dicom_node.faults import crash_point
 from dicom_node.jobs import queue
 from dicom_node.jobs.tables import Job, JobState, Result
 from dicom_node.receive import index
@@ -140,6 +141,7 @@ class JobRunner:
             if paths
         ]
         result = pipeline.run(inputs)
+        crash_point("inference-done")
         for name, reason in result.skipped:
             log.info("job %d: skipped %s: %s", job_id, name, reason)
         algorithm = AlgorithmInfo.from_card(pipeline.card, __version__)
@@ -157,6 +159,7 @@ class JobRunner:
                         created_at=now,
                     )
                 )
+            crash_point("results-before-commit")
             if not job.shadow:
                 outbox.enqueue(session, job.id, job.destinations)
             db_job = session.get(Job, job.id)

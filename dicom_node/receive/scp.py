@@ -51,6 +51,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dicom_node.config import Config
 from dicom_node.db import utcnow
+from dicom_node.faults import crash_point
 from dicom_node.receive.check import (
     PIXEL_KEYWORDS,
     DataSetMismatchError,
@@ -293,6 +294,7 @@ class StorageSCP:
                 "refused %s from %s: spool write failed: %s", sop, calling, exc.strerror or exc
             )
             return OUT_OF_RESOURCES, False
+        crash_point("stored-before-index")
         try:
             new = self._index(item, known)
         except Exception as exc:  # noqa: BLE001 - any database failure is out of resources

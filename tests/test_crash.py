@@ -1,0 +1,35 @@
+"""kill -9 at random moments and at every crash point: nothing answered Success or produced is lost,
+nothing reaches the PACS twice (the campaign itself is in ``tests/crash.py``; ``bench/crash.py``
+runs it for 100+ rounds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from crash import KINDS, Campaign, summary
+
+pytestmark = pytest.mark.e2e
+
+
+def test_kill_9_at_random_moments_and_at_every_crash_point(
+    tmp_path: Path, database_url: str, orthanc_factory: Any, demo_card: Path
+) -> None:
+    pacs = orthanc_factory(aet="PACS")
+    campaign = Campaign(tmp_path, database_url, pacs, seed=3)
+    for kind in KINDS:
+        done = campaign.run(kind)
+        print(done)
+    figures = summary(campaign.rounds)
+    print(figures)
+    assert figures["rounds"] == len(KINDS)
+    # the crash points landed where they should: e.g. nothing confirmed when storing kills
+    by_kind = {r.kind: r for r in campaign.rounds}
+    assert by_kind["stored-before-index"].acknowledged == 0
+    assert by_kind["mid-dispatch"].phase == "delivery queued"
+    assert by_kind["inference-done"].phase == "inference"
+    assert by_kind["results-before-commit"].phase == "inference"
+    assert by_kind["completion-before-commit"].phase == "received, not yet complete"
+    # a delivery cut off half-way is sent again; the PACS check proved it replaced
+    assert figures["redelivered"] >= 1
