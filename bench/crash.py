@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         except CampaignError as exc:
             print(f"FAILED: {exc}")
             return 1
+        except (TimeoutError, RuntimeError) as exc:  # the node would not start: not a lost object
+            print(f"ABORTED after {len(campaign.rounds)} rounds: {exc}")
+            return 2
         finally:
             campaign.node.kill()
             pacs.kill()

@@ -46,6 +46,8 @@ KINDS: tuple[str, ...] = ("random", *CRASH_POINTS)
 #: A study is received, completed, analysed and delivered within about this many seconds.
 RANDOM_WINDOW = 3.5
 IMAGES_PER_STUDY = 3
+#: a node start loads torch and the model: slow on a busy 2-core machine
+START_TIMEOUT = 180.0
 
 
 class CampaignError(AssertionError):
@@ -125,7 +127,9 @@ class Campaign:
         number = len(self.rounds)
         study = self._study(number)
         acknowledged: set[str] = set()
-        self.node.start(env={"DICOM_NODE_CRASH_AT": kind} if kind != "random" else None)
+        self.node.start(
+            START_TIMEOUT, env={"DICOM_NODE_CRASH_AT": kind} if kind != "random" else None
+        )
         t0 = time.monotonic()
         sender = threading.Thread(target=self._send, args=(study, acknowledged), daemon=True)
         sender.start()
@@ -138,7 +142,7 @@ class Campaign:
         sender.join(30)
         self._check_acknowledged_are_stored(acknowledged)
         phase = self._phase(study[0].StudyInstanceUID, len(acknowledged))
-        self.node.start()
+        self.node.start(START_TIMEOUT)
         unconfirmed = [ds for ds in study if ds.SOPInstanceUID not in acknowledged]
         if unconfirmed:
             retried: set[str] = set()
