@@ -18,9 +18,11 @@ def test_kill_9_at_random_moments_and_at_every_crash_point(
 ) -> None:
     pacs = orthanc_factory(aet="PACS")
     campaign = Campaign(tmp_path, database_url, pacs, seed=3)
-    for kind in KINDS:
-        done = campaign.run(kind)
-        print(done)
+    try:
+        for kind in KINDS:
+            print(campaign.run(kind))
+    finally:
+        campaign.node.kill()  # a failed round must not leave a node running
     figures = summary(campaign.rounds)
     print(figures)
     assert figures["rounds"] == len(KINDS)
