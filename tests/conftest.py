@@ -59,6 +59,10 @@ ALL_TESTS_ENV = "DICOM_NODE_TEST_ALL"
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On PostgreSQL, run the tests that use the index database (``database_url``).
 
+    Tests marked ``pipeline`` (one model's path through the node to the PACS)
+    run on SQLite only: the database does nothing there that the node's own
+    end-to-end tests do not already run on PostgreSQL.
+
     ``scripts/run-tests`` runs the suite on SQLite, then on PostgreSQL; a test
     that never touches the index (a pipeline, the preprocessing, a parser)
     would only repeat its SQLite result while doubling the CI time.
@@ -67,7 +71,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     keep, skip = [], []
     for item in items:
-        (keep if "database_url" in getattr(item, "fixturenames", ()) else skip).append(item)
+        uses_index = "database_url" in getattr(item, "fixturenames", ())
+        (keep if uses_index and not item.get_closest_marker("pipeline") else skip).append(item)
     if skip:
         config.hook.pytest_deselected(items=skip)
         items[:] = keep
@@ -279,3 +284,21 @@ def ich_demo_card() -> Path:
 def cxr_demo_card() -> Path:
     """The ``cxr-demo`` detector (seed 001 on synthetic chest radiographs)."""
     return _demo("cxr-demo")
+
+
+@pytest.fixture(scope="session")
+def ct_contrast_demo_card() -> Path:
+    """The ``ct-gb-contrast-demo`` slice classifier (seed 000, contrast-enhanced phantoms)."""
+    return _demo("ct-gb-contrast-demo")
+
+
+@pytest.fixture(scope="session")
+def ct_noncontrast_demo_card() -> Path:
+    """The ``ct-gb-noncontrast-demo`` slice classifier (seed 000, non-contrast phantoms)."""
+    return _demo("ct-gb-noncontrast-demo")
+
+
+@pytest.fixture(scope="session")
+def hip_demo_card() -> Path:
+    """The ``hip-demo`` model (seed 003: femoral-neck localiser + osteoporosis classifier)."""
+    return _demo("hip-demo")

@@ -329,6 +329,7 @@ def test_cli_synth_masks_to_coco_train_and_evaluate(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.pipeline
 def test_chest_radiograph_through_orthanc_gets_boxed_sr_and_heatmap(
     pacs: Orthanc,
     node_port: int,

@@ -287,6 +287,7 @@ def test_cli_synth_train_and_evaluate(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.pipeline
 def test_head_ct_through_orthanc_gets_six_group_sr_and_heatmaps(
     pacs: Orthanc, node_port: int, tmp_path: Path, database_url: str, ich_demo_card: Path
 ) -> None:
