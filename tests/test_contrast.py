@@ -18,7 +18,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from dicom_node.config import ConfigError, parse_config
+from dicom_node.config import ConfigError, load_config, parse_config
 from dicom_node.route.contrast import ENHANCED, UNENHANCED, contrast_decision, contrast_state
 from dicom_node.route.explain import explain_paths, format_explanation
 from dicom_node.route.match import fired_routes
@@ -188,3 +188,26 @@ def test_explain_shows_what_decided(tmp_path: Path) -> None:
     )
     assert "contrast is 'unenhanced', not 'enhanced'" in text
     assert "SeriesDescription 'NON CON ABDOMEN' names a non-contrast series" in text
+
+
+@pytest.mark.parametrize(
+    ("attrs", "pipelines"),
+    [
+        (
+            {"BodyPartExamined": "ABDOMEN", "ContrastBolusAgent": "OMNIPAQUE 350"},
+            ["ct-gb-contrast"],
+        ),
+        ({"BodyPartExamined": "ABDOMEN", "SeriesDescription": "ABD W/O"}, ["ct-gb-noncontrast"]),
+        ({"BodyPartExamined": "HEAD", "ContrastBolusAgent": "OMNIPAQUE 350"}, ["ich"]),
+        ({"Modality": "DX", "BodyPartExamined": "PELVIS"}, ["hip-osteoporosis"]),
+        ({"Modality": "CR", "BodyPartExamined": "HIP"}, ["hip-osteoporosis"]),
+        ({"Modality": "DX", "BodyPartExamined": "CHEST"}, ["cxr-findings"]),
+        ({"Modality": "MR", "BodyPartExamined": "ABDOMEN"}, ["generic"]),
+    ],
+)
+def test_the_shipped_routes_send_each_study_to_its_model(
+    attrs: dict[str, Any], pipelines: list[str]
+) -> None:
+    config = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
+    fired = fired_routes(config.routes, ct(**attrs), "ORTHANC")
+    assert [r.pipeline for r in fired] == pipelines
