@@ -329,6 +329,9 @@ DEMOS: dict[str, Callable[..., Path]] = {
     DEMO_NAME: build_generic_demo,
     "ich-demo": _lazy("pipelines.ich.demo", "build_ich_demo"),
     "cxr-demo": _lazy("pipelines.cxr.demo", "build_cxr_demo"),
+    "ct-gb-contrast-demo": _lazy("pipelines.ctslice.demo", "build_contrast_demo"),
+    "ct-gb-noncontrast-demo": _lazy("pipelines.ctslice.demo", "build_noncontrast_demo"),
+    "hip-demo": _lazy("pipelines.hip.demo", "build_hip_demo"),
 }
 
 

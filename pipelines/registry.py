@@ -16,6 +16,8 @@ PIPELINE_MODULES: tuple[str, ...] = (
     "pipelines.generic",
     "pipelines.ich.pipeline",
     "pipelines.cxr.pipeline",
+    "pipelines.ctslice.pipeline",
+    "pipelines.hip.pipeline",
 )
 
 _REGISTRY: dict[str, type[Pipeline]] = {}

@@ -3,7 +3,11 @@
 Seed 001 (a detector) rotates by up to 5 degrees, moving the boxes with
 the image, and jitters brightness / contrast (:func:`detection_augment`).
 Seed 002 lists horizontal flip, rotation, brightness/contrast jitter,
-Gaussian noise and Mixup (alpha 0.2). Datasets hand the training loop
+Gaussian noise and Mixup (alpha 0.2). Seed 003 rotates by up to 20 degrees
+and changes the brightness of 30 % of the images
+(``AugmentSpec.brightness_probability``); its node shifts and zooms the
+crops a little too (``translate``, ``zoom``), because they are cut around
+the localiser's boxes rather than hand-drawn ones. Datasets hand the training loop
 normalised tensors, so the photometric steps undo the card's normalisation,
 work in the [0, 1] display range the seed's ColorJitter saw, clip, and
 normalise again. All randomness comes from the loop's per-epoch generator,
@@ -44,6 +48,24 @@ class AugmentSpec:
     noise: float = 0.02
     #: Mixup Beta(alpha, alpha); 0 = no Mixup
     mixup_alpha: float = 0.2
+    #: chance that an image gets the brightness change (seed 003: 0.3); 1 = every image,
+    #: drawn exactly as before the option existed
+    brightness_probability: float = 1.0
+    #: maximum shift along each axis as a fraction of the image size (uniform in [-t, t]);
+    #: a crop cut around a detector's box is never framed exactly like the training box
+    translate: float = 0.0
+    #: maximum relative zoom (uniform in [1 - s, 1 + s])
+    zoom: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.brightness_probability <= 1.0:
+            raise ValueError(
+                f"brightness_probability must be in [0, 1], got {self.brightness_probability}"
+            )
+        if not (0.0 <= self.translate < 1.0 and 0.0 <= self.zoom < 1.0):
+            raise ValueError(
+                f"translate and zoom must be in [0, 1), got {self.translate} and {self.zoom}"
+            )
 
 
 def _split(inputs: Inputs) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -70,12 +92,38 @@ def image_augment(spec: AugmentSpec, mean: Sequence[float], std: Sequence[float]
         if spec.hflip > 0:
             flip = torch.rand(n, generator=generator) < spec.hflip
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        angles = [0.0] * n
+        framing = spec.translate > 0 or spec.zoom > 0
         if spec.rotation > 0:
             angles = _uniform(n, -spec.rotation, spec.rotation, generator).tolist()
-            x = torch.stack([TF.rotate(img, a, fill=0.0) for img, a in zip(x, angles, strict=True)])
+            if not framing:
+                x = torch.stack(
+                    [TF.rotate(img, a, fill=0.0) for img, a in zip(x, angles, strict=True)]
+                )
+        if framing:  # drawn only then: specs without it augment exactly as they always did
+            height, width = int(x.shape[-2]), int(x.shape[-1])
+            shift = _uniform(2 * n, -spec.translate, spec.translate, generator).view(n, 2)
+            zooms = _uniform(n, 1 - spec.zoom, 1 + spec.zoom, generator).tolist()
+            x = torch.stack(
+                [
+                    TF.affine(
+                        img,
+                        angle=a,
+                        translate=[float(dx) * width, float(dy) * height],
+                        scale=z,
+                        shear=[0.0, 0.0],
+                        fill=0.0,
+                    )
+                    for img, a, (dx, dy), z in zip(x, angles, shift.tolist(), zooms, strict=True)
+                ]
+            )
         if spec.brightness > 0 or spec.contrast > 0:
             gain = _uniform(n, 1 - spec.contrast, 1 + spec.contrast, generator).view(-1, 1, 1, 1)
             shift = _uniform(n, -spec.brightness, spec.brightness, generator).view(-1, 1, 1, 1)
+            if spec.brightness_probability < 1.0:
+                # drawn only then, so that specs without it augment exactly as they always did
+                keep = torch.rand(n, generator=generator) < spec.brightness_probability
+                shift = torch.where(keep.view(-1, 1, 1, 1), shift, torch.zeros_like(shift))
             centre = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - centre) * gain + centre + shift
         if spec.noise > 0:

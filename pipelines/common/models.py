@@ -40,6 +40,19 @@ def _classifier_head(model: nn.Module, num_classes: int) -> None:
     _replace_linear(model, "classifier", num_classes)
 
 
+def _inception_head(model: nn.Module, num_classes: int) -> None:
+    """Inception-v3: the main ``fc`` and, when the model has one, the auxiliary ``AuxLogits.fc``.
+
+    The auxiliary classifier only runs in training mode (its loss is added
+    to the main one, 0.4 x aux in torchvision's reference recipe); in eval
+    mode the model returns the main logits alone.
+    """
+    _replace_linear(model, "fc", num_classes)
+    aux = getattr(model, "AuxLogits", None)
+    if aux is not None:
+        _replace_linear(aux, "fc", num_classes)
+
+
 #: architecture name -> (function that swaps the head, dotted name of the stem conv,
 #: conventional Grad-CAM layer)
 _ARCHITECTURES: dict[str, tuple[Callable[[nn.Module, int], None], str, str]] = {
@@ -54,7 +67,18 @@ _ARCHITECTURES: dict[str, tuple[Callable[[nn.Module, int], None], str, str]] = {
     "efficientnet_b0": (_classifier_head, "features.0.0", "features.-1"),
     "efficientnet_b3": (_classifier_head, "features.0.0", "features.-1"),
     "convnext_tiny": (_classifier_head, "features.0.0", "features.-1"),
+    "inception_v3": (_inception_head, "Conv2d_1a_3x3.conv", "Mixed_7c"),
 }
+
+#: Builder arguments beyond ``weights=None``: torchvision warns that Inception-v3's default
+#: initialisation will change unless it is asked for explicitly (the same truncated normal).
+_BUILD_KWARGS: dict[str, dict[str, bool]] = {"inception_v3": {"init_weights": True}}
+
+#: Smallest input (pixels) each architecture accepts, where it is more than a few pixels.
+#: Inception-v3 needs 75 px to run and 299 px (its native size) to train its auxiliary
+#: classifier, whose 5 x 5 convolution needs a 17 x 17 Mixed_6e map.
+MIN_INPUT_SIZE: dict[str, int] = {"inception_v3": 75}
+MIN_TRAIN_SIZE: dict[str, int] = {"inception_v3": 299}
 
 
 def supported_architectures() -> list[str]:
@@ -129,6 +153,8 @@ def build_classifier(
         model (e.g. the ImageNet file a hospital copied next to the card). It
         is loaded strictly before the head is replaced, so a wrong file fails
         loudly instead of silently leaving layers random. Never downloaded.
+        (Inception-v3's ImageNet weights expect inputs scaled to [-1, 1]:
+        give such a card ``mean`` 0.5 and ``std`` 0.5.)
 
     Returns
     -------
@@ -148,7 +174,9 @@ def build_classifier(
     if not 1 <= in_channels <= 3:
         raise ValueError(f"in_channels must be 1, 2 or 3, got {in_channels}")
     swap_head, stem, _ = _ARCHITECTURES[architecture]
-    model = torchvision.models.get_model(architecture, weights=None)
+    model = torchvision.models.get_model(
+        architecture, weights=None, **_BUILD_KWARGS.get(architecture, {})
+    )
     if pretrained_path is not None:
         path = Path(pretrained_path)
         if not path.is_file():
@@ -167,7 +195,7 @@ def build_classifier(
 def _head_path(architecture: str) -> tuple[str, ...]:
     """Dotted path of the final Linear layer of a model built by :func:`build_classifier`."""
     swap_head, _, _ = _ARCHITECTURES[architecture]
-    return ("fc",) if swap_head is _resnet_head else ("classifier",)
+    return ("fc",) if swap_head in (_resnet_head, _inception_head) else ("classifier",)
 
 
 def build_backbone(

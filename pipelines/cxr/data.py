@@ -13,7 +13,6 @@ the first category is class 1 (0 is background), as the card's labels are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
-from pipelines.cxr.model import detect
+from pipelines.common.detector import collate, detect
 from pipelines.cxr.radiograph import Preprocessing, RadiographError, read_radiograph
+
+__all__ = ["DetectionDataError", "DetectionDataset", "collate", "predict_coco"]
 
 
 class DetectionDataError(ValueError):
     """A training image cannot be used (the message names the file and why)."""
-
-
-def collate(batch: Sequence[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list, list]:
-    """Keep detection images and targets as lists (sizes and box counts differ)."""
-    return [image for image, _ in batch], [target for _, target in batch]
 
 
 class DetectionDataset(TorchDataset):

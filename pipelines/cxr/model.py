@@ -23,186 +23,29 @@ backbone's statistics frozen (``FrozenBatchNorm2d``, as torchvision does,
 since detection batches are too small to estimate them); a model trained
 from scratch must learn them (``BatchNorm2d``). The card records which
 (``options.frozen_batchnorm``), because the two have different state dicts.
+
+The builder is shared with the other detecting pipelines and lives in
+:mod:`pipelines.common.detector`; this module names it for seed 001.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
-import numpy as np
-import torch
-from torch import nn
-from torchvision.models import mobilenet_v3_large, resnet18, resnet50
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import (
-    _mobilenet_extractor,
-    _resnet_fpn_extractor,
+from pipelines.common.detector import (
+    ARCHITECTURES,
+    COCO_CLASSES,
+    as_model_image,
+    build_detector,
+    detect,
+    load_coco_pretrained,
+    supported_detectors,
 )
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-#: architecture name -> number of backbone stages (the most that can be trainable)
-ARCHITECTURES: dict[str, int] = {
-    "fasterrcnn_resnet50_fpn": 5,
-    "fasterrcnn_resnet18_fpn": 5,
-    "fasterrcnn_mobilenet_v3_large_fpn": 6,
-}
-
-#: torchvision's COCO head has 91 outputs (background + 90 category ids)
-COCO_CLASSES = 91
-
-
-def supported_detectors() -> list[str]:
-    """Architecture names a ``cxr-findings`` card may use."""
-    return sorted(ARCHITECTURES)
-
-
-def build_detector(
-    architecture: str,
-    num_labels: int,
-    *,
-    min_size: int,
-    max_size: int,
-    image_mean: Sequence[float],
-    image_std: Sequence[float],
-    score_threshold: float = 0.05,
-    nms_threshold: float = 0.5,
-    detections_per_image: int = 100,
-    frozen_batchnorm: bool = False,
-    trainable_layers: int | None = None,
-    **faster_rcnn: int,
-) -> FasterRCNN:
-    """An untrained detector with ``num_labels`` classes plus background.
-
-    Parameters
-    ----------
-    architecture : str
-        One of :func:`supported_detectors`.
-    num_labels : int
-        The card's labels (background is added).
-    min_size, max_size : int
-        Resize of the detector's transform (shorter side, cap on the longer).
-    image_mean, image_std : sequence of float
-        Per-channel normalisation of the [0, 1] input (3 values, or 1 repeated).
-    score_threshold : float
-        Candidate boxes below this class score are dropped before NMS; the
-        card's per-label thresholds decide what is reported.
-    nms_threshold : float
-        IoU above which a lower-scoring box of the same class is suppressed.
-    detections_per_image : int
-        At most this many boxes per image, all classes together.
-    frozen_batchnorm : bool
-        ``FrozenBatchNorm2d`` in the backbone (fine-tuning) instead of ``BatchNorm2d``.
-    trainable_layers : int or None
-        Backbone stages left trainable (from the last); None = all. With
-        frozen batch norm torchvision's default is 3.
-    **faster_rcnn : int
-        Further ``FasterRCNN`` sizes, e.g. ``rpn_post_nms_top_n_test`` or
-        ``box_batch_size_per_image``.
-
-    Raises
-    ------
-    ValueError
-        For an unknown architecture or a bad size.
-    """
-    if architecture not in ARCHITECTURES:
-        raise ValueError(
-            f"unknown detector architecture {architecture!r}; use one of "
-            f"{', '.join(supported_detectors())}"
-        )
-    if num_labels < 1:
-        raise ValueError("a detector needs at least one label")
-    if min_size < 32 or max_size < min_size:
-        raise ValueError(f"need 32 <= min_size <= max_size, got {min_size}, {max_size}")
-    most = ARCHITECTURES[architecture]
-    layers = most if trainable_layers is None else trainable_layers
-    if not 0 <= layers <= most:
-        raise ValueError(
-            f"trainable_layers for {architecture} must be in [0, {most}], got {layers}"
-        )
-    norm: type[nn.Module] = FrozenBatchNorm2d if frozen_batchnorm else nn.BatchNorm2d
-    mean = [float(v) for v in image_mean] * (3 if len(image_mean) == 1 else 1)
-    std = [float(v) for v in image_std] * (3 if len(image_std) == 1 else 1)
-    kwargs = {
-        "min_size": min_size,
-        "max_size": max_size,
-        "image_mean": mean,
-        "image_std": std,
-        "box_score_thresh": score_threshold,
-        "box_nms_thresh": nms_threshold,
-        "box_detections_per_img": detections_per_image,
-        **faster_rcnn,
-    }
-    if architecture == "fasterrcnn_mobilenet_v3_large_fpn":
-        backbone = _mobilenet_extractor(mobilenet_v3_large(norm_layer=norm), True, layers)
-        anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)
-        # torchvision's defaults for this backbone
-        return FasterRCNN(
-            backbone,
-            num_labels + 1,
-            rpn_anchor_generator=anchors,
-            rpn_score_thresh=0.05,
-            **kwargs,
-        )
-    make = resnet50 if architecture == "fasterrcnn_resnet50_fpn" else resnet18
-    backbone = _resnet_fpn_extractor(make(norm_layer=norm), layers)
-    return FasterRCNN(backbone, num_labels + 1, **kwargs)
-
-
-def load_coco_pretrained(model: FasterRCNN, path: Path) -> None:
-    """Start from torchvision's COCO weights in a local file (the seed's transfer learning).
-
-    ``path`` is e.g. ``fasterrcnn_resnet50_fpn_coco-258fb6c6.pth`` copied from
-    a machine with internet access. Everything but the box predictor (whose
-    classes differ) is loaded; the model must have been built with
-    ``frozen_batchnorm=True``, as torchvision's pretrained detectors are.
-
-    Raises
-    ------
-    ValueError
-        If the file is missing or does not fit the architecture.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"pretrained weights {path} do not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} is not a state dict")
-    state = {k: v for k, v in state.items() if not k.startswith("roi_heads.box_predictor.")}
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes differ: another architecture's weights
-        lines = str(exc).splitlines()
-        detail = lines[1].strip() if len(lines) > 1 else str(exc)
-        raise ValueError(
-            f"{path} does not fit this detector ({detail}); use the COCO weights of the same "
-            "torchvision architecture"
-        ) from None
-    missing = [k for k in missing if not k.startswith("roi_heads.box_predictor.")]
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not fit this detector: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}); "
-            "use the COCO weights of the same torchvision architecture, and a model built "
-            "with frozen batch norm"
-        )
-
-
-def as_model_image(image: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    """A prepared (H, W) [0, 1] radiograph as the detector's (3, H, W) input on ``device``."""
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-    return t[None].expand(3, -1, -1)
-
-
-def detect(
-    model: FasterRCNN, images: Sequence[np.ndarray], device: torch.device | str
-) -> list[dict[str, np.ndarray]]:
-    """Run the detector in eval mode: per image ``boxes`` (n, 4) x0 y0 x1 y1 in model
-    pixels, ``labels`` (n,) 1-based card label indices and ``scores`` (n,)."""
-    if not images:
-        return []
-    model.eval()
-    with torch.inference_mode():
-        outputs = model([as_model_image(image, device) for image in images])
-    return [{k: v.detach().cpu().numpy() for k, v in out.items()} for out in outputs]
+__all__ = [
+    "ARCHITECTURES",
+    "COCO_CLASSES",
+    "as_model_image",
+    "build_detector",
+    "detect",
+    "load_coco_pretrained",
+    "supported_detectors",
+]

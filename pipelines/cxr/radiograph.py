@@ -25,7 +25,9 @@ returned so boxes map back to source pixels.
 Guards: the pipeline serves frontal chest radiographs. CR and DX objects
 (for presentation or processing) are read; lateral views (View Position LL
 or RL, or a lateral View Code), body parts that are not the chest,
-multi-frame and colour objects are refused with a reason the pipeline logs.
+multi-frame and colour objects are refused with a reason the pipeline logs
+(the reading and guards shared with other radiograph pipelines are in
+:mod:`pipelines.common.radiograph`).
 """
 
 from __future__ import annotations
@@ -34,30 +36,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
-import torch
-import torch.nn.functional as F
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
-from pipelines.common.image import PixelDataError, display_pixels
+from pipelines.common.radiograph import (
+    LATERAL_VIEW_CODES,
+    LATERAL_VIEW_POSITIONS,
+    RADIOGRAPH_SOP_CLASSES,
+    RadiographError,
+    not_a_frontal_view,
+    read_displayed,
+    resize,
+    resized_shape,
+)
 
-#: Computed Radiography, Digital X-Ray for presentation, for processing
-RADIOGRAPH_SOP_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.1": "CR",
-    "1.2.840.10008.5.1.4.1.1.1.1": "DX for presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX for processing",
-}
-#: View Position values of a lateral projection (PS3.3 C.8.11.5.1.1 defined terms)
-LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LATERAL", "LAT"})
-#: View Code Sequence codes of lateral projections (SNOMED CT, CID 4010)
-LATERAL_VIEW_CODES = frozenset({"399067008", "399198007", "399173006", "R-10232", "R-10236"})
+__all__ = [
+    "CHEST_BODY_PARTS",
+    "LATERAL_VIEW_CODES",
+    "LATERAL_VIEW_POSITIONS",
+    "RADIOGRAPH_SOP_CLASSES",
+    "Preprocessing",
+    "Radiograph",
+    "RadiographError",
+    "log_transform",
+    "not_a_frontal_chest",
+    "prepare",
+    "read_radiograph",
+    "resize",
+    "resized_shape",
+    "simplest_color_balance",
+]
+
 #: Body Part Examined values accepted as a chest radiograph (empty is accepted too)
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "HEART", "RIB", "CHESTABDOMEN"})
-
-
-class RadiographError(ValueError):
-    """A file is not a frontal chest radiograph the detector can read (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -108,22 +118,6 @@ def simplest_color_balance(
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def resized_shape(shape: tuple[int, int], size: int, max_size: int) -> tuple[int, int]:
-    """(rows, columns) with the shorter side ``size`` and the longer at most ``max_size``."""
-    rows, cols = shape
-    scale = min(size / min(rows, cols), max_size / max(rows, cols))
-    return max(1, round(rows * scale)), max(1, round(cols * scale))
-
-
-def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Antialiased bilinear resize of a float (H, W) image."""
-    if tuple(image.shape) == tuple(shape):
-        return np.asarray(image, dtype=np.float32)
-    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    out = F.interpolate(t, size=shape, mode="bilinear", align_corners=False, antialias=True)
-    return out[0, 0].numpy()
-
-
 def prepare(
     display: np.ndarray, size: int, max_size: int, preprocessing: Preprocessing
 ) -> tuple[np.ndarray, tuple[float, float]]:
@@ -141,21 +135,7 @@ def prepare(
 
 def not_a_frontal_chest(ds: Dataset) -> str | None:
     """Why ``ds`` is not a frontal chest radiograph, or None when it is one (or may be)."""
-    sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class not in RADIOGRAPH_SOP_CLASSES:
-        return f"SOP Class {sop_class or '(none)'} is not a CR or DX image"
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if view in LATERAL_VIEW_POSITIONS:
-        return f"lateral view (View Position {view})"
-    for item in ds.get("ViewCodeSequence", []) or []:
-        if str(item.get("CodeValue", "")) in LATERAL_VIEW_CODES:
-            return f"lateral view (View Code {item.CodeValue})"
-    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
-    if part and part not in CHEST_BODY_PARTS:
-        return f"Body Part Examined is {part}, not the chest"
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        return "multi-frame object (one radiograph per object expected)"
-    return None
+    return not_a_frontal_view(ds, CHEST_BODY_PARTS, "the chest")
 
 
 def read_radiograph(
@@ -169,19 +149,9 @@ def read_radiograph(
         If the file is not DICOM, not a frontal chest CR/DX image, or its
         pixels cannot be used; the message says which.
     """
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError) as exc:
-        raise RadiographError(f"not readable as DICOM: {type(exc).__name__}") from None
-    uid = str(ds.get("SOPInstanceUID", "") or "")
-    if not uid:
-        raise RadiographError("no SOP Instance UID")
-    reason = not_a_frontal_chest(ds)
-    if reason is not None:
-        raise RadiographError(reason)
-    try:
-        display = display_pixels(ds, stretch=(0.0, 100.0))
-    except PixelDataError as exc:
-        raise RadiographError(str(exc)) from None
+    shown = read_displayed(path, not_a_frontal_chest)
+    display = shown.display
     image, scale = prepare(display, size, max_size, preprocessing)
-    return Radiograph(uid, image, (int(display.shape[0]), int(display.shape[1])), scale)
+    return Radiograph(
+        shown.sop_instance_uid, image, (int(display.shape[0]), int(display.shape[1])), scale
+    )

@@ -56,6 +56,7 @@ from pipelines.base import (
 )
 from pipelines.card import CardError, ModelCard
 from pipelines.card import parse_options as parse_card_options
+from pipelines.common.aggregate import aggregate
 from pipelines.common.cam import check_cam_method, compute_heatmaps
 from pipelines.common.models import load_weights, target_layer
 from pipelines.common.prefetch import prefetch, spare_cores
@@ -135,18 +136,6 @@ def tta_probabilities(
     with torch.inference_mode():
         probs = [torch.sigmoid(model(v, z).float()) for v in views]
     return torch.stack(probs).mean(dim=0)
-
-
-def aggregate(probabilities: np.ndarray, how: str, k: int) -> np.ndarray:
-    """Study-level probability per label from (slices, labels) slice probabilities."""
-    if probabilities.ndim != 2 or probabilities.shape[0] == 0:
-        raise ValueError(f"expected (slices, labels) probabilities, got {probabilities.shape}")
-    if how == "max":
-        return probabilities.max(axis=0)
-    if how == "top_k_mean":
-        top = np.sort(probabilities, axis=0)[::-1][: min(k, probabilities.shape[0])]
-        return top.mean(axis=0)
-    raise ValueError(f"unknown aggregation {how!r}; use 'max' or 'top_k_mean'")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,208 @@
+"""``dicom-node`` subcommands of the ctslice pipeline (see :mod:`pipelines.commands`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.commands import EXIT_OK, CommandGroups, data_error, model_ready
+
+PIPELINE = "ct-slice-classifier"
+
+
+def cmd_synth_ct_abdomen(args: argparse.Namespace) -> int:
+    from pipelines.ctslice.synth import write_abdomen_dataset
+
+    try:
+        csv_path, slices = write_abdomen_dataset(
+            Path(args.out),
+            patients=args.patients,
+            seed=args.seed,
+            contrast=args.contrast,
+            n_slices=args.slices,
+            size=args.size,
+            positive_fraction=args.positive_fraction,
+        )
+    except ValueError as exc:
+        return data_error(exc)
+    positives = sum(s.label != "normal" for s in slices)
+    series = len({s.series_instance_uid for s in slices})
+    print(
+        f"wrote {len(slices)} synthetic abdominal CT slices in {series} series of "
+        f"{args.patients} patients ({positives} slices with cholecystitis) to "
+        f"{Path(args.out) / 'dicom'} and the slice list to {csv_path}"
+    )
+    return EXIT_OK
+
+
+def _read_slices(args: argparse.Namespace) -> list:
+    from pipelines.ctslice.data import read_class_dir, read_slice_csv
+
+    return read_slice_csv(args.slices) if args.slices else read_class_dir(args.class_dir)
+
+
+def cmd_train_ct_slices(args: argparse.Namespace) -> int:
+    from dicom_node.logs import setup_logging
+    from pipelines.ctslice.data import DataError
+    from pipelines.ctslice.train import SliceRecipe, load_grid, train_ct_slices
+
+    setup_logging("INFO")
+    try:
+        recipe = SliceRecipe(
+            architecture=args.architecture,
+            size=args.size or (299 if args.architecture == "inception_v3" else 224),
+            channels=args.channels,
+            window_center=args.window_center,
+            window_width=args.window_width,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            schedule=args.schedule,
+            rotation=args.rotation,
+            hflip=args.hflip,
+            split=tuple(args.split),
+            select=args.select,
+            aggregation=args.aggregation,
+            aggregation_k=args.aggregation_k,
+            contrast=args.contrast,
+            pretrained=args.pretrained or "",
+            cache=not args.no_cache,
+            bootstrap_resamples=args.bootstrap,
+            seed=args.seed,
+        )
+        grid = load_grid(args.grid) if args.grid else None
+        card = train_ct_slices(
+            _read_slices(args),
+            args.out,
+            recipe,
+            grid=grid,
+            repeats=args.repeats,
+            labels=args.labels,
+            normal=args.normal_label,
+            name=args.name,
+            device=args.device,
+            synthetic=args.synthetic,
+            generator="pipelines.ctslice.synth" if args.synthetic else None,
+            say=print,
+        )
+    except (DataError, ValueError) as exc:
+        return data_error(exc)
+    return model_ready(card)
+
+
+def cmd_evaluate_ct_slices(args: argparse.Namespace) -> int:
+    from dicom_node.logs import setup_logging
+    from pipelines.card import CardError
+    from pipelines.ctslice.data import DataError
+    from pipelines.ctslice.evaluate import evaluate_ct_slices, format_report
+
+    setup_logging("WARNING")
+    try:
+        metrics = evaluate_ct_slices(
+            args.model,
+            _read_slices(args),
+            args.out,
+            device=args.device,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+    except (CardError, DataError) as exc:
+        return data_error(exc)
+    print(format_report(metrics))
+    print(f"saved {Path(args.out) / 'metrics.json'}")
+    return EXIT_OK
+
+
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--slices", help="slice CSV: path,label[,patient_id,series_instance_uid,...]"
+    )
+    source.add_argument("--class-dir", help="folder with one subfolder of DICOM files per label")
+
+
+def add_commands(groups: CommandGroups) -> None:
+    """``synth ct-abdomen``, ``train ct-slice-classifier``, ``evaluate ct-slice-classifier``."""
+    p = groups.synth.add_parser(
+        "ct-abdomen",
+        help="abdominal CT series with/without contrast and cholecystitis (DICOM + slices.csv)",
+    )
+    p.add_argument("--out", required=True, help="output folder (dicom/, slices.csv)")
+    p.add_argument("--patients", type=int, default=10, help="number of patients")
+    p.add_argument("--slices", type=int, default=16, help="axial slices per series")
+    p.add_argument("--size", type=int, default=256, help="rows = columns of each slice")
+    p.add_argument(
+        "--contrast",
+        choices=["enhanced", "unenhanced", "both"],
+        default="both",
+        help="series per patient: one phase, or both in one study (default)",
+    )
+    p.add_argument("--positive-fraction", type=float, default=0.5, help="share with cholecystitis")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth_ct_abdomen)
+
+    p = groups.train.add_parser(
+        PIPELINE,
+        help="seed 000: CT slice classifier from a slice CSV or class folders, parameter grid, "
+        "repeats with 95 %% CI",
+    )
+    _data_arguments(p)
+    p.add_argument("--out", required=True, help="model folder to write, e.g. models/ct-gb-site")
+    p.add_argument("--name", help="card name (default: the folder name)")
+    p.add_argument(
+        "--labels", nargs="+", help="label order (default: the normal label, then sorted)"
+    )
+    p.add_argument("--normal-label", default="normal", help="the label that is not a finding")
+    p.add_argument("--grid", help="YAML list of settings: the study's parameter table")
+    p.add_argument(
+        "--repeats", type=int, default=0, help="retrain the chosen setting N times (study: 40)"
+    )
+    p.add_argument(
+        "--select", default="accuracy", help="validation metric that picks the grid setting"
+    )
+    p.add_argument("--architecture", default="mobilenet_v3_large")
+    p.add_argument("--size", type=int, help="input pixels (default 224; 299 for inception_v3)")
+    p.add_argument("--channels", type=int, default=3, choices=[1, 3])
+    p.add_argument("--window-center", type=float, default=40.0, help="HU (abdomen: 40)")
+    p.add_argument("--window-width", type=float, default=400.0, help="HU (abdomen: 400)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle")
+    p.add_argument("--rotation", type=float, default=10.0, help="max rotation, degrees")
+    p.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
+    p.add_argument(
+        "--split", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST")
+    )
+    p.add_argument("--aggregation", choices=["top_k_mean", "max", "mean"], default="top_k_mean")
+    p.add_argument("--aggregation-k", type=int, default=3)
+    p.add_argument(
+        "--contrast",
+        choices=["enhanced", "unenhanced", "any"],
+        default="any",
+        help="the kind of series the model is for (logged when a routed series differs)",
+    )
+    p.add_argument("--pretrained", help="local torchvision ImageNet weights of the architecture")
+    p.add_argument("--no-cache", action="store_true", help="read slices from disk every epoch")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
+    p.set_defaults(func=cmd_train_ct_slices)
+
+    p = groups.evaluate.add_parser(
+        PIPELINE, help="the study's table per slice and per series with bootstrap 95 %% CIs"
+    )
+    _data_arguments(p)
+    p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
+    p.add_argument("--out", default="ct-slice-evaluation", help="folder for metrics.json, roc.png")
+    p.add_argument("--device")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate_ct_slices)

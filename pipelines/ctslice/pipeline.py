@@ -1,0 +1,397 @@
+"""The node's ``ct-slice-classifier`` pipeline: CT series in, one finding per series and label out.
+
+Seed 000 classifies single CT slices (cholecystitis or not, one model for
+contrast-enhanced and one for non-contrast abdominal CT) and was then
+retrained, unchanged, for aortic dissection, pulmonary embolism and
+peritoneal dialysis. So this pipeline knows nothing of gallbladders: the
+card names the architecture, the labels (softmax over them, in card order),
+their codes and thresholds, the window and the explainer, and a new CT task
+is a new card.
+
+What it does with a job
+-----------------------
+1. Each selected series is ordered along its slice normal
+   (:func:`pipelines.common.series.order_slices`); localizers, non-axial
+   reformats, multi-frame objects and unreadable files are skipped with a
+   logged reason.
+2. Each slice: HU = stored value x RescaleSlope + RescaleIntercept, the
+   card's window (``input.window_center`` / ``input.window_width``; a card
+   that names none gets the abdomen window WL 40 / WW 400 HU, see
+   :func:`input_spec`; ``input.windows`` gives one window per channel),
+   scaled to [0, 1], resized to ``input.size`` and normalised with the
+   card's mean / std (:mod:`pipelines.common.preprocess`, the same code as
+   training). Slices are scored in batches of ``options.batch_size``; the
+   next slices are read while the model runs.
+3. Series decision, per reported label (``report: true``): the slice
+   probabilities are aggregated by ``options.aggregation``
+   (:mod:`pipelines.common.aggregate`). The default, ``top_k_mean`` with
+   ``aggregation_k`` 3, asks for the finding on about three slices: the
+   gallbladder (or an embolus, a dissection flap) spans several 5 mm
+   slices, and one spurious slice should not make a series positive;
+   ``max`` is the sensitive choice. The finding is present when the
+   aggregate reaches the label's threshold.
+4. One :class:`~pipelines.base.Finding` per series and reported label whose
+   source images are its key slices (:func:`pipelines.common.aggregate.key_slices`:
+   the slices the aggregate was drawn from, then any other slice at or
+   above the threshold, most probable first, at most
+   ``options.max_key_slices``), so the SR points the reader at them.
+5. Heatmaps: Grad-CAM (card ``explainer``) of the ``explainer.top_k`` slices
+   of each series with the highest reported-label probability, explaining
+   that label.
+
+Contrast
+--------
+The pipeline never decides which model suits a series: routing does
+(``match: {contrast: enhanced}``, :mod:`dicom_node.route.contrast`). A card
+may say which kind of series it was trained on, ``options.contrast``
+(``enhanced``, ``unenhanced`` or ``any``, the default); a series whose
+attributes say otherwise is still scored, and a warning names the series
+and the attribute that decided, because a route that sends plain CT to a
+contrast model is a configuration error the admin must see.
+
+Card ``options`` (all optional; validated when the model is loaded):
+``batch_size`` (16), ``aggregation`` (``top_k_mean`` | ``max`` | ``mean``),
+``aggregation_k`` (3), ``max_key_slices`` (5), ``contrast`` (``any``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pydicom
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.base import (
+    Finding,
+    Heatmap,
+    Pipeline,
+    PipelineInputError,
+    PipelineResult,
+    SeriesInput,
+)
+from pipelines.card import CardError, InputSpec, ModelCard
+from pipelines.card import parse_options as parse_card_options
+from pipelines.common.aggregate import aggregate, key_slices
+from pipelines.common.cam import check_cam_method, compute_heatmaps
+from pipelines.common.models import (
+    MIN_INPUT_SIZE,
+    build_classifier,
+    load_weights,
+    target_layer,
+)
+from pipelines.common.prefetch import prefetch, spare_cores
+from pipelines.common.preprocess import to_model_input
+from pipelines.common.series import SliceInfo, order_slices
+from pipelines.ctslice.labels import ABDOMEN_WINDOW
+from pipelines.ich.slices import SliceError, read_slice
+from pipelines.registry import register
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_NAME = "ct-slice-classifier"
+
+
+class CtSliceOptions(BaseModel):
+    """The ``options`` of a ``ct-slice-classifier`` card."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(16, ge=1)
+    aggregation: Literal["top_k_mean", "max", "mean"] = "top_k_mean"
+    aggregation_k: int = Field(3, ge=1)
+    max_key_slices: int = Field(5, ge=1)
+    #: the kind of series the model was trained on; a mismatch is logged, not refused
+    contrast: Literal["enhanced", "unenhanced", "any"] = "any"
+
+
+def parse_options(card: ModelCard) -> CtSliceOptions:
+    """Validate a card's ``options`` for this pipeline (CardError naming the option)."""
+    return parse_card_options(card, CtSliceOptions, PIPELINE_NAME)
+
+
+def input_spec(card: ModelCard) -> InputSpec:
+    """The card's input with the abdomen window (WL 40 / WW 400) when it names no window.
+
+    A CT classifier must see Hounsfield units on a fixed scale; the
+    object's own VOI (what a card without a window would otherwise get) is
+    whatever the technologist last chose.
+    """
+    spec = card.input
+    if spec.windows is None and spec.window_center is None and spec.window_width is None:
+        centre, width = ABDOMEN_WINDOW
+        return spec.model_copy(update={"window_center": centre, "window_width": width})
+    return spec
+
+
+def build_model(card: ModelCard) -> torch.nn.Module:
+    """The untrained classifier a card describes (architecture, labels, input channels).
+
+    Raises
+    ------
+    CardError
+        If the architecture is unknown or the input too small for it.
+    """
+    try:
+        model = build_classifier(
+            card.architecture, len(card.labels), in_channels=card.input.channels
+        )
+    except ValueError as exc:
+        raise CardError(f"card {card.name!r}: {exc}") from exc
+    smallest = MIN_INPUT_SIZE.get(card.architecture, 1)
+    if card.input.size < smallest:
+        raise CardError(
+            f"card {card.name!r}: {card.architecture} needs input.size >= {smallest}, "
+            f"got {card.input.size}"
+        )
+    return model
+
+
+@dataclass(frozen=True)
+class ScoredSlice:
+    """One slice that was scored: its file, UID and (Rows, Columns)."""
+
+    path: Path
+    sop_instance_uid: str
+    shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ScoredSeries:
+    """The slices of one series in anatomical order and their (slices, labels) probabilities."""
+
+    series_instance_uid: str
+    slices: tuple[ScoredSlice, ...]
+    probabilities: np.ndarray
+
+
+@register(PIPELINE_NAME)
+class CtSliceClassifier(Pipeline):
+    """Seed 000's CT slice classifier: slice softmax, series decision, key slices, Grad-CAM."""
+
+    def __init__(self, card: ModelCard, device: torch.device) -> None:
+        super().__init__(card, device)
+        self.options = parse_options(card)
+        if len(card.labels) < 2:
+            raise CardError(
+                f"card {card.name!r} has {len(card.labels)} label(s); the {PIPELINE_NAME} "
+                "pipeline needs at least two (softmax), e.g. a 'normal' label with report: false"
+            )
+        self.reported = [i for i, label in enumerate(card.labels) if label.report]
+        if not self.reported:
+            raise CardError(
+                f"card {card.name!r}: no label has report: true, so nothing would be reported"
+            )
+        self.spec = input_spec(card)
+        try:
+            to_model_input([np.zeros((2, 2), dtype=np.float32)], self.spec)
+        except ValueError as exc:
+            raise CardError(f"card {card.name!r}: {exc}") from exc
+        self.model = build_model(card)
+        load_weights(self.model, card)
+        self.model.to(device).eval()
+        self.explain_layer: torch.nn.Module | None = None
+        if card.explainer.top_k > 0:
+            try:
+                check_cam_method(card.explainer.method)
+                self.explain_layer = target_layer(self.model, card.explainer.target_layer)
+            except ValueError as exc:
+                raise CardError(f"card {card.name!r}: explainer is invalid: {exc}") from exc
+        self._lock = threading.Lock()  # Grad-CAM hooks the shared model: one job at a time
+        logger.info(
+            "loaded %s (%s, %s, labels %s, window %s) on %s",
+            card.name,
+            PIPELINE_NAME,
+            card.architecture,
+            ", ".join(label.name for label in card.labels),
+            _window_text(self.spec),
+            device,
+        )
+
+    # -- scoring ---------------------------------------------------------------------
+
+    def score_series(self, series: SeriesInput, skipped: list[tuple[str, str]]) -> ScoredSeries:
+        """Order, read and score the slices of one series (no aggregation, no heatmaps).
+
+        The evaluation (:mod:`pipelines.ctslice.evaluate`) calls this too, so
+        its numbers are those of the node. Unusable files are added to
+        ``skipped``; the result has no slices when none was usable.
+        """
+        uid = series.series_instance_uid
+        empty = ScoredSeries(uid, (), np.zeros((0, len(self.card.labels)), dtype=np.float32))
+        try:
+            ordered = order_slices(list(series.files))
+        except ValueError as exc:
+            self.skip(skipped, uid, f"series cannot be ordered: {exc}")
+            return empty
+        skipped.extend(ordered.skipped)  # order_slices logged them
+        if not ordered.slices:
+            return empty
+        self._check_contrast(uid, ordered.slices[0].path)
+        kept: list[ScoredSlice] = []
+        probs: list[np.ndarray] = []
+        pending: list[tuple[ScoredSlice, np.ndarray]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            x = to_model_input([img for _, img in pending], self.spec).to(self.device)
+            with torch.inference_mode():
+                p = torch.softmax(self.model(x).float(), dim=1)
+            probs.append(p.cpu().numpy())
+            kept.extend(s for s, _ in pending)
+            pending.clear()
+
+        def read(info: SliceInfo) -> tuple[str, np.ndarray]:
+            return read_slice(info.path, self.spec)
+
+        batch = self.options.batch_size
+        threaded = spare_cores(self.device)
+        for info, future in prefetch(read, ordered.slices, depth=batch, threaded=threaded):
+            try:
+                sop, image = future.result()
+            except SliceError as exc:
+                self.skip(skipped, info.sop_instance_uid or info.path.name, str(exc))
+                continue
+            shape = (int(image.shape[-2]), int(image.shape[-1]))
+            pending.append((ScoredSlice(info.path, sop, shape), image))
+            if len(pending) >= batch:
+                flush()
+        flush()
+        matrix = np.concatenate(probs) if probs else empty.probabilities
+        return ScoredSeries(uid, tuple(kept), np.clip(matrix, 0.0, 1.0))
+
+    def series_probabilities(self, scored: ScoredSeries) -> np.ndarray:
+        """(labels,) series-level probabilities: the card's aggregation of the slices."""
+        return aggregate(scored.probabilities, self.options.aggregation, self.options.aggregation_k)
+
+    def _check_contrast(self, series_uid: str, first: Path) -> None:
+        wanted = self.options.contrast
+        if wanted == "any":
+            return
+        from dicom_node.route.contrast import contrast_decision
+
+        try:
+            ds = pydicom.dcmread(first, stop_before_pixels=True)
+        except Exception:  # order_slices read it a moment ago; a vanished file is skipped later
+            return
+        decision = contrast_decision(ds)
+        if decision.state != wanted:
+            logger.warning(
+                "%s: series %s looks %s (%s) but the model was trained on %s series; "
+                "check the route that sent it",
+                self.card.name,
+                series_uid,
+                decision.state,
+                decision.because,
+                wanted,
+            )
+
+    # -- results -----------------------------------------------------------------------
+
+    def _findings(self, scored: ScoredSeries) -> list[Finding]:
+        series_probs = self.series_probabilities(scored)
+        findings = []
+        for i in self.reported:
+            label = self.card.labels[i]
+            probability = float(series_probs[i])
+            keys = key_slices(
+                scored.probabilities[:, i],
+                self.options.aggregation,
+                self.options.aggregation_k,
+                label.threshold,
+                self.options.max_key_slices,
+            )
+            findings.append(
+                Finding(
+                    label=label.name,
+                    code=label.code.to_code(),
+                    probability=probability,
+                    present=probability >= label.threshold,
+                    finding_site=label.finding_site.to_code() if label.finding_site else None,
+                    source_sop_instance_uids=tuple(scored.slices[j].sop_instance_uid for j in keys),
+                )
+            )
+        return findings
+
+    def _heatmaps(self, scored: ScoredSeries, skipped: list[tuple[str, str]]) -> list[Heatmap]:
+        if self.explain_layer is None:
+            return []
+        reported = scored.probabilities[:, self.reported]
+        best = reported.max(axis=1)
+        chosen = np.argsort(-best, kind="stable")[: self.card.explainer.top_k]
+        images, items, classes = [], [], []
+        for j in chosen:
+            item = scored.slices[j]
+            try:
+                _, image = read_slice(item.path, self.spec)
+            except SliceError as exc:  # changed on disk since it was scored
+                self.skip(skipped, item.sop_instance_uid, str(exc))
+                continue
+            images.append(image)
+            items.append(item)
+            classes.append(self.reported[int(np.argmax(reported[j]))])
+        if not images:
+            return []
+        maps = compute_heatmaps(
+            self.model,
+            to_model_input(images, self.spec),
+            target_layer=self.explain_layer,
+            class_indices=classes,
+            output_shapes=[s.shape for s in items],
+            method=self.card.explainer.method,
+            batch_size=self.options.batch_size,
+        )
+        self.model.eval()
+        return [
+            Heatmap(
+                source=s.path,
+                sop_instance_uid=s.sop_instance_uid,
+                array=m,
+                label=self.card.labels[c].name,
+            )
+            for s, m, c in zip(items, maps, classes, strict=True)
+        ]
+
+    def run(self, series: Sequence[SeriesInput]) -> PipelineResult:
+        """Score every usable axial slice; one finding per series and reported label.
+
+        Raises
+        ------
+        PipelineInputError
+            If no selected file is a usable axial CT slice; the message lists why.
+        """
+        with self._lock:
+            result = PipelineResult()
+            scored = [self.score_series(s, result.skipped) for s in series]
+            scored = [s for s in scored if s.slices]
+            if not scored:
+                raise PipelineInputError(
+                    f"none of the files in {len(series)} series is an axial CT slice that "
+                    f"{self.card.name!r} can read: {result.skipped_summary()}; check the "
+                    "route's selection for this model"
+                )
+            for s in scored:
+                result.findings.extend(self._findings(s))
+                result.heatmaps.extend(self._heatmaps(s, result.skipped))
+            logger.info(
+                "%s: scored %d slice(s) of %d series, skipped %d; %s",
+                self.card.name,
+                sum(len(s.slices) for s in scored),
+                len(scored),
+                len(result.skipped),
+                ", ".join(f"{f.label}={f.probability:.3f}" for f in result.findings),
+            )
+            return result
+
+
+def _window_text(spec: InputSpec) -> str:
+    if spec.windows is not None:
+        return ", ".join(f"{w.name or '?'} {w.center:g}/{w.width:g}" for w in spec.windows)
+    return f"{spec.window_center:g}/{spec.window_width:g}"

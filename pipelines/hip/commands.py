@@ -1,0 +1,240 @@
+"""``dicom-node`` subcommands of the hip pipeline (see :mod:`pipelines.commands`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.commands import EXIT_OK, CommandGroups, data_error, model_ready
+
+
+def cmd_synth_hip(args: argparse.Namespace) -> int:
+    from pipelines.hip.synth import write_hip_dataset
+
+    data = write_hip_dataset(
+        Path(args.out),
+        patients=args.patients,
+        seed=args.seed,
+        size=args.size,
+        years=(args.first_year, args.last_year),
+        osteoporosis_fraction=args.osteoporosis_fraction,
+    )
+    positives = sum(image.label for image in data.images)
+    print(
+        f"wrote {len(data.images)} synthetic hip radiographs (DX) of {args.patients} patients "
+        f"({positives} osteoporotic by their T-score) to {data.dicom_dir}, LabelImg boxes to "
+        f"{data.voc_dir} and DEXA results to {data.dexa_csv}"
+    )
+    return EXIT_OK
+
+
+def cmd_pair_dexa(args: argparse.Namespace) -> int:
+    from pipelines.hip.dexa import DexaError, pair_dexa, write_labels, write_unpaired
+
+    out = Path(args.out)
+    unpaired = Path(args.unpaired) if args.unpaired else out.with_name(f"{out.stem}.unpaired.csv")
+    try:
+        report = pair_dexa(
+            args.dicom_dir,
+            args.dexa_csv,
+            window_days=args.window_days,
+            patient_column=args.patient_column,
+            date_column=args.date_column,
+            t_score_column=args.t_score_column,
+        )
+    except DexaError as exc:
+        return data_error(exc)
+    write_labels(report, out)
+    write_unpaired(report, unpaired)
+    print(report.summary())
+    print(
+        f"wrote {out} ({len(report.paired)} labels) and {unpaired} ({len(report.unpaired)} files)"
+    )
+    return EXIT_OK
+
+
+def cmd_train_hip(args: argparse.Namespace) -> int:
+    from dicom_node.logs import setup_logging
+    from pipelines.common.augment import AugmentSpec
+    from pipelines.hip.data import HipDataError
+    from pipelines.hip.dexa import DexaError
+    from pipelines.hip.train import HipRecipe, LocaliserRecipe, train_hip
+    from pipelines.hip.voc import VocError
+
+    setup_logging("INFO")
+    try:
+        recipe = HipRecipe(
+            architecture=args.architecture,
+            size=args.size,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            momentum=args.momentum,
+            step_size=args.step_size,
+            gamma=args.gamma,
+            augment=AugmentSpec(
+                hflip=0.0,
+                rotation=args.rotation,
+                brightness=args.brightness,
+                contrast=0.0,
+                noise=0.0,
+                mixup_alpha=0.0,
+                brightness_probability=args.brightness_probability,
+                translate=args.translate,
+                zoom=args.zoom,
+            ),
+            crop_margin=args.crop_margin,
+            threshold=args.threshold,
+            folds=args.folds,
+            test_year=args.test_year,
+            localiser=LocaliserRecipe(
+                architecture=args.localiser_architecture,
+                size=args.localiser_size,
+                max_size=max(args.localiser_max_size, args.localiser_size),
+                epochs=args.localiser_epochs,
+                lr=args.localiser_lr,
+                pretrained=args.localiser_pretrained or "",
+            ),
+            pretrained=args.pretrained or "",
+            cache=args.cache,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        return data_error(exc)
+    try:
+        card = train_hip(
+            args.dicom_dir,
+            args.voc_dir,
+            args.labels,
+            args.out,
+            recipe,
+            name=args.name,
+            device=args.device,
+            synthetic=args.synthetic,
+            say=print,
+        )
+    except (HipDataError, DexaError, VocError) as exc:
+        return data_error(exc)
+    return model_ready(card)
+
+
+def cmd_evaluate_hip(args: argparse.Namespace) -> int:
+    from dicom_node.logs import setup_logging
+    from pipelines.hip.data import HipDataError
+    from pipelines.hip.dexa import DexaError
+    from pipelines.hip.evaluate import evaluate_hip, format_report
+    from pipelines.hip.voc import VocError
+
+    setup_logging("WARNING")
+    try:
+        report = evaluate_hip(
+            args.model,
+            args.dicom_dir,
+            args.voc_dir,
+            args.labels,
+            out_dir=args.out,
+            device=args.device,
+            test_year=args.test_year,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+    except (HipDataError, DexaError, VocError) as exc:
+        return data_error(exc)
+    print(format_report(report))
+    print(f"saved {Path(args.out) / 'metrics.json'}")
+    return EXIT_OK
+
+
+def add_commands(groups: CommandGroups) -> None:
+    """``synth hip``, ``dataset pair-dexa``, ``train hip-osteoporosis``, ``evaluate hip-osteoporosis``."""
+    p = groups.synth.add_parser(
+        "hip", help="hip / pelvis radiographs (DX) with LabelImg neck boxes and a DEXA CSV"
+    )
+    p.add_argument("--out", required=True, help="output folder (dicom/, voc/, dexa.csv)")
+    p.add_argument("--patients", type=int, default=20, help="patients (one or two images each)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=384, help="columns of an AP pelvis image")
+    p.add_argument("--first-year", type=int, default=2018)
+    p.add_argument("--last-year", type=int, default=2022)
+    p.add_argument("--osteoporosis-fraction", type=float, default=0.4)
+    p.set_defaults(func=cmd_synth_hip)
+
+    p = groups.dataset.add_parser(
+        "pair-dexa",
+        help="label hip radiographs from the nearest DEXA femoral-neck T-score (seed 003)",
+    )
+    p.add_argument(
+        "--dicom-dir", required=True, help="folder of radiographs (searched recursively)"
+    )
+    p.add_argument("--dexa-csv", required=True, help="DEXA results: Patient ID, date, T-score")
+    p.add_argument("--out", required=True, help="labels CSV to write")
+    p.add_argument(
+        "--unpaired", help="CSV of the files left out with reasons (default OUT.unpaired.csv)"
+    )
+    p.add_argument(
+        "--window-days", type=int, default=182, help="largest radiograph-DEXA distance, days"
+    )
+    p.add_argument("--patient-column", default="patient_id")
+    p.add_argument("--date-column", default="scan_date")
+    p.add_argument("--t-score-column", default="neck_t_score", help="femoral-neck T-score column")
+    p.set_defaults(func=cmd_pair_dexa)
+
+    p = groups.train.add_parser(
+        "hip-osteoporosis",
+        help="seed 003: femoral-neck localiser + ResNet-18 from radiographs, VOC boxes, labels",
+    )
+    p.add_argument("--dicom-dir", required=True, help="folder of radiographs")
+    p.add_argument("--voc-dir", required=True, help="LabelImg XML files (same stem as the DICOM)")
+    p.add_argument("--labels", required=True, help="labels CSV of 'dataset pair-dexa'")
+    p.add_argument("--out", required=True, help="model folder to write, e.g. models/hip-site")
+    p.add_argument("--name", help="card name (default: the folder name)")
+    p.add_argument("--architecture", default="resnet18")
+    p.add_argument("--size", type=int, default=224, help="crop size, pixels")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--step-size", type=int, default=15, help="StepLR step, epochs")
+    p.add_argument("--gamma", type=float, default=0.1, help="StepLR factor")
+    p.add_argument("--rotation", type=float, default=20.0, help="max rotation, degrees")
+    p.add_argument(
+        "--brightness", type=float, default=5.0 / 255.0, help="max brightness change, [0, 1] scale"
+    )
+    p.add_argument("--brightness-probability", type=float, default=0.3)
+    p.add_argument(
+        "--translate", type=float, default=0.08, help="max crop shift, fraction (0: the study's)"
+    )
+    p.add_argument(
+        "--zoom", type=float, default=0.1, help="max crop zoom, fraction (0: the study's)"
+    )
+    p.add_argument("--crop-margin", type=float, default=0.15)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--folds", type=int, default=0, help="K-fold cross-validation (e.g. 5)")
+    p.add_argument("--test-year", type=int, help="hold out images whose Study Date is in this year")
+    p.add_argument("--localiser-architecture", default="fasterrcnn_mobilenet_v3_large_fpn")
+    p.add_argument("--localiser-size", type=int, default=512)
+    p.add_argument("--localiser-max-size", type=int, default=683)
+    p.add_argument("--localiser-epochs", type=int, default=20)
+    p.add_argument("--localiser-lr", type=float, default=0.01)
+    p.add_argument("--localiser-pretrained", help="local torchvision COCO weights file")
+    p.add_argument("--pretrained", help="local torchvision ImageNet weights of the classifier")
+    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", action="store_true", help="keep prepared images in memory")
+    p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
+    p.set_defaults(func=cmd_train_hip)
+
+    p = groups.evaluate.add_parser(
+        "hip-osteoporosis",
+        help="classification report per class, osteoporosis recall with 95 % CI, localiser IoU",
+    )
+    p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
+    p.add_argument("--dicom-dir", required=True)
+    p.add_argument("--voc-dir", required=True)
+    p.add_argument("--labels", required=True, help="labels CSV of 'dataset pair-dexa'")
+    p.add_argument("--test-year", type=int, help="only images whose Study Date is in this year")
+    p.add_argument("--out", default="hip-evaluation", help="folder for metrics.json")
+    p.add_argument("--device")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate_hip)

@@ -1,0 +1,427 @@
+"""The ``hip-demo`` model: held-out phantoms, findings per neck, SR and SC, CLI, node end to end.
+
+The demo model is trained by ``dicom-node models build-demo`` on phantoms of
+seed 0 (``pipelines.hip.demo``); every phantom here uses another seed, so the
+model has never seen them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from dicom_node import __version__
+from dicom_node.results import AlgorithmInfo, build_heatmap_sc, build_sr
+from pipelines.base import PipelineInputError, SeriesInput
+from pipelines.card import load_card, sha256_file
+from pipelines.hip.dexa import pair_dexa, write_labels
+from pipelines.hip.evaluate import evaluate_hip, iou
+from pipelines.hip.pipeline import HipOsteoporosis
+from pipelines.hip.sides import Side
+from pipelines.hip.synth import PELVIS, write_hip_dataset
+
+from dicom_validation import dciodvfy_errors
+from node import TEST_AET, NodeProcess, node_config
+from peers import PACS_AET, Orthanc
+
+HELD_OUT_SEED = 7003  # the demo trains on seed 0 phantoms
+#: What the demo must reach on these held-out phantoms. A build on the development machine
+#: measured 0.86 / 0.72 (localiser recall at IoU 0.5 / mean IoU) and 0.90 / 0.94 (accuracy /
+#: osteoporosis recall per neck found, the node's crops); the bars leave room for a CI build.
+LOCALISER_RECALL_BAR = 0.75  # necks found with IoU >= 0.5
+LOCALISER_IOU_BAR = 0.6
+ACCURACY_BAR = 0.8  # per neck, the node's crops and the true boxes
+RECALL_BAR = 0.8  # of osteoporosis, per neck
+
+SCT = "SCT"
+OSTEOPOROSIS, NECK_OF_FEMUR = "64859006", "29627003"
+RIGHT, LEFT = "24028007", "7771000"
+
+
+@pytest.fixture(scope="module")
+def pipeline(hip_demo_card: Path) -> HipOsteoporosis:
+    return HipOsteoporosis(load_card(hip_demo_card), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory, hip_demo_card: Path):
+    """Held-out phantoms like the demo's (same size and year range) and their labels."""
+    from pipelines.hip.demo import HipDemoData
+
+    data = HipDemoData()
+    root = tmp_path_factory.mktemp("hip-held-out")
+    dataset = write_hip_dataset(
+        root / "data",
+        patients=60,
+        seed=HELD_OUT_SEED,
+        size=data.phantom_size,
+        years=data.years,
+        osteoporosis_fraction=0.5,
+        flipped_fraction=0.2,
+    )
+    labels = root / "labels.csv"
+    write_labels(pair_dexa(dataset.dicom_dir, dataset.dexa_csv), labels)
+    return dataset, labels
+
+
+def test_demo_beats_the_bar_on_held_out_phantoms(
+    held_out, hip_demo_card: Path, tmp_path: Path
+) -> None:
+    dataset, labels = held_out
+    report = evaluate_hip(
+        hip_demo_card,
+        dataset.dicom_dir,
+        dataset.voc_dir,
+        labels,
+        out_dir=tmp_path,
+        n_bootstrap=200,
+    )
+    loc = report["localiser"]
+    assert loc["necks"] > 60
+    assert loc["recall_iou50"]["value"] >= LOCALISER_RECALL_BAR, loc
+    assert loc["mean_iou"] >= LOCALISER_IOU_BAR, loc
+    node = report["node"]["report"]
+    assert node["accuracy"] >= ACCURACY_BAR, node
+    assert node["osteoporosis"]["recall"] >= RECALL_BAR, node
+    assert node["osteoporosis"]["support"] > 15 and node["normal/osteopenia"]["support"] > 15
+    recall = report["node"]["binary"]["recall"]
+    assert recall["ci_low"] <= recall["value"] <= recall["ci_high"]
+    # the study's own setting, the true boxes, does at least as well as the bar too
+    assert report["ground_truth_crops"]["report"]["accuracy"] >= ACCURACY_BAR
+    assert json.loads((tmp_path / "metrics.json").read_text())["localiser"] == loc
+
+
+def _by_uid(dataset):
+    return {image.sop_instance_uid: image for image in dataset.images}
+
+
+def test_findings_are_one_per_neck_with_side_box_and_heatmap(held_out, pipeline) -> None:
+    dataset, _ = held_out
+    chosen = [i for i in dataset.images if i.kind == PELVIS and not i.flipped][:3]
+    chosen += [i for i in dataset.images if i.kind != PELVIS][:2]
+    chosen += [i for i in dataset.images if i.flipped][:2]
+    result = pipeline.run([SeriesInput("1.2.3", tuple(i.path for i in chosen))])
+    assert result.skipped == []
+    truth = _by_uid(dataset)
+    sides = {Side.RIGHT: RIGHT, Side.LEFT: LEFT}
+    overlaps = []
+    for image in chosen:
+        findings = [
+            f for f in result.findings if f.source_sop_instance_uids == (image.sop_instance_uid,)
+        ]
+        # one finding per neck, on the side the neck is
+        assert {f.laterality.value for f in findings} == {sides[s] for s in image.necks}
+        for f in findings:
+            assert (f.code.value, f.finding_site.value) == (OSTEOPOROSIS, NECK_OF_FEMUR)
+            side = Side.RIGHT if f.laterality.value == RIGHT else Side.LEFT
+            box = (f.box.x0, f.box.y0, f.box.x1, f.box.y1)
+            necks = truth[image.sop_instance_uid].necks
+            overlaps.append(iou(box, necks[side]))
+            # the box is on that side's neck, not on the other one
+            assert overlaps[-1] > 0.2
+            assert all(iou(box, other) == 0.0 for s, other in necks.items() if s is not side)
+            assert f.present == (f.probability >= pipeline.label.threshold)
+    # most boxes are the true neck box (IoU 0.5; the localiser's recall is in its card)
+    assert np.mean(np.array(overlaps) >= 0.5) >= LOCALISER_RECALL_BAR
+    # one heatmap (top_k 1): on the image with the highest probability, inside its necks' crops
+    (heatmap,) = result.heatmaps
+    best = max(result.findings, key=lambda f: f.probability)
+    assert heatmap.sop_instance_uid == best.source_sop_instance_uids[0]
+    header = pydicom.dcmread(truth[heatmap.sop_instance_uid].path, stop_before_pixels=True)
+    rows, cols = int(header.Rows), int(header.Columns)
+    assert heatmap.array.shape == (rows, cols) and heatmap.array.max() > 0
+    inside = np.zeros(heatmap.array.shape, dtype=bool)
+    margin = pipeline.options.crop_margin
+    for a in heatmap.annotations:
+        w, h = a.box.x1 - a.box.x0, a.box.y1 - a.box.y0
+        inside[
+            max(0, int(a.box.y0 - margin * h) - 1) : int(a.box.y1 + margin * h) + 2,
+            max(0, int(a.box.x0 - margin * w) - 1) : int(a.box.x1 + margin * w) + 2,
+        ] = True
+        assert re.fullmatch(r"osteoporosis [RL] \d+%", a.text)
+    assert not heatmap.array[~inside].any()  # zero outside the neck regions
+    drawn = {a.box for a in heatmap.annotations}
+    assert drawn == {
+        f.box for f in result.findings if f.box.sop_instance_uid == heatmap.sop_instance_uid
+    }
+
+
+def test_a_flipped_image_gives_the_same_necks_on_the_other_sides(
+    held_out, pipeline, tmp_path: Path
+) -> None:
+    dataset, _ = held_out
+    image = next(i for i in dataset.images if i.kind == PELVIS and not i.flipped)
+    ds = pydicom.dcmread(image.path)
+    ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).astype("<u2").tobytes()
+    ds.PatientOrientation = ["R", "F"]
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(tmp_path / "flipped.dcm")
+    plain = pipeline.run([SeriesInput("1", (image.path,))]).findings
+    flipped = pipeline.run([SeriesInput("1", (tmp_path / "flipped.dcm",))]).findings
+    width = int(ds.Columns)
+    for f in plain:
+        (twin,) = [g for g in flipped if g.laterality == f.laterality]
+        # the patient's right neck is now on the image's right half: its box is mirrored
+        mirrored = (width - f.box.x1, f.box.y0, width - f.box.x0, f.box.y1)
+        assert iou(mirrored, (twin.box.x0, twin.box.y0, twin.box.x1, twin.box.y1)) > 0.7
+        # and its crop, mirrored to the canonical view either way, gives about the same answer
+        assert twin.probability == pytest.approx(f.probability, abs=0.15)
+    assert {f.laterality.value for f in plain} == {RIGHT, LEFT}
+
+
+def _groups(sr: pydicom.Dataset) -> list[dict[str, object]]:
+    """Finding, site, laterality, presence, certainty and polyline of every measurement group."""
+    out = []
+    for container in sr.ContentSequence:
+        if container.ConceptNameCodeSequence[0].CodeValue != "126010":
+            continue
+        for group in container.ContentSequence:
+            found: dict[str, object] = {}
+            for item in group.ContentSequence:
+                name = item.ConceptNameCodeSequence[0].CodeValue
+                if name == "121071":
+                    found["finding"] = item.ConceptCodeSequence[0].CodeValue
+                elif name == "363698007":  # Finding Site
+                    found["site"] = item.ConceptCodeSequence[0].CodeValue
+                    for sub in item.get("ContentSequence", []):
+                        if sub.ConceptNameCodeSequence[0].CodeValue == "272741003":
+                            found["laterality"] = sub.ConceptCodeSequence[0].CodeValue
+                elif name == OSTEOPOROSIS:
+                    found["presence"] = item.ConceptCodeSequence[0].CodeMeaning
+                elif name == "111030" and item.ValueType == "SCOORD":
+                    found["polyline"] = np.array(item.GraphicData).reshape(-1, 2)
+                elif item.ValueType == "NUM":
+                    found["certainty"] = float(item.MeasuredValueSequence[0].NumericValue)
+            out.append(found)
+    return out
+
+
+def test_sr_carries_finding_site_laterality_and_box_and_both_pass_dciodvfy(
+    held_out, pipeline, tmp_path: Path
+) -> None:
+    dataset, _ = held_out
+    image = next(i for i in dataset.images if i.kind == PELVIS)
+    result = pipeline.run([SeriesInput("1.2.3", (image.path,))])
+    algorithm = AlgorithmInfo.from_card(pipeline.card, __version__)
+    header = pydicom.dcmread(image.path, stop_before_pixels=True)
+    sr = build_sr(result.findings, [header], algorithm, job_key="job-1", series_number=900)
+    sr.save_as(tmp_path / "sr.dcm")
+    groups = _groups(pydicom.dcmread(tmp_path / "sr.dcm"))
+    assert len(groups) == len(result.findings) == 2
+    for group, finding in zip(groups, result.findings, strict=True):
+        assert group["finding"] == OSTEOPOROSIS and group["site"] == NECK_OF_FEMUR
+        assert group["laterality"] == finding.laterality.value
+        assert group["presence"] == ("Present" if finding.present else "Absent")
+        assert group["certainty"] == pytest.approx(finding.probability * 100, abs=1e-3)
+        b = finding.box
+        expected = [[b.x0, b.y0], [b.x1, b.y0], [b.x1, b.y1], [b.x0, b.y1], [b.x0, b.y0]]
+        np.testing.assert_allclose(group["polyline"], expected, atol=1e-3)
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    (heatmap,) = result.heatmaps
+    sc = build_heatmap_sc(
+        pydicom.dcmread(image.path),
+        heatmap.array,
+        algorithm,
+        job_key="job-1",
+        series_instance_uid="1.2.826.0.1.3680043.8.498.2",
+        series_number=901,
+        instance_number=1,
+        label=heatmap.label,
+        annotations=heatmap.annotations,
+    )
+    assert dciodvfy_errors(sc) == []
+
+
+def test_frog_leg_and_chest_images_are_skipped_and_alone_fail(
+    held_out, pipeline, tmp_path: Path
+) -> None:
+    dataset, _ = held_out
+    ds = pydicom.dcmread(dataset.images[0].path)
+    ds.SeriesDescription = "Hip frog-leg lateral"
+    ds.save_as(tmp_path / "frog.dcm")
+    ds = pydicom.dcmread(dataset.images[0].path)
+    ds.BodyPartExamined = "CHEST"
+    ds.save_as(tmp_path / "chest.dcm")
+    result = pipeline.run(
+        [SeriesInput("1", (tmp_path / "frog.dcm", tmp_path / "chest.dcm", dataset.images[1].path))]
+    )
+    assert result.skipped == [
+        ("frog.dcm", "lateral or frog-leg view (SeriesDescription says so)"),
+        ("chest.dcm", "Body Part Examined is CHEST, not the hip or pelvis"),
+    ]
+    assert {f.source_sop_instance_uids for f in result.findings} == {
+        (dataset.images[1].sop_instance_uid,)
+    }
+    with pytest.raises(PipelineInputError, match="frog-leg"):
+        pipeline.run([SeriesInput("1", (tmp_path / "frog.dcm",))])
+
+
+def _cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+#: a tiny training run: seconds, not minutes
+_TINY = (
+    "--size", "32", "--epochs", "2", "--batch-size", "8", "--lr", "0.01",
+    "--localiser-size", "96", "--localiser-max-size", "128", "--localiser-epochs", "1",
+    "--cache", "--synthetic",
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_synth_pair_dexa_train_with_folds_and_evaluate(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    out = _cli(
+        "synth", "hip", "--out", str(data), "--patients", "16", "--seed", "5", "--size", "160",
+        "--first-year", "2021", "--last-year", "2022",
+    )  # fmt: skip
+    assert "synthetic hip radiographs" in out
+    out = _cli(
+        "dataset", "pair-dexa", "--dicom-dir", str(data / "dicom"), "--dexa-csv",
+        str(data / "dexa.csv"), "--out", str(tmp_path / "labels.csv"),
+    )  # fmt: skip
+    assert "paired" in out and (tmp_path / "labels.unpaired.csv").is_file()
+    assert "HIP-PHANTOM" not in out + (tmp_path / "labels.csv").read_text()
+    model = tmp_path / "model"
+    out = _cli(
+        "train", "hip-osteoporosis", "--dicom-dir", str(data / "dicom"), "--voc-dir",
+        str(data / "voc"), "--labels", str(tmp_path / "labels.csv"), "--out", str(model),
+        "--folds", "2", "--test-year", "2022", *_TINY,
+    )  # fmt: skip
+    assert "model ready" in out and "fold 2/2" in out and "2-fold cross-validation" in out
+    # the study's report: per class, accuracy, averages; and the recall with its interval
+    assert re.search(r"precision\s+recall\s+f1-score\s+support", out)
+    assert "macro avg" in out and "weighted avg" in out
+    assert re.search(r"osteoporosis recall \d\.\d\d \(95 % CI", out)
+    assert "temporal split: train on years before 2022" in out
+    card = load_card(model / "card.yaml")
+    assert card.pipeline == "hip-osteoporosis" and card.provenance.synthetic
+    assert card.metrics["cross_validation"]["folds"] == 2
+    assert set(card.metrics["held_out_test"]) >= {"localiser", "node", "ground_truth_crops"}
+    assert card.options["localiser"]["sha256"] == sha256_file(model / "weights-localiser.pt")
+    assert not list((model / "train").rglob("checkpoint.pt"))
+    out = _cli(
+        "evaluate", "hip-osteoporosis", "--model", str(model), "--dicom-dir", str(data / "dicom"),
+        "--voc-dir", str(data / "voc"), "--labels", str(tmp_path / "labels.csv"),
+        "--test-year", "2022", "--out", str(tmp_path / "eval"), "--bootstrap", "50",
+    )  # fmt: skip
+    assert "ground-truth neck boxes" in out and "the node" in out and "localiser:" in out
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["model"]["name"] == "model"
+
+
+@pytest.mark.slow
+def test_training_twice_gives_identical_weights(tmp_path: Path) -> None:
+    from pipelines.hip.train import HipRecipe, LocaliserRecipe, train_hip
+
+    data = write_hip_dataset(tmp_path / "data", patients=8, seed=2, size=160)
+    labels = tmp_path / "labels.csv"
+    write_labels(pair_dexa(data.dicom_dir, data.dexa_csv), labels)
+    recipe = HipRecipe(
+        size=32,
+        epochs=2,
+        batch_size=8,
+        lr=0.01,
+        test_fraction=0.0,
+        localiser=LocaliserRecipe(size=96, max_size=128, epochs=1),
+        cache=True,
+        bootstrap_resamples=20,
+    )
+    digests = []
+    for run in ("a", "b"):
+        train_hip(data.dicom_dir, data.voc_dir, labels, tmp_path / run, recipe, progress=False)
+        digests.append(
+            (
+                sha256_file(tmp_path / run / "weights.pt"),
+                sha256_file(tmp_path / run / "weights-localiser.pt"),
+            )
+        )
+    assert digests[0] == digests[1]
+
+
+@pytest.mark.e2e
+def test_hip_radiograph_through_orthanc_gets_sr_per_neck_and_heatmap(
+    pacs: Orthanc,
+    node_port: int,
+    tmp_path: Path,
+    database_url: str,
+    hip_demo_card: Path,
+    held_out,
+) -> None:
+    dataset, _ = held_out
+    secret = "ZQXJ-HIP-SECRET-42"  # Patient ID and part of the name: must never be logged
+    image = next(i for i in dataset.images if i.kind == PELVIS)
+    ds = pydicom.dcmread(image.path)
+    ds.PatientID = secret
+    ds.PatientName = f"SECRET^{secret}"
+    ds.save_as(tmp_path / "hip.dcm")
+    workdir = tmp_path / "node"
+    config = node_config(
+        workdir,
+        database_url,
+        port=node_port,
+        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+        peers=[
+            {"ae_title": TEST_AET, "host": "127.0.0.1"},
+            {"ae_title": PACS_AET, "host": "127.0.0.1"},
+        ],
+        routes=[
+            {
+                "name": "hip-xr",
+                "match": {"Modality": ["CR", "DX"], "BodyPartExamined": ["HIP", "PELVIS"]},
+                "pipeline": "hip-osteoporosis",
+                "destinations": ["pacs"],
+            }
+        ],
+        pipelines={"hip-osteoporosis": {"card": str(hip_demo_card), "device": "cpu"}},
+    )
+    with NodeProcess(workdir, config) as node:
+        pacs.upload(tmp_path / "hip.dcm")
+        study_id = pacs.find_study(image.study_instance_uid)
+        summary = pacs.store_to_modality("node", [study_id])
+        assert summary.get("FailedInstancesCount", 0) == 0
+        pacs.wait_for(
+            lambda: len(pacs.study_instances(study_id)) >= 3,
+            timeout=180,
+            message=f"SR and SC back in the study\n{node.log_tail()}",
+        )
+    objects: dict[str, list[pydicom.Dataset]] = {}
+    for item in pacs.study_instances(study_id):
+        found = pydicom.dcmread(io.BytesIO(pacs.instance_file(item["ID"])))
+        objects.setdefault(found.Modality, []).append(found)
+    (sr,) = objects["SR"]
+    (sc,) = objects["OT"]
+    groups = _groups(sr)
+    assert {g["laterality"] for g in groups} == {RIGHT, LEFT}
+    for group in groups:
+        assert group["finding"] == OSTEOPOROSIS and group["site"] == NECK_OF_FEMUR
+        side = Side.RIGHT if group["laterality"] == RIGHT else Side.LEFT
+        polyline = group["polyline"]
+        box = (
+            polyline[:, 0].min(),
+            polyline[:, 1].min(),
+            polyline[:, 0].max(),
+            polyline[:, 1].max(),
+        )
+        assert iou(box, image.necks[side]) >= 0.5  # the neck the study boxed, read back
+        assert 0.0 <= group["certainty"] <= 100.0
+    assert {r.ReferencedSOPInstanceUID for r in sc.SourceImageSequence} == {image.sop_instance_uid}
+    for result in (sr, sc):
+        assert dciodvfy_errors(result) == [], result.Modality
+        assert "hip-demo" in result.SeriesDescription
+    assert sr.PatientID == secret  # the results carry the patient, the logs do not
+    log = node.log_path.read_text()
+    assert "hip-demo" in log and secret not in log
