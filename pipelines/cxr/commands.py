@@ -196,7 +196,7 @@ def add_commands(groups: CommandGroups) -> None:
     p.set_defaults(func=cmd_train_cxr)
 
     p = groups.evaluate.add_parser(
-        "cxr-findings", help="COCO AP/AR summary, per-class AP50 with 95 % CI, PR curves"
+        "cxr-findings", help="COCO AP/AR summary, per-class AP50 with 95 %% CI, PR curves"
     )
     p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
     p.add_argument("--images", required=True, help="folder the COCO file_name entries are in")

@@ -226,7 +226,7 @@ def add_commands(groups: CommandGroups) -> None:
 
     p = groups.evaluate.add_parser(
         "hip-osteoporosis",
-        help="classification report per class, osteoporosis recall with 95 % CI, localiser IoU",
+        help="classification report per class, osteoporosis recall with 95 %% CI, localiser IoU",
     )
     p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
     p.add_argument("--dicom-dir", required=True)
