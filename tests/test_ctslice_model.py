@@ -203,6 +203,7 @@ def _referenced_uids(item: pydicom.Dataset) -> set[str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.pipeline
 def test_contrast_routing_sends_each_series_to_its_model_through_orthanc(
     pacs: Orthanc,
     node_port: int,

@@ -353,6 +353,7 @@ def test_training_twice_gives_identical_weights(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.pipeline
 def test_hip_radiograph_through_orthanc_gets_sr_per_neck_and_heatmap(
     pacs: Orthanc,
     node_port: int,
