@@ -753,3 +753,101 @@ def test_the_localiser_is_a_one_class_detector_with_its_box_head_and_anchors() -
     default = build_localiser(LocaliserOptions(sha256="0" * 64))
     assert default.roi_heads.box_head.fc6.out_features == 1024
     assert default.rpn.anchor_generator.sizes == ((32, 64, 128, 256, 512),) * 3
+
+
+# -- training data ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def labelled(phantoms, tmp_path: Path):
+    """The phantoms' labels from pair-dexa, and a copy of their VOC folder to edit."""
+    import shutil
+
+    from pipelines.hip.dexa import read_labels as read
+
+    labels = tmp_path / "labels.csv"
+    write_labels(pair_dexa(phantoms.dicom_dir, phantoms.dexa_csv), labels)
+    voc = tmp_path / "voc"
+    shutil.copytree(phantoms.voc_dir, voc)
+    return read(labels), voc
+
+
+def test_training_items_join_files_boxes_and_labels(phantoms, labelled) -> None:
+    from pipelines.hip.data import index_hip_data
+
+    labels, voc = labelled
+    first = next(i for i in phantoms.images if i.sop_instance_uid in labels)
+    (voc / f"{first.stem}.xml").unlink()
+    index = index_hip_data(phantoms.dicom_dir, read_voc_folder(voc), labels)
+    assert index.left_out["without a VOC file"] == 1
+    assert index.left_out["without a label (not paired with a DEXA)"] == len(phantoms.images) - len(
+        labels
+    )
+    assert len(index.items) == len(labels) - 1
+    truth = {i.sop_instance_uid: i for i in phantoms.images}
+    for item in index.items:
+        image = truth[item.sop_instance_uid]
+        assert item.label == image.label and item.patient_id == image.patient_id
+        assert item.year == image.study_date.year and item.flipped == image.flipped
+        assert set(item.necks) == set(image.necks)
+        for side, box in item.necks.items():
+            assert box == pytest.approx(image.necks[side], abs=1.0)
+    assert "HIP-PHANTOM" not in index.summary()
+
+
+def test_boxes_drawn_on_a_smaller_export_are_scaled_and_other_aspects_refused(
+    phantoms, labelled
+) -> None:
+    from pipelines.hip.data import HipDataError, index_hip_data
+
+    labels, voc = labelled
+    image = next(i for i in phantoms.images if i.sop_instance_uid in labels and i.kind == PELVIS)
+    path = voc / f"{image.stem}.xml"
+    full = read_voc(path)
+    half = VocAnnotation(
+        full.filename,
+        full.width // 2,
+        full.height // 2,
+        objects=tuple(
+            VocObject.from_box(
+                o.name, tuple(v / 2 for v in o.box), width=full.width // 2, height=full.height // 2
+            )
+            for o in full.objects
+        ),
+    )
+    write_voc(half, path)
+    (item,) = [
+        i
+        for i in index_hip_data(phantoms.dicom_dir, read_voc_folder(voc), labels).items
+        if i.path == image.path
+    ]
+    for side, box in item.necks.items():
+        assert box == pytest.approx(image.necks[side], abs=2.5)
+    write_voc(
+        VocAnnotation(full.filename, full.width, full.height // 2, objects=half.objects), path
+    )
+    with pytest.raises(HipDataError, match=rf"{path.name} annotates a .*\(another aspect ratio\)"):
+        index_hip_data(phantoms.dicom_dir, read_voc_folder(voc), labels)
+    one = full.objects[0]
+    write_voc(VocAnnotation(full.filename, full.width, full.height, objects=(one, one)), path)
+    with pytest.raises(HipDataError, match="boxes two femoral necks on the patient's"):
+        index_hip_data(phantoms.dicom_dir, read_voc_folder(voc), labels)
+
+
+def test_folds_never_split_a_patient() -> None:
+    from pipelines.hip.data import HipItem
+    from pipelines.hip.train import _folds
+
+    items = [
+        HipItem(Path(f"{p}-{k}.dcm"), f"{p}.{k}", f"P{p}", 2020, p % 2, -1.0, (10, 10), False, None)
+        for p in range(12)
+        for k in range(1 + p % 3)
+    ]
+    folds = _folds(items, 3, seed=0)
+    assert len(folds) == 3
+    seen = []
+    for train, val in folds:
+        assert not {i.group for i in train} & {i.group for i in val}
+        assert {i.label for i in val} == {0, 1}  # stratified by patient label
+        seen += [i.sop_instance_uid for i in val]
+    assert sorted(seen) == sorted(i.sop_instance_uid for i in items)

@@ -42,7 +42,7 @@ def cmd_pair_dexa(args: argparse.Namespace) -> int:
             date_column=args.date_column,
             t_score_column=args.t_score_column,
         )
-    except DexaError as exc:
+    except (DexaError, ValueError) as exc:  # ValueError: a negative window
         return data_error(exc)
     write_labels(report, out)
     write_unpaired(report, unpaired)

@@ -25,6 +25,10 @@ What it does with a job
    images with the highest probability, the map of each neck's crop is
    mirrored back and pasted into its region of a full-image array (zero
    elsewhere); the SC draws each neck box captioned ``osteoporosis L 73%``.
+
+The card (one for both models) and its ``options`` are described in
+:mod:`pipelines.hip.model`; the node logs SOP Instance UIDs and file names,
+never patient data.
 """
 
 from __future__ import annotations
