@@ -70,11 +70,25 @@ METRIC_NAMES: dict[str, str] = {
 }
 
 
-def _metric(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    def fn(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-        return study_metrics(y_true, y_pred)[name]
+class _StudyMetrics:
+    """:func:`study_metrics` of each bootstrap resample, computed once for all nine metrics.
 
-    return fn
+    :func:`bootstrap_ci` draws the same resamples for every metric (same
+    seed), so the table of one resample is kept and each metric reads its
+    entry, instead of recounting the confusion matrix nine times.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[bytes, bytes], dict[str, float]] = {}
+
+    def metric(self, name: str) -> Callable[[np.ndarray, np.ndarray], float]:
+        def fn(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+            key = (y_true.tobytes(), y_pred.tobytes())
+            if key not in self._cache:
+                self._cache[key] = study_metrics(y_true, y_pred)
+            return self._cache[key][name]
+
+        return fn
 
 
 def study_report(
@@ -104,8 +118,9 @@ def study_report(
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
         "ci_method": f"percentile bootstrap over cases, {n_bootstrap} resamples, seed {seed}",
     }
+    table = _StudyMetrics()
     for name in STUDY_METRICS:
-        value, lo, hi = bootstrap_ci(_metric(name), t, p, n=n_bootstrap, seed=seed)
+        value, lo, hi = bootstrap_ci(table.metric(name), t, p, n=n_bootstrap, seed=seed)
         report[name] = {"value": value, "ci_low": lo, "ci_high": hi}
     if y_score is not None:
         value, lo, hi = bootstrap_ci(roc_auc, t, np.asarray(y_score), n=n_bootstrap, seed=seed)

@@ -78,7 +78,7 @@ from pipelines.base import (
 )
 from pipelines.card import CardError, InputSpec, ModelCard
 from pipelines.card import parse_options as parse_card_options
-from pipelines.common.aggregate import aggregate, key_slices
+from pipelines.common.aggregate import Aggregation, aggregate, key_slices
 from pipelines.common.cam import check_cam_method, compute_heatmaps
 from pipelines.common.models import (
     MIN_INPUT_SIZE,
@@ -104,7 +104,7 @@ class CtSliceOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     batch_size: int = Field(16, ge=1)
-    aggregation: Literal["top_k_mean", "max", "mean"] = "top_k_mean"
+    aggregation: Aggregation = "top_k_mean"
     aggregation_k: int = Field(3, ge=1)
     max_key_slices: int = Field(5, ge=1)
     #: the kind of series the model was trained on; a mismatch is logged, not refused

@@ -61,6 +61,7 @@ import yaml
 from torch import nn
 
 from pipelines.card import CodeSpec, ExplainerSpec, InputSpec, LabelSpec, Provenance
+from pipelines.common.aggregate import Aggregation
 from pipelines.common.augment import AugmentSpec, image_augment
 from pipelines.common.metrics import (
     STUDY_METRICS,
@@ -166,7 +167,7 @@ class SliceRecipe:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     #: validation value that picks the chosen setting of a grid
     select: str = "accuracy"
-    aggregation: Literal["top_k_mean", "max", "mean"] = "top_k_mean"
+    aggregation: Aggregation = "top_k_mean"
     aggregation_k: int = 3
     max_key_slices: int = 5
     #: the kind of series the model is for (card options.contrast)
