@@ -187,10 +187,16 @@ def cmd_resend(args: argparse.Namespace) -> int:
 
 
 def cmd_build_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import build_demo
+    from pipelines.demo import build_demo, default_jobs
 
     setup_logging("INFO")
-    cards = build_demo(Path(args.models_dir), seed=args.seed, force=args.force, only=args.only)
+    cards = build_demo(
+        Path(args.models_dir),
+        seed=args.seed,
+        force=args.force,
+        only=args.only,
+        jobs=args.jobs or default_jobs(),
+    )
     for card in cards:
         print(f"demo model ready: {card}")
     return EXIT_OK
@@ -319,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even if the cards exist")
     p.add_argument(
         "--only", action="append", metavar="NAME", help="build only this demo (repeatable)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="builds in parallel, one thread each (default: one per CPU core); "
+        "the weights do not depend on it",
     )
     p.set_defaults(func=cmd_build_demo)
     return parser

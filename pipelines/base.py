@@ -75,7 +75,8 @@ class Finding:
     finding_site : Code or None
         Anatomic site of the finding, when the card names one.
     source_sop_instance_uids : tuple of str
-        Images that support the finding (referenced from the SR).
+        Images that support the finding (referenced from the SR), the most telling first:
+        without a box, the SR anchors the finding on the outline of that image.
     box : Box or None
         Optional region on one of the source images.
     laterality : Code or None

@@ -359,7 +359,8 @@ def test_sr_ct_is_valid_and_reads_back(
 
     planar = report.get_planar_roi_measurement_groups()
     image_level = report.get_image_measurement_groups()
-    assert len(planar) == 1 and len(image_level) == 2
+    # the box and the present "mass" are planar ROIs; the absent "nodule" is image level
+    assert len(planar) == 2 and len(image_level) == 1
     groups = planar + image_level
     by_uid = {str(g.tracking_uid): g for g in groups}
     assert len(by_uid) == 3, "tracking UIDs are unique"
@@ -427,11 +428,30 @@ def test_sr_ct_is_valid_and_reads_back(
     assert source.ReferencedSOPInstanceUID == ct_header.SOPInstanceUID
     assert source.ReferencedSOPClassUID == ct_header.SOPClassUID
 
-    # A finding without a box references its images at group level too (TID 1501).
+    # A present finding without a box: its region is the whole image it was inferred from.
+    mass = by_uid[finding_tracking_uid(JOB, 2)]
+    rows, cols = int(ct_header.Rows), int(ct_header.Columns)
+    whole = [[0, 0], [cols, 0], [cols, rows], [0, rows], [0, 0]]
+    np.testing.assert_allclose(mass.roi.value, whole)
+
+    # An absent finding without a box references its images at group level (TID 1501).
     nodule = by_uid[finding_tracking_uid(JOB, 1)]
     assert [s.referenced_sop_instance_uid for s in nodule.source_images] == [
         ct_header.SOPInstanceUID
     ]
+
+    # Every certainty is placed on its image (what OHIF needs to open, draw and track it):
+    # INFERRED FROM an SCOORD selected from the image, equal to the region where there is one.
+    for i in range(len(findings)):
+        group = by_uid[finding_tracking_uid(JOB, i)]
+        (num,) = [item for item in group[0].ContentSequence if item.ValueType == "NUM"]
+        (scoord,) = [item for item in num.ContentSequence if item.ValueType == "SCOORD"]
+        assert scoord.RelationshipType == "INFERRED FROM" and scoord.GraphicType == "POLYLINE"
+        placed = np.reshape(np.asarray(scoord.GraphicData, dtype=float), (-1, 2))
+        selected = scoord.ContentSequence[0].ReferencedSOPSequence[0]
+        assert selected.ReferencedSOPInstanceUID == ct_header.SOPInstanceUID
+        region = getattr(group, "roi", None)
+        np.testing.assert_allclose(placed, region.value if region is not None else whole)
 
 
 def test_sr_uids_follow_the_job_key(ct_header: Dataset, algorithm: AlgorithmInfo) -> None:

@@ -203,6 +203,31 @@ def _referenced_uids(finding: Finding, by_uid: dict[str, pydicom.Dataset]) -> li
     return uids
 
 
+def _outline(
+    finding: Finding, first_uid: str, by_uid: dict[str, pydicom.Dataset]
+) -> tuple[pydicom.Dataset, np.ndarray]:
+    """The image and closed polyline a finding is placed on: its box, else the whole image.
+
+    A finding without a box was inferred from whole images (a slice or
+    radiograph classifier): its outline is the border of the first image it
+    references, the pipeline's most telling one.
+    """
+    if finding.box is not None:
+        source = by_uid[finding.box.sop_instance_uid]
+        return source, _box_polyline(finding.box, source)
+    source = by_uid[first_uid]
+    rows, cols = float(source.Rows), float(source.Columns)
+    corners = [[0.0, 0.0], [cols, 0.0], [cols, rows], [0.0, rows], [0.0, 0.0]]
+    return source, np.array(corners, dtype=np.float64)
+
+
+def _source_for_region(source: pydicom.Dataset) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=source.SOPClassUID,
+        referenced_sop_instance_uid=source.SOPInstanceUID,
+    )
+
+
 def _measurement_group(
     index: int,
     finding: Finding,
@@ -213,7 +238,23 @@ def _measurement_group(
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     | hd.sr.MeasurementsAndQualitativeEvaluations
 ):
-    """One TID 1410 (with box) or TID 1501 (without) measurement group for a finding."""
+    """One measurement group for a finding, placed on an image so that viewers can show it.
+
+    * A present finding, or any finding with a box, is a TID 1410 planar ROI
+      group: the region is the box, or the whole image for a finding
+      inferred from whole images (see :func:`_outline`). The region is
+      repeated under the certainty (TID 300 "inferred from"; TID 1419 is
+      extensible, highdicom's builder refuses it so it is appended after):
+      OHIF rebuilds a tracked, editable rectangle from a group's first NUM
+      and the SCOORD under it, and fails on a group whose NUM has none.
+    * An absent finding without a box is a TID 1501 group with its source
+      images, the certainty inferred from the outline of the first: OHIF
+      shows it on that image with its certainty but does not track it as a
+      measurement (a radiologist's list of measurements holds what was found).
+
+    OHIF 3.13 cannot open an SR at all when one of its measurements has no
+    coordinates, hence coordinates on every group.
+    """
     finding_code = _concept(finding.code)
     if finding.laterality is not None and finding.finding_site is None:
         raise ValueError(
@@ -229,6 +270,13 @@ def _measurement_group(
             )
         ]
     ref_uids = _referenced_uids(finding, by_uid)
+    source, outline = _outline(finding, ref_uids[0], by_uid)
+    anchor = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=outline,
+        source_image=_source_for_region(source),
+    )
+    planar = finding.box is not None or finding.present
     certainty = hd.sr.Measurement(
         name=codes.CERTAINTY_OF_FINDING,
         # Rounded so that 0.87 is written as 87 and not 87.00000000000001
@@ -242,6 +290,7 @@ def _measurement_group(
             )
             for u in ref_uids
         ],
+        referenced_coordinates=None if planar else [anchor],
     )
     presence = hd.sr.QualitativeEvaluation(
         name=finding_code,
@@ -259,29 +308,26 @@ def _measurement_group(
         "measurements": [certainty],
         "qualitative_evaluations": [presence],
     }
-    if finding.box is not None:
-        source = by_uid[finding.box.sop_instance_uid]
-        region = hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=_box_polyline(finding.box, source),
-            source_image=hd.sr.SourceImageForRegion(
-                referenced_sop_class_uid=source.SOPClassUID,
-                referenced_sop_instance_uid=source.SOPInstanceUID,
-            ),
+    if not planar:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(
+                    referenced_sop_class_uid=by_uid[u].SOPClassUID,
+                    referenced_sop_instance_uid=u,
+                )
+                for u in ref_uids
+            ],
+            **common,
         )
-        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_region=region, **common
-        )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=by_uid[u].SOPClassUID,
-                referenced_sop_instance_uid=u,
-            )
-            for u in ref_uids
-        ],
-        **common,
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=outline,
+        source_image=_source_for_region(source),
     )
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
+    (num,) = (item for item in group[0].ContentSequence if item.ValueType == "NUM")
+    num.ContentSequence.append(anchor)
+    return group
 
 
 #: Coding schemes defined by DICOM PS3.16 Table 8-1 that need no identification item.

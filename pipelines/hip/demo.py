@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from pipelines.card import CARD_FILE, CardError, existing_card, load_card
 from pipelines.hip.dexa import pair_dexa, write_labels
 from pipelines.hip.model import parse_options, verify_localiser
@@ -130,14 +128,7 @@ def build_hip_demo(
     if force and (folder / "train").exists():
         shutil.rmtree(folder / "train")
     folder.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    # one intra-op thread: the same weights whatever the machine's core count, and on a busy
-    # 2-core machine several times faster than two threads spinning while they wait for a core
-    torch.set_num_threads(1)
-    try:
-        return _build(folder, data, recipe, seed=seed, progress=progress, say=say)
-    finally:
-        torch.set_num_threads(threads)
+    return _build(folder, data, recipe, seed=seed, progress=progress, say=say)
 
 
 def _build(
