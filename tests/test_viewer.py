@@ -46,6 +46,7 @@ ANNOTATIONS_JS = """(tool) => {
       imageId: a.metadata.referencedImageId,
       uid: a.data.TrackingUniqueIdentifier || null,
       label: a.data.label || null,
+      labels: (a.data.labels || []).map(l => `${l.label}: ${l.value}`),
       points: a.data.handles.points.map(p => {
         const ij = cs.utilities.worldToImageCoords(a.metadata.referencedImageId, p);
         return [ij[0], ij[1]];
@@ -178,6 +179,8 @@ class Group:
     outline: np.ndarray
     image_uid: str
     planar: bool
+    #: the finding in words (DCM 121106 "Comment")
+    comment: str
 
 
 def _code(item: pydicom.Dataset, attribute: str = "ConceptCodeSequence") -> str:
@@ -206,14 +209,16 @@ def _groups(sr: pydicom.Dataset) -> list[Group]:
                     scoord.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
                 ),
                 planar="Image Region" in items,
+                comment=str(items["Comment"].TextValue),
             )
         )
     return groups
 
 
 def _certainty_label(group: Group) -> str:
-    """The label OHIF draws by a measurement: the certainty in % (OHIF prints 0 as blank)."""
-    return f"{group.certainty:.2f} %" if group.certainty else " %"
+    """The line OHIF draws by a measurement for its certainty (OHIF prints 0 as blank)."""
+    value = f"{group.certainty:.2f} %" if group.certainty else " %"
+    return f"Certainty of Finding: {value}"
 
 
 def _bounds(points: Any) -> np.ndarray:
@@ -286,7 +291,7 @@ def test_chest_sr_draws_each_box_at_the_detector_coordinates_and_tracks_it(
         annotation = drawn[group.uid]
         assert group.image_uid in annotation["imageId"]
         np.testing.assert_allclose(annotation["points"], group.outline, atol=0.01)
-        assert annotation["label"] == _certainty_label(group)
+        assert _certainty_label(group) in annotation["labels"], annotation["labels"]
 
     rectangles = _track(page, expected=len(boxes))
     page.screenshot(path=ARTIFACTS / "3-chest-tracked.png")
@@ -297,7 +302,8 @@ def test_chest_sr_draws_each_box_at_the_detector_coordinates_and_tracks_it(
     rows = _panel_rows(page)
     assert len(rows) == len(boxes)
     for group in boxes:
-        assert any(group.finding in row and (group.site or "") in row for row in rows), rows
+        # each row is titled with the finding, its state and certainty, and names the site
+        assert any(group.comment in row and (group.site or "") in row for row in rows), rows
     page.close()
 
 
@@ -334,7 +340,7 @@ def test_head_ct_sr_places_its_six_labels_and_a_click_opens_the_slice(room: Read
     page.screenshot(path=ARTIFACTS / "5-head-ct-sr.png")
     for group in groups:
         assert group.image_uid in drawn[group.uid]["imageId"]
-        assert drawn[group.uid]["label"] == _certainty_label(group)
+        assert _certainty_label(group) in drawn[group.uid]["labels"], drawn[group.uid]["labels"]
 
     present = [g for g in groups if g.present]
     assert present, "the phantom has a subdural hemorrhage"
@@ -343,7 +349,7 @@ def test_head_ct_sr_places_its_six_labels_and_a_click_opens_the_slice(room: Read
     assert len(rows) == len(present)
     viewport = "window.cornerstone.getEnabledElements()[0].viewport"
     for group in present:
-        (index,) = [i for i, row in enumerate(rows) if group.finding in row]
+        (index,) = [i for i, row in enumerate(rows) if group.comment in row]
         # show another slice, then click the finding's row: OHIF opens the finding's slice
         page.evaluate(
             f"""(uid) => {{

@@ -62,6 +62,7 @@ from pydicom.sr.coding import Code
 __all__ = [
     "ABSENT",
     "CERTAINTY_OF_FINDING",
+    "COMMENT",
     "DEVICE_OBSERVER",
     "IMAGING_MEASUREMENT_REPORT",
     "IMAGING_PROCEDURE",
@@ -75,6 +76,7 @@ __all__ = [
 IMAGING_MEASUREMENT_REPORT: Code = codes.cid7021.ImagingMeasurementReport
 DEVICE_OBSERVER: Code = codes.cid270.Device
 CERTAINTY_OF_FINDING: Code = codes.DCM.CertaintyOfFinding
+COMMENT: Code = codes.DCM.Comment
 PERCENT: Code = codes.UCUM.Percent
 PRESENT: Code = codes.cid241.Present
 ABSENT: Code = codes.cid241.Absent

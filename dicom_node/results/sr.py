@@ -309,7 +309,7 @@ def _measurement_group(
         "qualitative_evaluations": [presence],
     }
     if not planar:
-        return hd.sr.MeasurementsAndQualitativeEvaluations(
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
             source_images=[
                 hd.sr.SourceImageForMeasurementGroup(
                     referenced_sop_class_uid=by_uid[u].SOPClassUID,
@@ -319,6 +319,8 @@ def _measurement_group(
             ],
             **common,
         )
+        group[0].ContentSequence.append(_comment(finding))
+        return group
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=outline,
@@ -327,7 +329,24 @@ def _measurement_group(
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
     (num,) = (item for item in group[0].ContentSequence if item.ValueType == "NUM")
     num.ContentSequence.append(anchor)
+    group[0].ContentSequence.append(_comment(finding))
     return group
+
+
+def _comment(finding: Finding) -> hd.sr.TextContentItem:
+    """The finding in words, as a DCM 121106 "Comment" (both templates are extensible).
+
+    Viewers that show a measurement's label and not its coded content show
+    this: OHIF titles a tracked measurement with it, so the radiologist's
+    list reads "Cardiomegaly: present, certainty 87 %" rather than a bare
+    rectangle.
+    """
+    state = "present" if finding.present else "absent"
+    return hd.sr.TextContentItem(
+        name=codes.COMMENT,
+        value=f"{finding.code.meaning}: {state}, certainty {finding.probability * 100:.0f} %",
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
 
 
 #: Coding schemes defined by DICOM PS3.16 Table 8-1 that need no identification item.
