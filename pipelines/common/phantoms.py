@@ -386,7 +386,7 @@ def build_dx_dataset(
     ds.AnatomicRegionSequence = DicomSequence([region])
     ds.ViewPosition = "PA"
     view = Dataset()
-    view.CodeValue = "399348003"
+    view.CodeValue = "272479007"
     view.CodingSchemeDesignator = "SCT"
     view.CodeMeaning = "postero-anterior"
     view.ViewModifierCodeSequence = DicomSequence()
