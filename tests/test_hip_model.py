@@ -34,8 +34,8 @@ from node import TEST_AET, NodeProcess, node_config
 from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 7003  # the demo trains on seed 0 phantoms
-#: What the demo must reach on these held-out phantoms. A build on the development machine
-#: measured 0.86 / 0.72 (localiser recall at IoU 0.5 / mean IoU) and 0.90 / 0.94 (accuracy /
+#: What the demo must reach on these held-out phantoms. The one-thread build measured
+#: 0.86 / 0.72 (localiser recall at IoU 0.5 / mean IoU) and 0.90 / 0.94 (accuracy /
 #: osteoporosis recall per neck found, the node's crops); the bars leave room for a CI build.
 LOCALISER_RECALL_BAR = 0.75  # necks found with IoU >= 0.5
 LOCALISER_IOU_BAR = 0.6
