@@ -308,7 +308,22 @@ def _measurement_group(
         "measurements": [certainty],
         "qualitative_evaluations": [presence],
     }
-    if not planar:
+    group: (
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    )
+    if planar:
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=outline,
+            source_image=_source_for_region(source),
+        )
+        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            referenced_region=region, **common
+        )
+        (num,) = (item for item in group[0].ContentSequence if item.ValueType == "NUM")
+        num.ContentSequence.append(anchor)
+    else:
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             source_images=[
                 hd.sr.SourceImageForMeasurementGroup(
@@ -319,16 +334,6 @@ def _measurement_group(
             ],
             **common,
         )
-        group[0].ContentSequence.append(_comment(finding))
-        return group
-    region = hd.sr.ImageRegion(
-        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-        graphic_data=outline,
-        source_image=_source_for_region(source),
-    )
-    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
-    (num,) = (item for item in group[0].ContentSequence if item.ValueType == "NUM")
-    num.ContentSequence.append(anchor)
     group[0].ContentSequence.append(_comment(finding))
     return group
 
