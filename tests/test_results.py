@@ -453,6 +453,18 @@ def test_sr_ct_is_valid_and_reads_back(
         region = getattr(group, "roi", None)
         np.testing.assert_allclose(placed, region.value if region is not None else whole)
 
+    # Every group says the finding in words (DCM 121106 "Comment"): OHIF's measurement title.
+    for i, finding in enumerate(findings):
+        group = by_uid[finding_tracking_uid(JOB, i)]
+        (comment,) = [
+            item.TextValue
+            for item in group[0].ContentSequence
+            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"
+        ]
+        state = "present" if finding.present else "absent"
+        percent = round(finding.probability * 100)
+        assert comment == f"{finding.code.meaning}: {state}, certainty {percent} %"
+
 
 def test_sr_uids_follow_the_job_key(ct_header: Dataset, algorithm: AlgorithmInfo) -> None:
     findings = _ct_findings(ct_header)
