@@ -3,17 +3,24 @@
 Sends the same synthetic CT series (default 300 slices of 512×512, 16-bit)
 with DCMTK ``storescu`` — over one association, then split over N parallel
 associations — to each receiver, and prints images/s and the node's ratio
-to each baseline. storescp writes without fsync; Orthanc keeps a durable
-index; the node fsyncs every object and its index before answering Success.
+to each baseline. storescp writes without fsync; Orthanc fsyncs each file
+and keeps a durable index; the node fsyncs every object and its index
+before answering Success. A fourth baseline, pynetdicom with a handler that
+does nothing (:mod:`bench.bare_scp`), is the floor under the node: on one
+association storescu waits for each answer, so every millisecond of the
+path adds up, and this shows how much of it is the library's own.
 
-Run: ``.venv/bin/python -m bench.ingest [--slices 300] [--parallel 4] [--receivers 4]``
-(``--smoke`` sends a few slices only: CI runs it so the benchmark cannot rot).
+Run: ``.venv/bin/python -m bench.ingest [--slices 300] [--parallel 4] [--receivers 4] [--repeat 3]``
+(``--repeat`` sends each case that many times and reports the median;
+``--smoke`` sends a few slices only: CI runs it so the benchmark cannot rot).
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +35,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 # the real-peer harness of the test suite runs the baselines and the node
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from node import NODE_AET, TEST_AET, NodeProcess, node_config  # noqa: E402
-from peers import Orthanc, StoreSCP, storescu  # noqa: E402
+from peers import Orthanc, StoreSCP, free_port, storescu, wait_for_port  # noqa: E402
 
 
 def write_ct_series(folder: Path, slices: int, size: int = 512, seed: int = 0) -> list[Path]:
@@ -90,14 +97,31 @@ def measure(
     files: Sequence[Path],
     parallel: int,
     reset: Callable[[], None],
+    repeat: int = 1,
 ) -> dict[str, float]:
+    """Images/s over one and over ``parallel`` associations: the median of ``repeat`` sends."""
     rates = {}
     for label, groups in (("1 assoc", [files]), (f"{parallel} assoc", split(files, parallel))):
-        reset()
-        seconds = send(groups)
-        rates[label] = len(files) / seconds
-        print(f"  {name:<10} {label:>8}: {rates[label]:8.1f} img/s ({seconds:.2f} s)", flush=True)
+        runs = []
+        for _ in range(repeat):
+            reset()
+            runs.append(len(files) / send(groups))
+        rates[label] = statistics.median(runs)
+        spread = f" (runs {', '.join(f'{r:.0f}' for r in runs)})" if repeat > 1 else ""
+        print(f"  {name:<10} {label:>8}: {rates[label]:8.1f} img/s{spread}", flush=True)
     return rates
+
+
+def bare_pynetdicom(work: Path, aet: str = "BARE_SCP") -> tuple[subprocess.Popen[bytes], int]:
+    """Start :mod:`bench.bare_scp` in its own process; return it and its port."""
+    port = free_port()
+    (work / "bare-tmp").mkdir(exist_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_scp", str(port), aet, str(work / "bare-tmp")],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    wait_for_port(port)
+    return process, port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--receivers", type=int, default=4, help="node receiver processes")
+    parser.add_argument("--repeat", type=int, default=1, help="sends per case; the median counts")
     parser.add_argument("--smoke", action="store_true", help="a few slices, to check it runs")
     args = parser.parse_args(argv)
     slices = 8 if args.smoke else args.slices
@@ -123,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 files,
                 args.parallel,
                 lambda: shutil.rmtree(scp.output_dir, ignore_errors=True) or scp.output_dir.mkdir(),
+                args.repeat,
             )
         finally:
             scp.stop()
@@ -135,9 +161,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 files,
                 args.parallel,
                 orthanc.delete_all,
+                args.repeat,
             )
         finally:
             orthanc.stop()
+
+        bare, bare_port = bare_pynetdicom(work)
+        try:
+            results["pynetdicom"] = measure(
+                "pynetdicom",
+                lambda g: timed_send(bare_port, "BARE_SCP", "STORESCU", g),
+                files,
+                args.parallel,
+                lambda: None,
+                args.repeat,
+            )
+        finally:
+            bare.kill()
+            bare.wait()
 
         runs = iter(range(100))
 
@@ -160,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 files,
                 args.parallel,
                 fresh_node,
+                args.repeat,
             )
             stored = node.scalar("SELECT count(*) FROM instances")  # type: ignore[union-attr]
             if stored != len(files):
@@ -170,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print("\nratios (node / baseline):")
         for label in results["node"]:
-            for base in ("storescp", "orthanc"):
+            for base in ("storescp", "orthanc", "pynetdicom"):
                 ratio = results["node"][label] / results[base][label]
                 print(f"  {label:>8}: node/{base} = {ratio:.2f}")
         one, many = results["node"]["1 assoc"], results["node"][f"{args.parallel} assoc"]
