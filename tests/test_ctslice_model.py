@@ -25,6 +25,7 @@ from pipelines.ctslice.demo import CtDemoData
 from pipelines.ctslice.evaluate import evaluate_ct_slices
 from pipelines.ctslice.pipeline import CtSliceClassifier
 from pipelines.ctslice.synth import write_abdomen_dataset, write_abdomen_series
+from pipelines.demo import build_demo
 
 from dicom_validation import dciodvfy_errors
 from node import TEST_AET, NodeProcess, node_config
@@ -103,6 +104,25 @@ def test_demo_separates_held_out_patients(
     }
     for name, bar in BARS.items():
         assert measured[name] >= bar, (card.name, measured)
+
+
+@pytest.mark.slow
+def test_a_demo_build_gives_the_same_weights_wherever_it_runs(
+    ct_noncontrast_demo_card: Path, tmp_path: Path
+) -> None:
+    """The same seed gives byte-identical weights, in a build pool or not.
+
+    ``dicom-node models build-demo`` builds the demos in a pool of spawned
+    processes, one per core (``scripts/run-tests`` runs it before pytest).
+    This builds the fastest demo again here, in the test process with
+    ``jobs=1``. The weights must be the same bytes, so the card's sha256
+    names the same model whatever machine, core count or job count built it.
+    Each build runs on one torch thread for exactly this reason: torch's CPU
+    kernels reduce in an order that follows the thread count.
+    """
+    shipped = load_card(ct_noncontrast_demo_card)
+    (card,) = build_demo(tmp_path, seed=0, progress=False, only=["ct-gb-noncontrast-demo"], jobs=1)
+    assert load_card(card).weights.sha256 == shipped.weights.sha256
 
 
 @pytest.mark.parametrize("kind", list(DEMOS))
