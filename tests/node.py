@@ -28,6 +28,7 @@ NODE_AET = "DICOM_NODE"
 TEST_AET = "TEST_SCU"
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CARD = REPO / "models" / "generic-demo" / "card.yaml"
+SHIPPED_CONFIG = REPO / "config.yaml"
 
 
 def node_config(
@@ -79,6 +80,31 @@ def node_config(
     for key, value in sections.items():
         config[key] = value
     return config
+
+
+def shipped_routes(*names: str) -> dict[str, Any]:
+    """The named routes of the shipped ``config.yaml`` and the pipelines they use.
+
+    For ``node_config(..., **shipped_routes("chest-xr"))``: a pipeline test
+    then routes with the rule an admin gets, not a copy of it. Card paths are
+    made absolute (the shipped ones are relative to the repository) and the
+    device is the CPU. The routes keep their ``destinations``, so the test's
+    config needs the shipped destination names (``pacs``).
+    """
+    shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    routes = {route["name"]: route for route in shipped["routes"]}
+    missing = [name for name in names if name not in routes]
+    if missing:
+        raise KeyError(f"no route {missing} in {SHIPPED_CONFIG}; it has {list(routes)}")
+    chosen = [routes[name] for name in names]
+    pipelines = {
+        route["pipeline"]: {
+            "card": str(REPO / shipped["pipelines"][route["pipeline"]]["card"]),
+            "device": "cpu",
+        }
+        for route in chosen
+    }
+    return {"routes": chosen, "pipelines": pipelines}
 
 
 class NodeProcess:

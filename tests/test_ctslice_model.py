@@ -28,7 +28,7 @@ from pipelines.ctslice.synth import write_abdomen_dataset, write_abdomen_series
 from pipelines.demo import build_demo
 
 from dicom_validation import dciodvfy_errors
-from node import TEST_AET, NodeProcess, node_config
+from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 7001  # the demos train on seeds 11 and 12
@@ -265,18 +265,7 @@ def test_contrast_routing_sends_each_series_to_its_model_through_orthanc(
             {"ae_title": TEST_AET, "host": "127.0.0.1"},
             {"ae_title": PACS_AET, "host": "127.0.0.1"},
         ],
-        routes=[
-            {
-                "name": f"gallbladder-{kind}",
-                "match": {"Modality": "CT", "BodyPartExamined": "ABDOMEN", "contrast": kind},
-                "pipeline": f"ct-gb-{kind}",
-                "destinations": ["pacs"],
-            }
-            for kind in cards
-        ],
-        pipelines={
-            f"ct-gb-{kind}": {"card": str(card), "device": "cpu"} for kind, card in cards.items()
-        },
+        **shipped_routes("abdomen-ct-contrast", "abdomen-ct-plain"),
     )
     expected_keys = {}
     for kind, slices in series.items():

@@ -29,7 +29,7 @@ from pipelines.cxr.pipeline import ChestFindings
 from pipelines.cxr.synth import CLASSES, write_cxr_dataset
 
 from dicom_validation import dciodvfy_errors
-from node import TEST_AET, NodeProcess, node_config
+from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 7001  # the demo trains on seed 0 phantoms
@@ -354,15 +354,7 @@ def test_chest_radiograph_through_orthanc_gets_boxed_sr_and_heatmap(
             {"ae_title": TEST_AET, "host": "127.0.0.1"},
             {"ae_title": PACS_AET, "host": "127.0.0.1"},
         ],
-        routes=[
-            {
-                "name": "chest-xr",
-                "match": {"Modality": ["CR", "DX"], "BodyPartExamined": "CHEST"},
-                "pipeline": "cxr-findings",
-                "destinations": ["pacs"],
-            }
-        ],
-        pipelines={"cxr-findings": {"card": str(cxr_demo_card), "device": "cpu"}},
+        **shipped_routes("chest-xr"),
     )
     with NodeProcess(workdir, config) as node:
         pacs.upload(tmp_path / "cxr.dcm")

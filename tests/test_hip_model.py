@@ -30,7 +30,7 @@ from pipelines.hip.sides import Side
 from pipelines.hip.synth import PELVIS, write_hip_dataset
 
 from dicom_validation import dciodvfy_errors
-from node import TEST_AET, NodeProcess, node_config
+from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 7003  # the demo trains on seed 0 phantoms
@@ -379,15 +379,7 @@ def test_hip_radiograph_through_orthanc_gets_sr_per_neck_and_heatmap(
             {"ae_title": TEST_AET, "host": "127.0.0.1"},
             {"ae_title": PACS_AET, "host": "127.0.0.1"},
         ],
-        routes=[
-            {
-                "name": "hip-xr",
-                "match": {"Modality": ["CR", "DX"], "BodyPartExamined": ["HIP", "PELVIS"]},
-                "pipeline": "hip-osteoporosis",
-                "destinations": ["pacs"],
-            }
-        ],
-        pipelines={"hip-osteoporosis": {"card": str(hip_demo_card), "device": "cpu"}},
+        **shipped_routes("hip-xr"),
     )
     with NodeProcess(workdir, config) as node:
         pacs.upload(tmp_path / "hip.dcm")

@@ -29,7 +29,7 @@ from pipelines.ich.pipeline import IntracranialHemorrhage, build_model
 from pipelines.ich.synth import write_head_ct_series, write_rsna_dataset
 
 from dicom_validation import dciodvfy_errors
-from node import TEST_AET, NodeProcess, node_config
+from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 9001  # the demo trains on seed 0 phantoms
@@ -310,15 +310,7 @@ def test_head_ct_through_orthanc_gets_six_group_sr_and_heatmaps(
             {"ae_title": TEST_AET, "host": "127.0.0.1"},
             {"ae_title": PACS_AET, "host": "127.0.0.1"},
         ],
-        routes=[
-            {
-                "name": "head-ct",
-                "match": {"Modality": "CT", "BodyPartExamined": ["HEAD", "BRAIN"]},
-                "pipeline": "ich",
-                "destinations": ["pacs"],
-            }
-        ],
-        pipelines={"ich": {"card": str(ich_demo_card), "device": "cpu"}},
+        **shipped_routes("head-ct"),
     )
     top_k = load_card(ich_demo_card).explainer.top_k
     with NodeProcess(workdir, config) as node:

@@ -25,7 +25,7 @@ from PIL import Image
 from pipelines.cxr.synth import write_cxr_dataset
 from pipelines.ich.synth import write_head_ct_series
 
-from node import TEST_AET, NodeProcess, node_config
+from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import DICOMWEB_PLUGIN, LOOPBACK, NODE_AET, PACS_AET, Orthanc, free_port
 from viewer import ViewerServer, launch_chromium
 
@@ -120,24 +120,7 @@ def room(
         port=node_port,
         destinations={"pacs": {"ae_title": pacs.aet, "host": LOOPBACK, "port": pacs.dicom_port}},
         peers=[{"ae_title": TEST_AET, "host": LOOPBACK}, {"ae_title": PACS_AET, "host": LOOPBACK}],
-        routes=[
-            {
-                "name": "chest-xr",
-                "match": {"Modality": ["CR", "DX"], "BodyPartExamined": "CHEST"},
-                "pipeline": "cxr-findings",
-                "destinations": ["pacs"],
-            },
-            {
-                "name": "head-ct",
-                "match": {"Modality": "CT", "BodyPartExamined": ["HEAD", "BRAIN"]},
-                "pipeline": "ich",
-                "destinations": ["pacs"],
-            },
-        ],
-        pipelines={
-            "cxr-findings": {"card": str(cxr_demo_card), "device": "cpu"},
-            "ich": {"card": str(ich_demo_card), "device": "cpu"},
-        },
+        **shipped_routes("chest-xr", "head-ct"),
     )
     try:
         with NodeProcess(work / "node", config) as node:
