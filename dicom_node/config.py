@@ -243,6 +243,19 @@ class LoggingSection(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class MonitoringSection(_Strict):
+    """The HTTP endpoints for operators: ``/health``, ``/metrics`` (Prometheus), ``/status``.
+
+    Off unless ``port`` is set (the shipped config.yaml sets it). Read at start:
+    a change needs a restart. The endpoints show counts and UIDs, never
+    patient data, and take no input; bind them to the loopback or a
+    management network, not to the modality network.
+    """
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+
+
 class Config(_Strict):
     """The whole ``config.yaml``."""
 
@@ -254,6 +267,7 @@ class Config(_Strict):
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
     routes: list[Route] = Field(default_factory=list)
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
 
     #: the file this was read from; not part of the YAML
     path: Path | None = Field(default=None, exclude=True)
@@ -425,9 +439,10 @@ class LiveConfig:
                 old.node.model_copy(update={"peers": []})
                 != new.node.model_copy(update={"peers": []})
                 or old.storage != new.storage
+                or old.monitoring != new.monitoring
             ):
                 self._log.warning(
-                    "node or storage settings changed; they apply after a restart "
+                    "node, storage or monitoring settings changed; they apply after a restart "
                     "(peers, routes, destinations, pipelines and policies apply now)"
                 )
             self._current = new

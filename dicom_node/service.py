@@ -7,6 +7,7 @@ Process layout::
     ├─ job runner        (APScheduler)            C-ECHO, C-STORE → spool + index
     ├─ dispatcher        (APScheduler)
     ├─ retention         (APScheduler)
+    ├─ monitoring        (HTTP: /health, /metrics, /status)
     └─ config watcher, receiver supervisor
 
 Receiving runs in its own processes so that inference (which holds the GIL
@@ -32,7 +33,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.complete.completion import CompletionStage
-from dicom_node.config import Config, LiveConfig
+from dicom_node.config import Config, ConfigError, LiveConfig
 from dicom_node.db import make_engine, migrate, session_factory, transaction
 from dicom_node.dispatch import outbox
 from dicom_node.dispatch.dispatcher import Dispatcher
@@ -40,6 +41,7 @@ from dicom_node.events import record
 from dicom_node.faults import MAIN_PID_ENV
 from dicom_node.jobs import queue
 from dicom_node.jobs.runner import JobRunner
+from dicom_node.monitor import MonitoringServer
 from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
 from dicom_node.receive.spool import Spool
 from dicom_node.retention import Retention
@@ -64,6 +66,7 @@ class Node:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
         self.receivers: list[multiprocessing.process.BaseProcess] = []
+        self.monitoring = MonitoringServer(self.live, self.engine, self.spool, self._receiver_count)
         self._stop = threading.Event()
         self.live.listeners.append(self._on_reload)
 
@@ -114,6 +117,23 @@ class Node:
         proc.start()
         return proc
 
+    def _receiver_count(self) -> tuple[int, int]:
+        """(alive, configured) receiver processes; the supervisor restarts a dead one within a second."""
+        receivers = list(self.receivers)
+        return sum(proc.is_alive() for proc in receivers), self.config.node.receiver_processes
+
+    def start_monitoring(self) -> None:
+        monitoring = self.config.monitoring
+        if monitoring.port is None:
+            return
+        try:
+            self.monitoring.start(monitoring.host, monitoring.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"monitoring cannot listen on {monitoring.host}:{monitoring.port}: {exc.strerror}; "
+                "set monitoring.port to a free port, or remove it to turn monitoring off"
+            ) from exc
+
     def start_scheduler(self) -> None:
         completion = self.config.completion.poll_seconds
         dispatch = self.config.dispatch.poll_seconds
@@ -141,6 +161,7 @@ class Node:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload_all())
+        self.start_monitoring()
         self.start_receivers()
         self.start_scheduler()
         log.info(
@@ -166,6 +187,7 @@ class Node:
 
     def shutdown(self) -> None:
         log.info("stopping")
+        self.monitoring.stop()
         for proc in self.receivers:
             proc.terminate()
         self.scheduler.shutdown(wait=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 
 from dicom_node.config import Config
 from dicom_node.db import make_engine, session_factory
@@ -15,9 +15,14 @@ from dicom_node.receive import index
 from dicom_node.receive.spool import Spool
 
 
-def collect(config: Config, *, events: int = 15) -> dict[str, Any]:
-    """Counts per stage, dead letters and the latest events."""
-    engine = make_engine(config.storage.database_url)
+def collect(config: Config, *, events: int = 15, engine: Engine | None = None) -> dict[str, Any]:
+    """Counts per stage, dead letters and the latest events.
+
+    ``engine``: the running node's (the monitoring endpoint passes it); without
+    one, an engine is made for this call and disposed of after it.
+    """
+    own = engine is None
+    engine = engine or make_engine(config.storage.database_url)
     sessions = session_factory(engine)
     report: dict[str, Any] = {
         "node": {"ae_title": config.node.ae_title, "port": config.node.port},
@@ -64,7 +69,8 @@ def collect(config: Config, *, events: int = 15) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - report an unreachable or empty index instead of a trace
         report["error"] = f"index not readable: {str(exc).splitlines()[0]}"
     finally:
-        engine.dispose()
+        if own:
+            engine.dispose()
     return report
 
 

@@ -60,6 +60,8 @@ def test_empty_config_gets_defaults_and_admits_nobody(tmp_path: Path) -> None:
             "'pacs' is not in destinations",
         ),
         ("dispatch: {retry: {multiplier: 0.5}}", "dispatch.retry.multiplier"),
+        ("monitoring: {port: 0}", "monitoring.port: Input should be greater than or equal to 1"),
+        ("monitoring: {prot: 9110}", "monitoring.prot: unknown key"),
         ("- just a list", "must be a mapping"),
         ("node: [unclosed", "not valid YAML"),
     ],

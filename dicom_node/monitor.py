@@ -1,0 +1,277 @@
+"""The operators' HTTP endpoints: health, Prometheus metrics and status.
+
+==============  ===========================================================
+``/health``     200 ``{"status": "ok", "checks": {...}}`` when the index
+                answers, every receiver process is alive and the spool disk
+                is above ``min_free_disk_mb``; 503 with the failing checks
+                named otherwise (for a load balancer, systemd or a probe)
+``/metrics``    Prometheus text format (see :class:`NodeCollector`)
+``/status``     the JSON of ``dicom-node status --json``
+==============  ===========================================================
+
+Every number is read from the index and the spool when it is asked for,
+not kept in counters of one process: the receivers run in processes of
+their own, and a restart or a ``kill -9`` loses nothing. The endpoints take
+no input and show counts and UIDs only, never patient data. They run in the
+main process, on ``monitoring.host`` / ``monitoring.port`` (off when no port
+is set; bind them to the loopback or a management network).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select, text
+
+from dicom_node.config import Config
+from dicom_node.db import session_factory, utcnow
+from dicom_node.dispatch.tables import Delivery, DeliveryState
+from dicom_node.jobs.tables import Job, JobState
+from dicom_node.receive import index
+from dicom_node.receive.spool import Spool
+from dicom_node.status import collect
+
+log = logging.getLogger(__name__)
+
+JOB_STATES = (JobState.PENDING, JobState.RUNNING, JobState.DONE, JobState.FAILED)
+DELIVERY_STATES = (
+    DeliveryState.PENDING,
+    DeliveryState.SENDING,
+    DeliveryState.DONE,
+    DeliveryState.DEAD,
+)
+#: the window of the job latency gauges
+RECENT = timedelta(hours=1)
+MIB = 1 << 20
+
+#: (alive, configured) receiver processes
+ReceiverCount = Callable[[], tuple[int, int]]
+
+
+class NodeCollector(Collector):
+    """The node's state as Prometheus gauges, read from the index on each scrape.
+
+    ``dicom_node_index_up``: 1 when the index answered (the others that come
+    from it are left out when it did not); ``dicom_node_indexed{object}``:
+    studies, series and instances held; ``dicom_node_jobs{state}`` and
+    ``dicom_node_deliveries{state}``: work per state, failed jobs and dead
+    letters included; ``dicom_node_oldest_pending_job_age_seconds`` and
+    ``dicom_node_oldest_pending_delivery_age_seconds``: how long the oldest
+    waiting work has waited (0 when none), the numbers to alert on;
+    ``dicom_node_jobs_finished_last_hour`` and
+    ``dicom_node_job_latency_seconds_last_hour{stat}``: from queued to
+    finished, mean and max; ``dicom_node_spool_free_bytes`` and
+    ``dicom_node_spool_min_free_bytes``: the receivers refuse stores below the
+    second; ``dicom_node_receivers{state}``: alive and configured processes.
+    """
+
+    def __init__(
+        self, config: Callable[[], Config], engine: Engine, spool: Spool, receivers: ReceiverCount
+    ) -> None:
+        self._config = config
+        self._sessions = session_factory(engine)
+        self._spool = spool
+        self._receivers = receivers
+
+    def collect(self) -> Iterator[Metric]:
+        storage = self._config().storage
+        yield _gauge(
+            "spool_free_bytes", "Free space on the spool disk", self._spool.free_mb() * MIB
+        )
+        yield _gauge(
+            "spool_min_free_bytes",
+            "Receivers refuse stores (0xA700) below this free space",
+            storage.min_free_disk_mb * MIB,
+        )
+        alive, configured = self._receivers()
+        receivers = GaugeMetricFamily(
+            "dicom_node_receivers", "Storage SCP processes", labels=["state"]
+        )
+        receivers.add_metric(["alive"], alive)
+        receivers.add_metric(["configured"], configured)
+        yield receivers
+        try:
+            families = self._from_index()
+        except Exception as exc:  # noqa: BLE001 - a scrape reports the index down, never a trace
+            log.warning("metrics: index not readable: %s", str(exc).splitlines()[0])
+            yield _gauge("index_up", "1 when the index answered this scrape", 0)
+            return
+        yield _gauge("index_up", "1 when the index answered this scrape", 1)
+        yield from families
+
+    def _from_index(self) -> list[Metric]:
+        now = utcnow()
+        with self._sessions() as session:
+            held = index.counts(session)
+            jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+            deliveries = dict(
+                session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+            )
+            oldest_job = session.scalar(
+                select(func.min(Job.created_at)).where(Job.state == JobState.PENDING)
+            )
+            oldest_delivery = session.scalar(
+                select(func.min(Delivery.created_at)).where(
+                    Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING])
+                )
+            )
+            recent = session.execute(
+                select(Job.created_at, Job.finished_at).where(Job.finished_at >= now - RECENT)
+            ).all()
+        indexed = GaugeMetricFamily(
+            "dicom_node_indexed", "Objects held in the index", labels=["object"]
+        )
+        for name, count in held.items():
+            indexed.add_metric([name], count)
+        latencies = [(finished - created).total_seconds() for created, finished in recent]
+        latency = GaugeMetricFamily(
+            "dicom_node_job_latency_seconds_last_hour",
+            "Seconds from queued to finished of the jobs finished in the last hour",
+            labels=["stat"],
+        )
+        latency.add_metric(["mean"], sum(latencies) / len(latencies) if latencies else 0.0)
+        latency.add_metric(["max"], max(latencies, default=0.0))
+        return [
+            indexed,
+            _by_state("jobs", "Jobs per state", jobs, JOB_STATES),
+            _by_state(
+                "deliveries",
+                "Deliveries per state (dead = dead letters)",
+                deliveries,
+                DELIVERY_STATES,
+            ),
+            _gauge(
+                "oldest_pending_job_age_seconds",
+                "Seconds the oldest pending job has waited (0 when none)",
+                _age(now, oldest_job),
+            ),
+            _gauge(
+                "oldest_pending_delivery_age_seconds",
+                "Seconds since the oldest undelivered delivery was queued (0 when none)",
+                _age(now, oldest_delivery),
+            ),
+            _gauge("jobs_finished_last_hour", "Jobs done or failed in the last hour", len(recent)),
+            latency,
+        ]
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"dicom_node_{name}", documentation, value=value)
+
+
+def _by_state(
+    name: str, documentation: str, counts: dict[str, int], states: tuple[str, ...]
+) -> GaugeMetricFamily:
+    """One sample per known state, zeros included, so a query never finds a state missing."""
+    family = GaugeMetricFamily(f"dicom_node_{name}", documentation, labels=["state"])
+    for state in dict.fromkeys([*states, *counts]):
+        family.add_metric([state], counts.get(state, 0))
+    return family
+
+
+def _age(now: Any, since: Any) -> float:
+    return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
+
+
+def health(
+    config: Config, engine: Engine, spool: Spool, receivers: ReceiverCount
+) -> tuple[bool, dict[str, Any]]:
+    """Whether the node can take and keep studies now, and each check's reading."""
+    checks: dict[str, dict[str, Any]] = {}
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        checks["index"] = {"ok": True}
+    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        checks["index"] = {"ok": False, "error": str(exc).splitlines()[0][:300]}
+    alive, configured = receivers()
+    checks["receivers"] = {"ok": alive == configured, "alive": alive, "configured": configured}
+    free = spool.free_mb()
+    minimum = config.storage.min_free_disk_mb
+    checks["spool"] = {"ok": free >= minimum, "free_mb": round(free), "min_free_disk_mb": minimum}
+    ok = all(check["ok"] for check in checks.values())
+    return ok, {"status": "ok" if ok else "failing", "checks": checks}
+
+
+class MonitoringServer:
+    """``/health``, ``/metrics`` and ``/status`` on a thread of the main process.
+
+    Raises
+    ------
+    OSError
+        From :meth:`start` when the address cannot be bound (port in use).
+    """
+
+    def __init__(
+        self, config: Callable[[], Config], engine: Engine, spool: Spool, receivers: ReceiverCount
+    ) -> None:
+        self._config = config
+        self._engine = engine
+        self._spool = spool
+        self._receivers = receivers
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(NodeCollector(config, engine, spool, receivers))
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def port(self) -> int | None:
+        return self._server.server_address[1] if self._server is not None else None
+
+    def start(self, host: str, port: int) -> None:
+        monitor = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "dicom-node"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                monitor._answer(self)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                log.debug("monitoring %s: " + format, self.client_address[0], *args)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="monitoring", daemon=True).start()
+        log.info("monitoring on http://%s:%d/ (health, metrics, status)", host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _answer(self, request: BaseHTTPRequestHandler) -> None:
+        path = request.path.split("?", 1)[0].rstrip("/") or "/"
+        config = self._config()
+        if path == "/health":
+            ok, body = health(config, self._engine, self._spool, self._receivers)
+            _send(request, 200 if ok else 503, _json(body), "application/json")
+        elif path == "/metrics":
+            _send(request, 200, generate_latest(self._registry), "text/plain; version=0.0.4")
+        elif path == "/status":
+            _send(request, 200, _json(collect(config, engine=self._engine)), "application/json")
+        else:
+            body = {"error": f"no endpoint {path}", "endpoints": ["/health", "/metrics", "/status"]}
+            _send(request, 404, _json(body), "application/json")
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body, indent=2, default=str).encode()
+
+
+def _send(request: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
+    request.send_response(status)
+    request.send_header("Content-Type", content_type)
+    request.send_header("Content-Length", str(len(body)))
+    request.send_header("Cache-Control", "no-store")
+    request.end_headers()
+    request.wfile.write(body)
