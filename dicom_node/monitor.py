@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -178,7 +178,7 @@ def _by_state(
     return family
 
 
-def _age(now: Any, since: Any) -> float:
+def _age(now: datetime, since: datetime | None) -> float:
     return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
 
 
