@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Self
 
@@ -235,6 +237,15 @@ class NodeProcess:
     def scalar(self, sql: str, **params: Any) -> Any:
         rows = self.query(sql, **params)
         return rows[0][0] if rows else None
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """GET ``path`` from the node's monitoring endpoints: (HTTP status, body), errors included."""
+        url = f"http://127.0.0.1:{self.config['monitoring']['port']}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run ``dicom-node ARGS --config <this node's config>``."""

@@ -7,6 +7,7 @@ and the stages behind the receiver (completion, jobs) carry on.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -97,13 +98,21 @@ def test_a_postgresql_restart_under_a_running_node(
         for i in range(3)
     ]
     datasets = [pydicom.dcmread(s.path) for s in studies]
-    config = node_config(tmp_path / "node", cluster.url)
+    config = node_config(
+        tmp_path / "node", cluster.url, monitoring={"host": "127.0.0.1", "port": free_port()}
+    )
     with NodeProcess(tmp_path / "node", config) as node:
         assert store(node.port, datasets[0]) == 0x0000
+        assert node.get("/health")[0] == 200
         cluster.stop()
         assert store(node.port, datasets[1]) == 0xA700  # not indexed: never Success
+        # the operators see it: health fails on the index, the metrics say the index is down
+        status, body = node.get("/health")
+        assert status == 503 and json.loads(body)["checks"]["index"]["ok"] is False
+        assert b"\ndicom_node_index_up 0.0\n" in node.get("/metrics")[1]
         time.sleep(2)  # the completion, job and dispatch stages meet the outage too
         cluster.start()
+        assert node.get("/health")[0] == 200
         assert store(node.port, datasets[1]) == 0x0000  # the peer's retry
         assert store(node.port, datasets[2]) == 0x0000
         node.wait_for("SELECT count(*) FROM instances", 3, timeout=30)

@@ -12,8 +12,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +26,9 @@ from peers import free_port, storescu
 pytestmark = pytest.mark.e2e
 
 
-def get(port: int, path: str) -> tuple[int, bytes]:
-    """GET ``path`` from the node's monitoring port; (HTTP status, body), errors included."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-            return answer.status, answer.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def metrics(node: NodeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of ``/metrics``, keyed by (name, sorted labels)."""
-    status, body = get(port, "/metrics")
+    status, body = node.get("/metrics")
     assert status == 200
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -48,32 +37,31 @@ def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def monitored_node(tmp_path: Path, database_url: str, **sections: Any) -> tuple[NodeProcess, int]:
-    port = free_port()
+def monitored_node(tmp_path: Path, database_url: str, **sections: Any) -> NodeProcess:
     workdir = tmp_path / "node"
     config = node_config(
-        workdir, database_url, monitoring={"host": "127.0.0.1", "port": port}, **sections
+        workdir, database_url, monitoring={"host": "127.0.0.1", "port": free_port()}, **sections
     )
-    return NodeProcess(workdir, config), port
+    return NodeProcess(workdir, config)
 
 
 def test_health_metrics_and_status_follow_a_study_through_the_node(
     tmp_path: Path, database_url: str, demo_card: Path
 ) -> None:
-    node, port = monitored_node(tmp_path, database_url)
+    node = monitored_node(tmp_path, database_url)
     images = [
         write_radiograph_study(tmp_path / "phantoms", seed=5150, index=i, lesion=i == 0).path
         for i in range(3)
     ]
     with node:
-        status, body = get(port, "/health")
+        status, body = node.get("/health")
         health = json.loads(body)
         assert status == 200, health
         assert health["status"] == "ok"
         assert health["checks"]["receivers"] == {"ok": True, "alive": 2, "configured": 2}
         assert health["checks"]["index"]["ok"] and health["checks"]["spool"]["ok"]
 
-        before = metrics(port)
+        before = metrics(node)
         assert before[("dicom_node_index_up", ())] == 1
         assert before[("dicom_node_indexed", (("object", "instances"),))] == 0
         assert before[("dicom_node_jobs", (("state", "pending"),))] == 0
@@ -86,7 +74,7 @@ def test_health_metrics_and_status_follow_a_study_through_the_node(
         assert result.returncode == 0, result.stderr
         node.wait_for("SELECT count(*) FROM jobs WHERE state = 'done'", 3, timeout=120)
 
-        after = metrics(port)
+        after = metrics(node)
         assert after[("dicom_node_indexed", (("object", "instances"),))] == 3
         assert after[("dicom_node_indexed", (("object", "studies"),))] == 3
         assert after[("dicom_node_jobs", (("state", "done"),))] == 3
@@ -104,17 +92,17 @@ def test_health_metrics_and_status_follow_a_study_through_the_node(
             > after[("dicom_node_spool_min_free_bytes", ())]
         )
 
-        status, body = get(port, "/status")
+        status, body = node.get("/status")
         assert status == 200
         report = json.loads(body)
         assert report["received"]["instances"] == 3
         assert report["jobs"] == {"done": 3}
 
-        status, body = get(port, "/nothing-here")
+        status, body = node.get("/nothing-here")
         assert status == 404 and "/metrics" in json.loads(body)["endpoints"]
         # counts and UIDs only: the patient names (PHANTOM^<index>) are in no answer
         for path in ("/health", "/metrics", "/status"):
-            assert b"PHANTOM" not in get(port, path)[1].upper()
+            assert b"PHANTOM" not in node.get(path)[1].upper()
 
 
 def test_health_fails_and_names_the_spool_when_the_disk_is_below_the_watermark(
@@ -127,9 +115,9 @@ def test_health_fails_and_names_the_spool_when_the_disk_is_below_the_watermark(
         "database_url": database_url,
         "min_free_disk_mb": free_mb + 10_000,
     }
-    node, port = monitored_node(tmp_path, database_url, storage=storage, pipelines={}, routes=[])
+    node = monitored_node(tmp_path, database_url, storage=storage, pipelines={}, routes=[])
     with node:
-        status, body = get(port, "/health")
+        status, body = node.get("/health")
         health = json.loads(body)
         assert status == 503
         assert health["status"] == "failing"
