@@ -36,9 +36,8 @@ from dicom_node.config import Config
 from dicom_node.db import session_factory, utcnow
 from dicom_node.dispatch.tables import Delivery, DeliveryState
 from dicom_node.jobs.tables import Job, JobState
-from dicom_node.receive import index
 from dicom_node.receive.spool import Spool
-from dicom_node.status import collect
+from dicom_node.status import collect, stage_counts
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +110,7 @@ class NodeCollector(Collector):
     def _from_index(self) -> list[Metric]:
         now = utcnow()
         with self._sessions() as session:
-            held = index.counts(session)
-            jobs = dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-            deliveries = dict(
-                session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
-            )
+            counts = stage_counts(session)
             oldest_job = session.scalar(
                 select(func.min(Job.created_at)).where(Job.state == JobState.PENDING)
             )
@@ -130,7 +125,7 @@ class NodeCollector(Collector):
         indexed = GaugeMetricFamily(
             "dicom_node_indexed", "Objects held in the index", labels=["object"]
         )
-        for name, count in held.items():
+        for name, count in counts["received"].items():
             indexed.add_metric([name], count)
         latencies = [(finished - created).total_seconds() for created, finished in recent]
         latency = GaugeMetricFamily(
@@ -142,11 +137,11 @@ class NodeCollector(Collector):
         latency.add_metric(["max"], max(latencies, default=0.0))
         return [
             indexed,
-            _by_state("jobs", "Jobs per state", jobs, JOB_STATES),
+            _by_state("jobs", "Jobs per state", counts["jobs"], JOB_STATES),
             _by_state(
                 "deliveries",
                 "Deliveries per state (dead = dead letters)",
-                deliveries,
+                counts["deliveries"],
                 DELIVERY_STATES,
             ),
             _gauge(

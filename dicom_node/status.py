@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
 from dicom_node.config import Config
 from dicom_node.db import make_engine, session_factory
@@ -13,6 +14,17 @@ from dicom_node.events import Event
 from dicom_node.jobs.tables import Job
 from dicom_node.receive import index
 from dicom_node.receive.spool import Spool
+
+
+def stage_counts(session: Session) -> dict[str, dict[str, int]]:
+    """What each stage holds now: received objects, and jobs and deliveries per state."""
+    return {
+        "received": index.counts(session),
+        "jobs": dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all()),
+        "deliveries": dict(
+            session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+        ),
+    }
 
 
 def collect(config: Config, *, events: int = 15, engine: Engine | None = None) -> dict[str, Any]:
@@ -35,13 +47,7 @@ def collect(config: Config, *, events: int = 15, engine: Engine | None = None) -
     }
     try:
         with sessions() as session:
-            report["received"] = index.counts(session)
-            report["jobs"] = dict(
-                session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
-            )
-            report["deliveries"] = dict(
-                session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
-            )
+            report.update(stage_counts(session))
             report["dead_letters"] = [
                 {
                     "id": d.id,
