@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.common.phantoms import write_radiograph_study
 
-from node import TEST_AET, NodeProcess, node_config
+from node import NODE_AET, TEST_AET, NodeProcess, node_config
 from peers import free_port, storescu
 
 pytestmark = pytest.mark.e2e
@@ -68,9 +68,7 @@ def test_health_metrics_and_status_follow_a_study_through_the_node(
         assert before[("dicom_node_receivers", (("state", "alive"),))] == 2
 
         # three studies (one image each) from DCMTK; the shadow fallback route runs the demo model
-        result = storescu(
-            "127.0.0.1", node.port, images, called_ae="DICOM_NODE", calling_ae=TEST_AET
-        )
+        result = storescu("127.0.0.1", node.port, images, called_ae=NODE_AET, calling_ae=TEST_AET)
         assert result.returncode == 0, result.stderr
         node.wait_for("SELECT count(*) FROM jobs WHERE state = 'done'", 3, timeout=120)
 
