@@ -186,17 +186,29 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return EXIT_OK if count else EXIT_FAILED
 
 
+def code_paths() -> list[str]:
+    """The demo builds' CPU code paths (:mod:`pipelines.common.codepath`)."""
+    from pipelines.common.codepath import CODE_PATHS
+
+    return list(CODE_PATHS)
+
+
 def cmd_build_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import build_demo, default_jobs
 
     setup_logging("INFO")
-    cards = build_demo(
-        Path(args.models_dir),
-        seed=args.seed,
-        force=args.force,
-        only=args.only,
-        jobs=args.jobs or default_jobs(),
-    )
+    try:
+        cards = build_demo(
+            Path(args.models_dir),
+            seed=args.seed,
+            force=args.force,
+            only=args.only,
+            jobs=args.jobs or default_jobs(),
+            code_path=args.code_path,
+        )
+    except ValueError as exc:  # an unknown demo, or a code path this CPU cannot take
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     for card in cards:
         print(f"demo model ready: {card}")
     return EXIT_OK
@@ -333,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="builds in parallel, one thread each (default: one per CPU core); "
         "the weights do not depend on it",
+    )
+    p.add_argument(
+        "--code-path",
+        choices=code_paths(),
+        help="CPU code path to train under, as another machine would (default: "
+        "$DICOM_NODE_CODE_PATH, else native); see models/README.md",
     )
     p.set_defaults(func=cmd_build_demo)
     return parser

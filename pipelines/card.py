@@ -132,6 +132,9 @@ class Provenance(_Strict):
     seed: int | None = None
     trained_at: str | None = None
     recipe: dict[str, Any] = Field(default_factory=dict)
+    #: the CPU code path the weights were trained under (:mod:`pipelines.common.codepath`):
+    #: its name and the variables that capped PyTorch, MKL, oneDNN and NumPy
+    code_path: dict[str, str] | None = None
 
 
 class ModelCard(_Strict):

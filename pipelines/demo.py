@@ -19,6 +19,7 @@ with the same seed on the same machine give the same weights. Run it with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib
 import logging
@@ -27,7 +28,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ from pipelines.card import (
     Provenance,
     existing_card,
 )
+from pipelines.common import buildcache, codepath
 from pipelines.common.metrics import binary_report, rounded
 from pipelines.common.models import build_classifier
 from pipelines.common.phantoms import (
@@ -374,6 +376,26 @@ def default_jobs() -> int:
     return max(1, min(len(DEMOS), os.cpu_count() or 1))
 
 
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """This process's environment replaced by ``env`` while worker processes are started."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _in_effect(code_path: str) -> bool:
+    """Whether this process started under ``code_path``'s variables (they act only at start)."""
+    wanted = codepath.environment(code_path)
+    keys = {key for p in codepath.CODE_PATHS.values() for key in p.variables}
+    return all(os.environ.get(key) == wanted.get(key) for key in keys)
+
+
 def build_demo(
     models_dir: Path,
     *,
@@ -382,11 +404,19 @@ def build_demo(
     progress: bool = True,
     only: Sequence[str] | None = None,
     jobs: int = 1,
+    code_path: str | None = None,
+    cache: bool = True,
 ) -> list[Path]:
     """Build every demo model (or those named in ``only``) that is not built yet.
 
     With ``jobs`` > 1 the builds run in that many processes, longest first;
     the weights are the same as with ``jobs=1`` (each build uses one thread).
+    ``code_path`` (default ``$DICOM_NODE_CODE_PATH``, else ``native``) caps the
+    CPU features the math libraries use (:mod:`pipelines.common.codepath`);
+    when this process did not start under it, the builds run in new processes
+    that do. With ``cache`` a finished build is kept outside the checkout
+    (:mod:`pipelines.common.buildcache`, keyed by everything that determines
+    its weights) and a missing demo is copied from there instead of trained.
 
     Returns
     -------
@@ -396,7 +426,8 @@ def build_demo(
     Raises
     ------
     ValueError
-        If ``only`` names an unknown demo.
+        If ``only`` names an unknown demo, or ``code_path`` an unknown path or
+        one this CPU cannot take.
     CardError
         If an existing card does not verify and ``force`` is False.
     """
@@ -404,20 +435,45 @@ def build_demo(
     unknown = [n for n in names if n not in DEMOS]
     if unknown:
         raise ValueError(f"unknown demo model(s) {unknown}; known: {', '.join(DEMOS)}")
+    code_path = code_path or codepath.default_code_path()
+    env = codepath.environment(code_path)  # raises for an unknown or impossible path
     models_dir = Path(models_dir)
-    if jobs <= 1 or len(names) <= 1:
-        return [_build_one(name, models_dir, seed, force, progress) for name in names]
-    # spawn: a forked child would inherit the parent's torch thread pool and locks
-    context = multiprocessing.get_context("spawn")
-    longest_first = sorted(names, key=lambda n: -DEMOS[n].minutes)
-    with ProcessPoolExecutor(
-        max_workers=min(jobs, len(names)), mp_context=context, initializer=_worker_logging
-    ) as pool:
-        futures = {
-            name: pool.submit(_build_one, name, models_dir, seed, force, progress)
-            for name in longest_first
-        }
-        return [futures[name].result() for name in names]
+    keys = (
+        {n: buildcache.build_key(n, seed=seed, code_path=code_path) for n in names} if cache else {}
+    )
+    if cache and not force:
+        for name in names:
+            if not (models_dir / name / CARD_FILE).is_file():
+                models_dir.mkdir(parents=True, exist_ok=True)
+                buildcache.restore(name, keys[name], models_dir / name)
+    cards = {name: models_dir / name / CARD_FILE for name in names}
+    to_build = [name for name in names if not existing_card(cards[name], force=force)]
+    if to_build and _in_effect(code_path) and (jobs <= 1 or len(to_build) <= 1):
+        for name in to_build:
+            cards[name] = _build_one(name, models_dir, seed, force, progress)
+    elif to_build:
+        # spawn: a forked child would inherit the parent's torch thread pool and locks, and the
+        # libraries' CPU dispatch, which only a new process chooses afresh from its environment
+        context = multiprocessing.get_context("spawn")
+        longest_first = sorted(to_build, key=lambda n: -DEMOS[n].minutes)
+        with (
+            _environment(env),
+            ProcessPoolExecutor(
+                max_workers=max(1, min(jobs, len(to_build))),
+                mp_context=context,
+                initializer=_worker_logging,
+            ) as pool,
+        ):
+            futures = {
+                name: pool.submit(_build_one, name, models_dir, seed, force, progress)
+                for name in longest_first
+            }
+            for name in to_build:
+                cards[name] = futures[name].result()
+    if cache:
+        for name in to_build:
+            buildcache.store(name, keys[name], cards[name].parent)
+    return [cards[name] for name in names]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -426,15 +482,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="rebuild even if the card exists")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="neither reuse nor keep builds in the cache"
+    )
     parser.add_argument("--only", action="append", choices=list(DEMOS), help="build only this demo")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="parallel builds")
+    parser.add_argument(
+        "--code-path",
+        choices=list(codepath.CODE_PATHS),
+        help=f"CPU code path of the build (default: ${codepath.ENV_VAR}, else native)",
+    )
     args = parser.parse_args(argv)
     _worker_logging()
     try:
         paths = build_demo(
-            args.models_dir, seed=args.seed, force=args.force, only=args.only, jobs=args.jobs
+            args.models_dir,
+            seed=args.seed,
+            force=args.force,
+            only=args.only,
+            jobs=args.jobs,
+            code_path=args.code_path,
+            cache=not args.no_cache,
         )
-    except CardError as exc:
+    except (CardError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for path in paths:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from node import demo_models_dir
 from peers import (
     LOOPBACK,
     NODE_AET,
@@ -52,6 +53,35 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"dicom-node index database: {database_backend()} ({DATABASE_ENV})"
 
 
+#: The modules that measure what the demo models learned: their tests that take a demo model
+#: are marked ``demo_quality``, and ``bench.demo_spread`` runs them on builds from other CPUs.
+_QUALITY_MODULES = {
+    "test_cxr_model",
+    "test_hip_model",
+    "test_ich_model",
+    "test_ctslice_model",
+    "test_generic_pipeline",
+    "test_viewer",  # the radiologist's view needs boxes and a hemorrhage found to show them
+}
+_DEMO_FIXTURES = {
+    "demo_card",
+    "ich_demo_card",
+    "cxr_demo_card",
+    "ct_contrast_demo_card",
+    "ct_noncontrast_demo_card",
+    "hip_demo_card",
+}
+
+
+def _mark_demo_quality(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if module is None or module.__name__.rpartition(".")[2] not in _QUALITY_MODULES:
+            continue
+        if set(getattr(item, "fixturenames", ())) & _DEMO_FIXTURES:
+            item.add_marker(pytest.mark.demo_quality)
+
+
 #: set to 1 to run every test on PostgreSQL, not only those that use the index database
 ALL_TESTS_ENV = "DICOM_NODE_TEST_ALL"
 
@@ -67,6 +97,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     that never touches the index (a pipeline, the preprocessing, a parser)
     would only repeat its SQLite result while doubling the CI time.
     """
+    _mark_demo_quality(items)
     if database_backend() != "postgresql" or os.environ.get(ALL_TESTS_ENV) == "1":
         return
     keep, skip = [], []
@@ -260,11 +291,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def _demo(name: str) -> Path:
     """A demo model's card, built once per checkout (``scripts/run-tests`` builds them before
     pytest); built here if missing, else verified (sha256) and reused. The builds are
-    deterministic, so every run tests the same weights."""
+    deterministic on one machine, so every run here tests the same weights; other machines
+    build others, which is why the quality bars come from a measured spread (``bars.py``)."""
     from pipelines.demo import build_demo
 
-    models = Path(__file__).resolve().parent.parent / "models"
-    (card,) = build_demo(models, seed=0, progress=False, only=[name])
+    (card,) = build_demo(demo_models_dir(), seed=0, progress=False, only=[name])
     return card
 
 

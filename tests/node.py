@@ -31,6 +31,22 @@ TEST_AET = "TEST_SCU"
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CARD = REPO / "models" / "generic-demo" / "card.yaml"
 SHIPPED_CONFIG = REPO / "config.yaml"
+#: names another folder of demo models to test (``bench.demo_spread`` sets it for each build)
+TEST_MODELS_ENV = "DICOM_NODE_TEST_MODELS"
+
+
+def demo_models_dir() -> Path:
+    """Where the demo models under test are: ``$DICOM_NODE_TEST_MODELS``, else ``models/``."""
+    chosen = os.environ.get(TEST_MODELS_ENV)
+    return Path(chosen) if chosen else REPO / "models"
+
+
+def _shipped_card(card: str) -> str:
+    """A shipped card path (``models/<name>/card.yaml``) in :func:`demo_models_dir`."""
+    relative = Path(card)
+    if relative.parts[:1] == ("models",):
+        return str(demo_models_dir().joinpath(*relative.parts[1:]))
+    return str(REPO / relative)
 
 
 def node_config(
@@ -101,7 +117,7 @@ def shipped_routes(*names: str) -> dict[str, Any]:
     chosen = [routes[name] for name in names]
     pipelines = {
         route["pipeline"]: {
-            "card": str(REPO / shipped["pipelines"][route["pipeline"]]["card"]),
+            "card": _shipped_card(shipped["pipelines"][route["pipeline"]]["card"]),
             "device": "cpu",
         }
         for route in chosen

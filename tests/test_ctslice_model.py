@@ -27,6 +27,7 @@ from pipelines.ctslice.pipeline import CtSliceClassifier
 from pipelines.ctslice.synth import write_abdomen_dataset, write_abdomen_series
 from pipelines.demo import build_demo
 
+from bars import Bar, check
 from dicom_validation import dciodvfy_errors
 from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import PACS_AET, Orthanc
@@ -34,9 +35,10 @@ from peers import PACS_AET, Orthanc
 HELD_OUT_SEED = 7001  # the demos train on seeds 11 and 12
 #: Held-out patients per demo, half of them with cholecystitis.
 PATIENTS = 24
-#: Series-level bars on the held-out patients (measured values in
-#: test_demo_separates_held_out_patients); chance is 0.5.
+#: Series-level bars on the held-out patients (bars.py: from the spread); chance is 0.5.
 BARS = {"accuracy": 0.85, "sensitivity": 0.85, "specificity": 0.8, "roc_auc": 0.95}
+#: Grad-CAM of positive series' top slices: the share hotter at the gallbladder than overall
+HOTTER_BAR = Bar("ctslice.enhanced.cam_hotter_at_gallbladder", 0.75)
 
 DEMOS = {"enhanced": "ct_contrast_demo_card", "unenhanced": "ct_noncontrast_demo_card"}
 
@@ -64,6 +66,7 @@ def held_out(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[b
     return out
 
 
+@pytest.mark.demo_quality
 @pytest.mark.parametrize("kind", list(DEMOS))
 def test_demo_separates_held_out_patients(
     kind: str, held_out: dict, request: pytest.FixtureRequest
@@ -102,8 +105,10 @@ def test_demo_separates_held_out_patients(
         "specificity": float((~c[~t]).mean()),
         "roc_auc": roc_auc(t.astype(int), np.array(score)),
     }
-    for name, bar in BARS.items():
-        assert measured[name] >= bar, (card.name, measured)
+    check(
+        *((Bar(f"ctslice.{kind}.{name}", bar), measured[name]) for name, bar in BARS.items()),
+        context=card.name,
+    )
 
 
 @pytest.mark.slow
@@ -115,16 +120,30 @@ def test_a_demo_build_gives_the_same_weights_wherever_it_runs(
     ``dicom-node models build-demo`` builds the demos in a pool of spawned
     processes, one per core (``scripts/run-tests`` runs it before pytest).
     This builds the fastest demo again here, in the test process with
-    ``jobs=1``. The weights must be the same bytes, so the card's sha256
-    names the same model whatever machine, core count or job count built it.
-    Each build runs on one torch thread for exactly this reason: torch's CPU
-    kernels reduce in an order that follows the thread count.
+    ``jobs=1``, under the CPU code path the card records (a process of its
+    own when that is not this one's). The weights must be the same bytes, so
+    the card's sha256 names the same model whatever core count or job count
+    built it. Each build runs on one torch thread for exactly this reason:
+    torch's CPU kernels reduce in an order that follows the thread count.
+    Another CPU (another code path) gives other weights: that spread is what
+    the quality bars are set from (``bars.py``).
     """
     shipped = load_card(ct_noncontrast_demo_card)
-    (card,) = build_demo(tmp_path, seed=0, progress=False, only=["ct-gb-noncontrast-demo"], jobs=1)
+    built_under = (shipped.provenance.code_path or {}).get("name", "native")
+    (card,) = build_demo(
+        tmp_path,
+        seed=shipped.provenance.seed or 0,
+        progress=False,
+        only=["ct-gb-noncontrast-demo"],
+        jobs=1,
+        code_path=built_under,
+        cache=False,  # trained here, not copied
+    )
     assert load_card(card).weights.sha256 == shipped.weights.sha256
+    assert load_card(card).provenance.code_path == shipped.provenance.code_path
 
 
+@pytest.mark.demo_quality
 @pytest.mark.parametrize("kind", list(DEMOS))
 def test_demo_cards_say_synthetic_and_carry_the_study_metrics(
     kind: str, request: pytest.FixtureRequest
@@ -168,7 +187,7 @@ def test_heatmaps_point_at_the_gallbladder(ct_contrast_demo_card: Path, held_out
             r0, c0 = s.gallbladder_centre
             near = np.hypot(rows - r0, cols - c0) <= 15
             hotter.append(heatmap.array[near].mean() > heatmap.array.mean())
-    assert np.mean(hotter) >= 0.75, hotter
+    check((HOTTER_BAR, float(np.mean(hotter))), context=str(hotter))
 
 
 def test_evaluate_reports_what_the_pipeline_decides(

@@ -28,17 +28,23 @@ from pipelines.cxr.evaluate import evaluate_cxr
 from pipelines.cxr.pipeline import ChestFindings
 from pipelines.cxr.synth import CLASSES, write_cxr_dataset
 
+from bars import Bar, check
 from dicom_validation import dciodvfy_errors
 from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 7001  # the demo trains on seed 0 phantoms
-#: AP50 per class the demo must reach on held-out phantoms (measured values are in the card)
+#: AP50 per class the demo must reach on these held-out phantoms (bars.py: from the spread)
 AP50_BAR = {
-    "aortic_atherosclerosis_calcification": 0.3,
-    "lung_field_infiltration": 0.6,
-    "cardiac_hypertrophy": 0.9,
+    "aortic_atherosclerosis_calcification": Bar("cxr.ap50.calcification", 0.3),
+    "lung_field_infiltration": Bar("cxr.ap50.infiltration", 0.6),
+    "cardiac_hypertrophy": Bar("cxr.ap50.hypertrophy", 0.9),
 }
+MEAN_AP50_BAR = Bar("cxr.ap50.all", 0.6)
+#: the node's reported boxes on 20 held-out images: the share that are right (IoU >= 0.5 with
+#: a true box of their class) and the share of true boxes found
+BOX_PRECISION_BAR = Bar("cxr.node.box_precision", 0.5)
+BOX_RECALL_BAR = Bar("cxr.node.box_recall", 2 / 3)
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +80,13 @@ def test_demo_detects_the_synthetic_findings_on_held_out_phantoms(
     )
     per_class = report["per_class"]
     assert list(per_class) == list(CLASSES)
-    for name, bar in AP50_BAR.items():
+    for name in AP50_BAR:
         assert per_class[name]["n_gt"] > 5, name
-        assert per_class[name]["ap50"] >= bar, (name, per_class[name])
         assert per_class[name]["ci_low"] <= per_class[name]["ap50"] <= per_class[name]["ci_high"]
-    assert report["coco"]["AP50"] >= np.mean(list(AP50_BAR.values()))
+    check(
+        *((bar, per_class[name]["ap50"]) for name, bar in AP50_BAR.items()),
+        (MEAN_AP50_BAR, report["coco"]["AP50"]),
+    )
     assert len(report["coco_lines"]) == 12
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["per_class"] == per_class
@@ -129,10 +137,13 @@ def test_node_findings_are_the_boxes_on_each_image(held_out, pipeline: ChestFind
                 if f.present and f.label == label
             ]
             misses += sum(1 for b in boxes if not any(_iou(b, p) >= 0.5 for p in found))
-    # the demo's reported boxes: most are right (precision > 0.5), few findings missed (recall
-    # > 2/3); calcification is the weak class (its card threshold is low), see models/README.md
-    assert hits > false_alarms, (hits, false_alarms)
-    assert hits >= 2 * misses, (hits, misses)
+    # the demo's reported boxes: most are right, few findings missed; calcification is the weak
+    # class (its card threshold is low), see models/README.md
+    check(
+        (BOX_PRECISION_BAR, hits / max(1, hits + false_alarms)),
+        (BOX_RECALL_BAR, hits / max(1, hits + misses)),
+        context=f"{hits} hits, {false_alarms} false alarms, {misses} misses",
+    )
     # one heatmap (top_k 1) with the reported boxes of its image drawn
     (heatmap,) = result.heatmaps
     assert (

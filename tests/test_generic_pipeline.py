@@ -55,6 +55,8 @@ from pipelines.common.train import (
 from pipelines.demo import split_seed
 from pipelines.generic import GenericClassifier
 
+from bars import Bar, check
+
 CPU = torch.device("cpu")
 LESION = CodeSpec(value="52988006", scheme="SCT", meaning="Lesion")
 NORMAL = CodeSpec(value="17621005", scheme="SCT", meaning="Normal")
@@ -360,7 +362,7 @@ N_FRESH = 100
 #: reaches 0.99 on its own held-out set; with 100 cases and a true accuracy of 0.97 the chance
 #: of observing < 0.90 is below 0.1 % (binomial), so the bar catches a broken model or
 #: preprocessing drift without being flaky across platforms.
-ACCURACY_BAR = 0.90
+ACCURACY_BAR = Bar("generic.fresh.accuracy", 0.90)
 #: The demo card explains with Grad-CAM on ResNet-18's layer2: a 16x16 grid at 128 input, so
 #: the bilinear peak lands at a cell centre up to ~11 source pixels from where the model
 #: responds. A hit is the peak inside the lesion (radius 15-26 px) dilated by 8 px. If the
@@ -369,7 +371,7 @@ ACCURACY_BAR = 0.90
 #: builds run in parallel) hits 0.68 of its 50 true positives here (layer1 0.68, layer3 0.20),
 #: an earlier two-thread build 0.86-0.96; the bar is well above chance and below both.
 CAM_MARGIN_PX = 8.0
-CAM_HIT_BAR = 0.55
+CAM_HIT_BAR = Bar("generic.fresh.cam_peak_in_lesion", 0.55)
 
 
 @pytest.fixture(scope="session")
@@ -404,7 +406,7 @@ def test_demo_card_metrics_are_measured_not_claimed(demo_card: Path) -> None:
     test = card.metrics["held_out_test"]
     files = sorted((demo_card.parent / "train" / "phantoms" / "test").glob("phantom_*.dcm"))
     assert len(files) == test["n"]
-    labels = dataset_labels(n=len(files), seed=split_seed(0, "test"))
+    labels = dataset_labels(n=len(files), seed=split_seed(card.provenance.seed or 0, "test"))
     truth = {pydicom.dcmread(p).SOPInstanceUID: bool(labels[i]) for i, p in enumerate(files)}
     result = GenericClassifier(card, CPU).run([SeriesInput("test", tuple(files))])
     correct = [f.present == truth[f.source_sop_instance_uids[0]] for f in result.findings]
@@ -431,8 +433,7 @@ def test_demo_model_classifies_unseen_phantoms_and_looks_at_the_lesion(
     correct = [
         f.present == truth[f.source_sop_instance_uids[0]].has_lesion for f in result.findings
     ]
-    accuracy = float(np.mean(correct))
-    assert accuracy >= ACCURACY_BAR, f"accuracy {accuracy:.3f} on unseen phantoms"
+    check((ACCURACY_BAR, float(np.mean(correct))))
 
     present = {f.source_sop_instance_uids[0] for f in result.findings if f.present}
     hits = []
@@ -443,7 +444,7 @@ def test_demo_model_classifies_unseen_phantoms_and_looks_at_the_lesion(
         row, col = np.unravel_index(np.argmax(heatmap.array), heatmap.array.shape)
         hits.append(bool(phantom.lesion.mask(heatmap.array.shape, margin=CAM_MARGIN_PX)[row, col]))
     assert len(hits) >= 0.8 * sum(f.has_lesion for f in fresh_phantoms)
-    assert np.mean(hits) >= CAM_HIT_BAR, f"Grad-CAM peak in lesion for {np.mean(hits):.2f} of TPs"
+    check((CAM_HIT_BAR, float(np.mean(hits))), context=f"{len(hits)} true positives")
 
 
 @pytest.mark.slow

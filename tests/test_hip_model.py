@@ -29,18 +29,29 @@ from pipelines.hip.pipeline import HipOsteoporosis
 from pipelines.hip.sides import Side
 from pipelines.hip.synth import PELVIS, write_hip_dataset
 
+from bars import Bar, check
 from dicom_validation import dciodvfy_errors
 from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 7003  # the demo trains on seed 0 phantoms
-#: What the demo must reach on these held-out phantoms. The one-thread build measured
-#: 0.86 / 0.72 (localiser recall at IoU 0.5 / mean IoU) and 0.90 / 0.94 (accuracy /
-#: osteoporosis recall per neck found, the node's crops); the bars leave room for a CI build.
-LOCALISER_RECALL_BAR = 0.75  # necks found with IoU >= 0.5
-LOCALISER_IOU_BAR = 0.6
-ACCURACY_BAR = 0.8  # per neck, the node's crops and the true boxes
-RECALL_BAR = 0.8  # of osteoporosis, per neck
+#: What the demo must reach on these held-out phantoms (bars.py: from the spread).
+LOCALISER_RECALL_BAR = Bar("hip.localiser.recall_iou50", 0.75)  # necks found with IoU >= 0.5
+LOCALISER_IOU_BAR = Bar("hip.localiser.mean_iou", 0.6)
+ACCURACY_BAR = Bar("hip.node.accuracy", 0.8)  # per neck, the node's crops
+GT_ACCURACY_BAR = Bar("hip.ground_truth_crops.accuracy", 0.8)  # the study's setting, true boxes
+RECALL_BAR = Bar("hip.node.osteoporosis_recall", 0.8)  # of osteoporosis, per neck
+#: the node's boxes on 7 images: the share that is the true neck box (IoU >= 0.5)
+BOX_HIT_BAR = Bar("hip.node.box_iou50_share", 0.75)
+BOX_MIN_IOU_BAR = Bar("hip.node.box_min_iou", 0.2)  # every box is on its side's neck
+#: Mirroring: the necks found on FLIP_IMAGES pelvis images and on their left-right mirror
+#: images. The localiser is not mirror-symmetric by construction (it learned from phantoms of
+#: either orientation), so the two boxes of a neck agree as well as two good boxes of it do.
+FLIP_IMAGES = 6
+FLIP_MEAN_IOU_BAR = Bar("hip.flip.mean_iou", 0.7)
+FLIP_MIN_IOU_BAR = Bar("hip.flip.min_iou", 0.5)  # every twin is the same neck
+FLIP_PROBABILITY_BAR = Bar("hip.flip.mean_probability_change", 0.15, "<=")
+FLIP_MAX_PROBABILITY_BAR = Bar("hip.flip.max_probability_change", 0.3, "<=")
 
 SCT = "SCT"
 OSTEOPOROSIS, NECK_OF_FEMUR = "64859006", "29627003"
@@ -87,16 +98,18 @@ def test_demo_beats_the_bar_on_held_out_phantoms(
     )
     loc = report["localiser"]
     assert loc["necks"] > 60
-    assert loc["recall_iou50"]["value"] >= LOCALISER_RECALL_BAR, loc
-    assert loc["mean_iou"] >= LOCALISER_IOU_BAR, loc
     node = report["node"]["report"]
-    assert node["accuracy"] >= ACCURACY_BAR, node
-    assert node["osteoporosis"]["recall"] >= RECALL_BAR, node
     assert node["osteoporosis"]["support"] > 15 and node["normal/osteopenia"]["support"] > 15
     recall = report["node"]["binary"]["recall"]
     assert recall["ci_low"] <= recall["value"] <= recall["ci_high"]
-    # the study's own setting, the true boxes, does at least as well as the bar too
-    assert report["ground_truth_crops"]["report"]["accuracy"] >= ACCURACY_BAR
+    check(
+        (LOCALISER_RECALL_BAR, loc["recall_iou50"]["value"]),
+        (LOCALISER_IOU_BAR, loc["mean_iou"]),
+        (ACCURACY_BAR, node["accuracy"]),
+        (RECALL_BAR, node["osteoporosis"]["recall"]),
+        # the study's own setting, the true boxes, clears the bar too
+        (GT_ACCURACY_BAR, report["ground_truth_crops"]["report"]["accuracy"]),
+    )
     assert json.loads((tmp_path / "metrics.json").read_text())["localiser"] == loc
 
 
@@ -126,12 +139,15 @@ def test_findings_are_one_per_neck_with_side_box_and_heatmap(held_out, pipeline)
             box = (f.box.x0, f.box.y0, f.box.x1, f.box.y1)
             necks = truth[image.sop_instance_uid].necks
             overlaps.append(iou(box, necks[side]))
-            # the box is on that side's neck, not on the other one
-            assert overlaps[-1] > 0.2
+            # the box is on that side's neck (BOX_MIN_IOU_BAR below), not on the other one
             assert all(iou(box, other) == 0.0 for s, other in necks.items() if s is not side)
             assert f.present == (f.probability >= pipeline.label.threshold)
     # most boxes are the true neck box (IoU 0.5; the localiser's recall is in its card)
-    assert np.mean(np.array(overlaps) >= 0.5) >= LOCALISER_RECALL_BAR
+    check(
+        (BOX_HIT_BAR, float(np.mean(np.array(overlaps) >= 0.5))),
+        (BOX_MIN_IOU_BAR, float(np.min(overlaps))),
+        context=f"IoUs {np.round(overlaps, 3).tolist()}",
+    )
     # one heatmap (top_k 1): on the image with the highest probability, inside its necks' crops
     (heatmap,) = result.heatmaps
     best = max(result.findings, key=lambda f: f.probability)
@@ -159,24 +175,34 @@ def test_a_flipped_image_gives_the_same_necks_on_the_other_sides(
     held_out, pipeline, tmp_path: Path
 ) -> None:
     dataset, _ = held_out
-    image = next(i for i in dataset.images if i.kind == PELVIS and not i.flipped)
-    ds = pydicom.dcmread(image.path)
-    ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).astype("<u2").tobytes()
-    ds.PatientOrientation = ["R", "F"]
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.save_as(tmp_path / "flipped.dcm")
-    plain = pipeline.run([SeriesInput("1", (image.path,))]).findings
-    flipped = pipeline.run([SeriesInput("1", (tmp_path / "flipped.dcm",))]).findings
-    width = int(ds.Columns)
-    for f in plain:
-        (twin,) = [g for g in flipped if g.laterality == f.laterality]
-        # the patient's right neck is now on the image's right half: its box is mirrored
-        mirrored = (width - f.box.x1, f.box.y0, width - f.box.x0, f.box.y1)
-        assert iou(mirrored, (twin.box.x0, twin.box.y0, twin.box.x1, twin.box.y1)) > 0.7
-        # and its crop, mirrored to the canonical view either way, gives about the same answer
-        assert twin.probability == pytest.approx(f.probability, abs=0.15)
-    assert {f.laterality.value for f in plain} == {RIGHT, LEFT}
+    images = [i for i in dataset.images if i.kind == PELVIS and not i.flipped][:FLIP_IMAGES]
+    assert len(images) == FLIP_IMAGES
+    overlaps, changes = [], []
+    for n, image in enumerate(images):
+        ds = pydicom.dcmread(image.path)
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[:, ::-1]).astype("<u2").tobytes()
+        ds.PatientOrientation = ["R", "F"]
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(tmp_path / f"flipped{n}.dcm")
+        plain = pipeline.run([SeriesInput("1", (image.path,))]).findings
+        flipped = pipeline.run([SeriesInput("1", (tmp_path / f"flipped{n}.dcm",))]).findings
+        assert {f.laterality.value for f in plain} == {RIGHT, LEFT}
+        width = int(ds.Columns)
+        for f in plain:
+            # the patient's right neck is now on the image's right half: its box is mirrored
+            (twin,) = [g for g in flipped if g.laterality == f.laterality]
+            mirrored = (width - f.box.x1, f.box.y0, width - f.box.x0, f.box.y1)
+            overlaps.append(iou(mirrored, (twin.box.x0, twin.box.y0, twin.box.x1, twin.box.y1)))
+            # and its crop, mirrored to the canonical view either way, gives about the same answer
+            changes.append(abs(twin.probability - f.probability))
+    check(
+        (FLIP_MEAN_IOU_BAR, float(np.mean(overlaps))),
+        (FLIP_MIN_IOU_BAR, float(np.min(overlaps))),
+        (FLIP_PROBABILITY_BAR, float(np.mean(changes))),
+        (FLIP_MAX_PROBABILITY_BAR, float(np.max(changes))),
+        context=f"IoUs {np.round(overlaps, 3).tolist()}",
+    )
 
 
 def _groups(sr: pydicom.Dataset) -> list[dict[str, object]]:

@@ -566,8 +566,12 @@ def save_model(model: nn.Module, out_dir: Path, **card_fields: Any) -> Path:
         sha256_file,
         write_card,
     )
+    from pipelines.common.codepath import active_code_path
 
     out_dir = Path(out_dir)
+    provenance = card_fields.get("provenance")
+    if provenance is not None and provenance.code_path is None:
+        card_fields["provenance"] = provenance.model_copy(update={"code_path": active_code_path()})
     model.cpu()
     weights_path = out_dir / WEIGHTS_FILE
     torch.save(model.state_dict(), weights_path)

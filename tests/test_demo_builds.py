@@ -1,0 +1,140 @@
+"""Demo builds: CPU code paths that stand in for other machines, and the build cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.card import CARD_FILE, load_card
+from pipelines.common import buildcache, codepath
+from pipelines.demo import build_demo
+
+#: One SGD step of a small convolutional network on one thread, then the weights' sha256 and
+#: the capability ATen reports: what a demo build does, in a second.
+_STEP = """
+import hashlib, json, torch
+torch.set_num_threads(1)
+torch.manual_seed(0)
+net = torch.nn.Sequential(
+    torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3),
+    torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 2),
+)
+opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+x, y = torch.randn(8, 3, 64, 64), torch.tensor([0, 1] * 4)
+for _ in range(3):
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+blob = b"".join(p.detach().numpy().tobytes() for p in net.parameters())
+print(json.dumps({"sha": hashlib.sha256(blob).hexdigest(),
+                  "capability": torch.backends.cpu.get_cpu_capability()}))
+"""
+
+
+def _step(path: str) -> dict[str, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _STEP],
+        env=codepath.environment(path),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(done.stdout)
+
+
+def test_a_code_path_makes_this_cpu_train_like_another() -> None:
+    """The same training step under the native path and under the AVX2 path: other sums, so
+    other weights (what another machine would train); the same path twice: the same weights."""
+    if "avx512f" not in codepath.cpu_flags():
+        pytest.skip("the AVX2 path differs from the native one only on an AVX-512 CPU")
+    native, avx2, again = _step("native"), _step("avx2"), _step("avx2")
+    assert (native["capability"], avx2["capability"]) == ("AVX512", "AVX2")
+    assert avx2["sha"] == again["sha"]
+    assert native["sha"] != avx2["sha"]
+
+
+def test_code_path_environment_sets_its_caps_and_clears_the_others() -> None:
+    base = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "HOME": "/root"}
+    avx2 = codepath.environment("avx2", base)
+    assert avx2["ATEN_CPU_CAPABILITY"] == "avx2" and avx2["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert "MKL_CBWR" not in avx2 and avx2["HOME"] == "/root"
+    assert avx2[codepath.ENV_VAR] == "avx2"
+    native = codepath.environment("native", base)
+    assert "ATEN_CPU_CAPABILITY" not in native and "MKL_CBWR" not in native
+
+
+def test_unknown_or_impossible_code_paths_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="unknown code path 'avx9'; known: native, avx2"):
+        codepath.code_path("avx9")
+    monkeypatch.setattr(codepath, "cpu_flags", lambda: {"sse2", "avx2"})
+    with pytest.raises(ValueError, match="needs a CPU with avx512f"):
+        codepath.code_path("avx512-cnr")
+    assert codepath.code_path("avx2").name == "avx2"
+
+
+def test_cli_refuses_an_unknown_code_path(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dicom_node.cli", "models", "build-demo", "--code-path", "avx9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and "invalid choice: 'avx9'" in done.stderr
+
+
+def test_build_keys_change_with_what_changes_the_weights() -> None:
+    key = buildcache.build_key("ct-gb-noncontrast-demo", seed=0, code_path="native")
+    assert key == buildcache.build_key("ct-gb-noncontrast-demo", seed=0, code_path="native")
+    others = {
+        buildcache.build_key("ct-gb-noncontrast-demo", seed=1, code_path="native"),
+        buildcache.build_key("ct-gb-noncontrast-demo", seed=0, code_path="portable"),
+        buildcache.build_key("ct-gb-contrast-demo", seed=0, code_path="native"),
+    }
+    assert key not in others and len(others) == 3
+
+
+def test_a_cached_build_is_copied_not_trained(
+    ct_noncontrast_demo_card: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build in the cache under the right key is copied into a new models folder, verified,
+    and nothing trains (the builder is never called); without the entry, it would train."""
+    import pipelines.demo as demo
+
+    monkeypatch.setenv(buildcache.CACHE_ENV, str(tmp_path / "cache"))
+    name = "ct-gb-noncontrast-demo"
+    shipped = load_card(ct_noncontrast_demo_card)
+    built_under = (shipped.provenance.code_path or {}).get("name", "native")
+    key = buildcache.build_key(name, seed=0, code_path=built_under)
+    buildcache.store(name, key, ct_noncontrast_demo_card.parent)
+
+    def no_training(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("the cached build should have been used")
+
+    monkeypatch.setitem(demo.DEMOS, name, demo.Demo(no_training, 0.6))
+    (card,) = build_demo(tmp_path / "models", only=[name], code_path=built_under, progress=False)
+    assert card == tmp_path / "models" / name / CARD_FILE
+    assert load_card(card).weights.sha256 == shipped.weights.sha256
+    # another seed is another model: not in the cache, so it is trained (here, in process)
+    with pytest.raises(AssertionError, match="cached build should have been used"):
+        build_demo(tmp_path / "seed1", seed=1, only=[name], code_path="native", progress=False)
+
+
+def test_a_cached_build_that_does_not_verify_is_dropped(
+    ct_noncontrast_demo_card: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(buildcache.CACHE_ENV, str(tmp_path / "cache"))
+    name = "ct-gb-noncontrast-demo"
+    buildcache.store(name, "k" * 24, ct_noncontrast_demo_card.parent)
+    entry = tmp_path / "cache" / "demo-models" / f"{name}-{'k' * 24}"
+    weights = entry / load_card(ct_noncontrast_demo_card).weights.file
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    assert not buildcache.restore(name, "k" * 24, tmp_path / "models" / name)
+    assert not entry.exists() and not (tmp_path / "models" / name).exists()
