@@ -292,17 +292,12 @@ def report(out: Path, builds: list[Build], demos: list[str]) -> dict[str, Any]:
     }
     lines += ["## Headline figures", "", *headline_ranges(all_rows, len(names)), ""]
     for demo in demos:
-        values = {b.name: card_metrics(out / b.name, demo) for b in builds}
-        rows = _rows(values, names)
-        result["demos"][demo] = {
-            "sha256": {b.name: _sha(out / b.name, demo) for b in builds},
-            "metrics": rows,
-        }
+        rows = all_rows[demo]
+        shas = {name: _sha(out / name, demo) for name in names}
+        result["demos"][demo] = {"sha256": shas, "metrics": rows}
         lines += [f"## {demo}", "", "| metric | " + " | ".join(names) + " | min | max |"]
         lines.append("|---" * (len(names) + 3) + "|")
-        lines.append(
-            "| weights sha256 | " + " | ".join(_sha(out / n, demo) for n in names) + " | | |"
-        )
+        lines.append("| weights sha256 | " + " | ".join(shas.values()) + " | | |")
         for row in rows:
             cells = " | ".join(_fmt(v) for v in row["values"])
             lines.append(f"| {row['metric']} | {cells} | {_fmt(row['min'])} | {_fmt(row['max'])} |")

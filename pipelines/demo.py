@@ -389,13 +389,6 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _in_effect(code_path: str) -> bool:
-    """Whether this process started under ``code_path``'s variables (they act only at start)."""
-    wanted = codepath.environment(code_path)
-    keys = {key for p in codepath.CODE_PATHS.values() for key in p.variables}
-    return all(os.environ.get(key) == wanted.get(key) for key in keys)
-
-
 def build_demo(
     models_dir: Path,
     *,
@@ -448,7 +441,7 @@ def build_demo(
                 buildcache.restore(name, keys[name], models_dir / name)
     cards = {name: models_dir / name / CARD_FILE for name in names}
     to_build = [name for name in names if not existing_card(cards[name], force=force)]
-    if to_build and _in_effect(code_path) and (jobs <= 1 or len(to_build) <= 1):
+    if to_build and codepath.in_effect(code_path) and (jobs <= 1 or len(to_build) <= 1):
         for name in to_build:
             cards[name] = _build_one(name, models_dir, seed, force, progress)
     elif to_build:

@@ -56,15 +56,7 @@ def _source_digest() -> str:
 
 
 def _cpu() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    model = line.partition(":")[2].strip()
-                    break
-    except OSError:
-        model = platform.processor()
+    model = codepath.cpu_model() or platform.processor()
     return f"{platform.machine()}|{model}|{' '.join(sorted(codepath.cpu_flags()))}"
 
 

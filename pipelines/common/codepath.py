@@ -87,16 +87,30 @@ CODE_PATHS: dict[str, CodePath] = {
 }
 
 
-def cpu_flags() -> set[str]:
-    """The flags of this machine's first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+#: Every variable some path sets: what a process's code path is read from.
+VARIABLES = frozenset(key for path in CODE_PATHS.values() for key in path.variables)
+
+
+def _cpuinfo(field: str) -> str:
+    """The value of ``field`` for this machine's first CPU in ``/proc/cpuinfo`` ('' if none)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
             for line in info:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
+                if line.startswith(field):
+                    return line.partition(":")[2].strip()
     except OSError:
         pass
-    return set()
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    """The flags of this machine's first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+    return set(_cpuinfo("flags").split())
+
+
+def cpu_model() -> str:
+    """This machine's CPU model name from ``/proc/cpuinfo`` ('' where there is none)."""
+    return _cpuinfo("model name")
 
 
 def code_path(name: str) -> CodePath:
@@ -134,18 +148,22 @@ def environment(name: str, base: Mapping[str, str] | None = None) -> dict[str, s
     """
     path = code_path(name)
     env = dict(os.environ if base is None else base)
-    for other in CODE_PATHS.values():
-        for key in other.variables:
-            env.pop(key, None)
+    for key in VARIABLES:
+        env.pop(key, None)
     env.update(path.variables)
     env[ENV_VAR] = name
     return env
 
 
+def in_effect(name: str) -> bool:
+    """Whether this process started under path ``name``'s variables (they act only at start)."""
+    wanted = code_path(name).variables
+    return all(os.environ.get(key) == wanted.get(key) for key in VARIABLES)
+
+
 def active_code_path() -> dict[str, str]:
     """What this process runs under: the path's name and the variables set, for a card."""
-    keys = sorted({key for p in CODE_PATHS.values() for key in p.variables})
     return {
         "name": os.environ.get(ENV_VAR, "native"),
-        **{key: os.environ[key] for key in keys if key in os.environ},
+        **{key: os.environ[key] for key in sorted(VARIABLES) if key in os.environ},
     }
