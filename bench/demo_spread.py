@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from pipelines.common import codepath
-from pipelines.demo import DEMOS
+from pipelines.study import demo_models
 
 ROOT = Path(__file__).resolve().parent.parent
 #: the pytest marker of the tests whose outcome depends on the demo models' quality
@@ -102,7 +102,7 @@ def build_all(out: Path, builds: list[Build], demos: list[str], jobs: int) -> li
     """Build every demo of every build, ``jobs`` at a time: build by build, the longest first,
     so that the first builds are whole (and can be tested) while the later ones train."""
     tasks = [(b, d) for b in builds for d in demos if not (out / b.name / d / "card.yaml").exists()]
-    tasks.sort(key=lambda task: (builds.index(task[0]), -DEMOS[task[1]].minutes))
+    tasks.sort(key=lambda task: (builds.index(task[0]), -demo_models()[task[1]][1].minutes))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(lambda task: _build_one(out, *task), tasks))
 
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(codepath.CODE_PATHS),
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--only", nargs="+", choices=list(DEMOS), help="these demos only")
+    parser.add_argument("--only", nargs="+", choices=list(demo_models()), help="these demos only")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--tests", action="store_true", help="run the demo-quality tests on each")
     parser.add_argument(
@@ -382,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.paths:
         codepath.code_path(path)  # this CPU can take it, or a clear error now
     builds = matrix(args.paths, args.seeds)
-    demos = list(args.only or DEMOS)
+    demos = list(args.only or demo_models())
     args.out.mkdir(parents=True, exist_ok=True)
     if args.tests_only:
         for build in builds:

@@ -3,9 +3,9 @@
 The service's command line (:mod:`dicom_node.cli`) owns the command groups a
 study's tooling fills in: ``synth`` (phantoms as real DICOM), ``dataset``
 (turn data into the study's training format), ``train`` and ``evaluate``.
-Each pipeline package that has such tooling has a ``commands`` module with
-an ``add_commands(groups)`` function, listed in :data:`COMMAND_MODULES`, so a
-new pipeline brings its commands without editing the service's CLI.
+Each study package that has such tooling declares a ``commands`` module with
+an ``add_commands(groups)`` function in its ``STUDY`` (:mod:`pipelines.study`),
+so a new study brings its commands without editing the service's CLI.
 
 Command modules import only :mod:`argparse` at module level; torch, the
 generators and trainers are imported inside the handlers, so that
@@ -19,13 +19,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-#: Modules with an ``add_commands(groups: CommandGroups)`` function, in help order.
-COMMAND_MODULES: tuple[str, ...] = (
-    "pipelines.ich.commands",
-    "pipelines.cxr.commands",
-    "pipelines.ctslice.commands",
-    "pipelines.hip.commands",
-)
+from pipelines.study import studies
 
 #: Exit codes shared with :mod:`dicom_node.cli`.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -42,9 +36,10 @@ class CommandGroups:
 
 
 def add_pipeline_commands(groups: CommandGroups) -> None:
-    """Let every module of :data:`COMMAND_MODULES` add its subcommands."""
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_commands(groups)
+    """Let every study's ``commands`` module add its subcommands, in study order."""
+    for study in studies():
+        if study.commands:
+            importlib.import_module(study.module(study.commands)).add_commands(groups)
 
 
 def data_error(exc: Exception) -> int:

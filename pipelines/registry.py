@@ -1,7 +1,8 @@
 """The registry of pipelines: one place that maps a card's ``pipeline`` key to a class.
 
 Pipelines register with a decorator at import time; :func:`get` imports the
-known pipeline modules by name (never by globbing) the first time it is used.
+pipeline modules the studies declare (:mod:`pipelines.study`) the first time
+it is used.
 """
 
 from __future__ import annotations
@@ -10,15 +11,7 @@ import importlib
 from collections.abc import Callable
 
 from pipelines.base import Pipeline
-
-#: Modules that define pipelines, imported on first lookup.
-PIPELINE_MODULES: tuple[str, ...] = (
-    "pipelines.generic",
-    "pipelines.ich.pipeline",
-    "pipelines.cxr.pipeline",
-    "pipelines.ctslice.pipeline",
-    "pipelines.hip.pipeline",
-)
+from pipelines.study import studies
 
 _REGISTRY: dict[str, type[Pipeline]] = {}
 _loaded = False
@@ -53,8 +46,9 @@ def register(name: str) -> Callable[[type[Pipeline]], type[Pipeline]]:
 def _load_all() -> None:
     global _loaded
     if not _loaded:
-        for module in PIPELINE_MODULES:
-            importlib.import_module(module)
+        for study in studies():
+            for module in study.pipelines:
+                importlib.import_module(study.module(module))
         _loaded = True
 
 

@@ -116,7 +116,7 @@ def test_a_cached_build_is_copied_not_trained(
     def no_training(*args: object, **kwargs: object) -> Path:
         raise AssertionError("the cached build should have been used")
 
-    monkeypatch.setitem(demo.DEMOS, name, demo.Demo(no_training, 0.6))
+    monkeypatch.setattr(demo, "builder", lambda _name: no_training)
     (card,) = build_demo(tmp_path / "models", only=[name], code_path=built_under, progress=False)
     assert card == tmp_path / "models" / name / CARD_FILE
     assert load_card(card).weights.sha256 == shipped.weights.sha256

@@ -52,8 +52,8 @@ from pipelines.common.train import (
     sgd,
     stratified_kfold,
 )
-from pipelines.demo import split_seed
-from pipelines.generic import GenericClassifier
+from pipelines.generic.demo import split_seed
+from pipelines.generic.pipeline import GenericClassifier
 
 from bars import Bar, check
 
@@ -355,7 +355,7 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
 # -- the real demo model (slow) -----------------------------------------------------------
 
 #: Fresh held-out phantoms: a seed that is not of the form ``seed * 1000 + split`` used by
-#: the build (see pipelines.demo.split_seed), so none of these images was trained on.
+#: the build (see pipelines.generic.demo.split_seed), so none of these images was trained on.
 FRESH_SEED = 424_242_7
 N_FRESH = 100
 #: Accuracy bar on the fresh phantoms. The lesions are conspicuous and the seed-0 build

@@ -1,6 +1,6 @@
 """DICOM pixels to the normalised tensor a card's model expects.
 
-Training (:mod:`pipelines.demo`) and inference (:mod:`pipelines.generic`) both
+Training (:mod:`pipelines.generic.demo`) and inference (:mod:`pipelines.generic.pipeline`) both
 go through these functions, so a model sees exactly the same kind of input in
 the hospital as when it was trained: what the radiologist sees (VOI window,
 MONOCHROME1 inverted) or a fixed window from the card, scaled to [0, 1],

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from pipelines.base import UnusableInput
 from pipelines.common.image import PixelDataError, display_pixels
 
 #: Computed Radiography, Digital X-Ray for presentation, for processing
@@ -50,7 +51,7 @@ LATERAL_VIEW_CODES = frozenset({"399067008", "399198007", "399173006", "R-10232"
 Guard = Callable[[Dataset], "str | None"]
 
 
-class RadiographError(ValueError):
+class RadiographError(UnusableInput):
     """A file is not a radiograph the pipeline can read (the message says why)."""
 
 

@@ -20,3 +20,19 @@ study's table per slice and per series), :mod:`~pipelines.ctslice.synth`
 (abdominal CT phantoms with and without contrast) and
 :mod:`~pipelines.ctslice.demo` (the two demo models).
 """
+
+from pipelines.study import DemoModel, Study
+
+#: This study, declared once for the registry, the CLI, the demo builder and CI's bench smoke.
+STUDY = Study(
+    __name__,
+    seed="000",
+    title="CT slice classifier (acute cholecystitis, with and without contrast)",
+    pipelines=("pipeline",),
+    commands="commands",
+    demos=(
+        DemoModel("ct-gb-contrast-demo", "demo:build_contrast_demo", minutes=2),
+        DemoModel("ct-gb-noncontrast-demo", "demo:build_noncontrast_demo", minutes=0.6),
+    ),
+    bench="bench.ctslice",
+)

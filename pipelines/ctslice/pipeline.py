@@ -57,7 +57,6 @@ Card ``options`` (all optional; validated when the model is loaded):
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,22 +70,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipelines.base import (
     Finding,
     Heatmap,
+    ModelInput,
     Pipeline,
-    PipelineInputError,
     PipelineResult,
+    Scored,
     SeriesInput,
 )
 from pipelines.card import CardError, InputSpec, ModelCard
 from pipelines.card import parse_options as parse_card_options
 from pipelines.common.aggregate import Aggregation, aggregate, key_slices
-from pipelines.common.cam import check_cam_method, compute_heatmaps
-from pipelines.common.models import (
-    MIN_INPUT_SIZE,
-    build_classifier,
-    load_weights,
-    target_layer,
-)
-from pipelines.common.prefetch import prefetch, spare_cores
+from pipelines.common.cam import compute_heatmaps
+from pipelines.common.models import MIN_INPUT_SIZE, build_classifier, load_weights
 from pipelines.common.preprocess import to_model_input
 from pipelines.common.series import SliceInfo, order_slices
 from pipelines.ctslice.labels import ABDOMEN_WINDOW
@@ -171,9 +165,33 @@ class ScoredSeries:
     probabilities: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Unit:
+    """A slice to read and the series it belongs to."""
+
+    series_instance_uid: str
+    info: SliceInfo
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.info.sop_instance_uid
+
+    @property
+    def path(self) -> Path:
+        return self.info.path
+
+
+@dataclass(frozen=True)
+class _Ref:
+    series_instance_uid: str
+    slice: ScoredSlice
+
+
 @register(PIPELINE_NAME)
-class CtSliceClassifier(Pipeline):
+class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
     """Seed 000's CT slice classifier: slice softmax, series decision, key slices, Grad-CAM."""
+
+    accepts = "an axial CT slice that {card} can read"
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:
         super().__init__(card, device)
@@ -196,14 +214,7 @@ class CtSliceClassifier(Pipeline):
         self.model = build_model(card)
         load_weights(self.model, card)
         self.model.to(device).eval()
-        self.explain_layer: torch.nn.Module | None = None
-        if card.explainer.top_k > 0:
-            try:
-                check_cam_method(card.explainer.method)
-                self.explain_layer = target_layer(self.model, card.explainer.target_layer)
-            except ValueError as exc:
-                raise CardError(f"card {card.name!r}: explainer is invalid: {exc}") from exc
-        self._lock = threading.Lock()  # Grad-CAM hooks the shared model: one job at a time
+        self.explain_layer = self.explainer_layer(self.model)
         logger.info(
             "loaded %s (%s, %s, labels %s, window %s) on %s",
             card.name,
@@ -214,7 +225,50 @@ class CtSliceClassifier(Pipeline):
             device,
         )
 
-    # -- scoring ---------------------------------------------------------------------
+    # -- prepare: each series in anatomical order -------------------------------------
+
+    def units(self, series: Sequence[SeriesInput], skipped: list[tuple[str, str]]) -> list[_Unit]:
+        units: list[_Unit] = []
+        for s in series:
+            uid = s.series_instance_uid
+            try:
+                ordered = order_slices(list(s.files))
+            except ValueError as exc:
+                self.skip(skipped, uid, f"series cannot be ordered: {exc}")
+                continue
+            skipped.extend(ordered.skipped)  # order_slices logged them
+            if ordered.slices:
+                self._check_contrast(uid, ordered.slices[0].path)
+            units.extend(_Unit(uid, info) for info in ordered.slices)
+        return units
+
+    def load(self, unit: _Unit) -> ModelInput[_Ref, torch.Tensor]:
+        sop, image = read_slice(unit.path, self.spec)
+        shape = (int(image.shape[-2]), int(image.shape[-1]))
+        x = to_model_input([image], self.spec)[0]
+        return ModelInput(_Ref(unit.series_instance_uid, ScoredSlice(unit.path, sop, shape)), x)
+
+    # -- forward -----------------------------------------------------------------------
+
+    def forward(self, batch: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        x = torch.stack(list(batch)).to(self.device)
+        with torch.inference_mode():
+            p = torch.softmax(self.model(x).float(), dim=1)
+        return list(p.cpu().numpy())
+
+    # -- interpret: per series ---------------------------------------------------------
+
+    def scored_series(self, scored: Scored[_Ref, np.ndarray]) -> list[ScoredSeries]:
+        """The scored slices of a job grouped by series, in the order the series came."""
+        groups: dict[str, tuple[list[ScoredSlice], list[np.ndarray]]] = {}
+        for ref, p in zip(scored.refs, scored.outputs, strict=True):
+            slices, probs = groups.setdefault(ref.series_instance_uid, ([], []))
+            slices.append(ref.slice)
+            probs.append(p)
+        return [
+            ScoredSeries(uid, tuple(slices), np.clip(np.stack(probs), 0.0, 1.0))
+            for uid, (slices, probs) in groups.items()
+        ]
 
     def score_series(self, series: SeriesInput, skipped: list[tuple[str, str]]) -> ScoredSeries:
         """Order, read and score the slices of one series (no aggregation, no heatmaps).
@@ -223,49 +277,13 @@ class CtSliceClassifier(Pipeline):
         its numbers are those of the node. Unusable files are added to
         ``skipped``; the result has no slices when none was usable.
         """
-        uid = series.series_instance_uid
-        empty = ScoredSeries(uid, (), np.zeros((0, len(self.card.labels)), dtype=np.float32))
-        try:
-            ordered = order_slices(list(series.files))
-        except ValueError as exc:
-            self.skip(skipped, uid, f"series cannot be ordered: {exc}")
-            return empty
-        skipped.extend(ordered.skipped)  # order_slices logged them
-        if not ordered.slices:
-            return empty
-        self._check_contrast(uid, ordered.slices[0].path)
-        kept: list[ScoredSlice] = []
-        probs: list[np.ndarray] = []
-        pending: list[tuple[ScoredSlice, np.ndarray]] = []
-
-        def flush() -> None:
-            if not pending:
-                return
-            x = to_model_input([img for _, img in pending], self.spec).to(self.device)
-            with torch.inference_mode():
-                p = torch.softmax(self.model(x).float(), dim=1)
-            probs.append(p.cpu().numpy())
-            kept.extend(s for s, _ in pending)
-            pending.clear()
-
-        def read(info: SliceInfo) -> tuple[str, np.ndarray]:
-            return read_slice(info.path, self.spec)
-
-        batch = self.options.batch_size
-        threaded = spare_cores(self.device)
-        for info, future in prefetch(read, ordered.slices, depth=batch, threaded=threaded):
-            try:
-                sop, image = future.result()
-            except SliceError as exc:
-                self.skip(skipped, info.sop_instance_uid or info.path.name, str(exc))
-                continue
-            shape = (int(image.shape[-2]), int(image.shape[-1]))
-            pending.append((ScoredSlice(info.path, sop, shape), image))
-            if len(pending) >= batch:
-                flush()
-        flush()
-        matrix = np.concatenate(probs) if probs else empty.probabilities
-        return ScoredSeries(uid, tuple(kept), np.clip(matrix, 0.0, 1.0))
+        scored = self.score(self.prepare([series]))
+        skipped.extend(scored.skipped)
+        found = self.scored_series(scored)
+        if found:
+            return found[0]
+        empty = np.zeros((0, len(self.card.labels)), dtype=np.float32)
+        return ScoredSeries(series.series_instance_uid, (), empty)
 
     def series_probabilities(self, scored: ScoredSeries) -> np.ndarray:
         """(labels,) series-level probabilities: the card's aggregation of the slices."""
@@ -293,14 +311,18 @@ class CtSliceClassifier(Pipeline):
                 wanted,
             )
 
-    # -- results -----------------------------------------------------------------------
+    def interpret(self, scored: Scored[_Ref, np.ndarray]) -> PipelineResult:
+        result = PipelineResult()
+        for series in self.scored_series(scored):
+            result.findings.extend(self._findings(series))
+            result.heatmaps.extend(self._heatmaps(series, scored.skipped))
+        return result
 
     def _findings(self, scored: ScoredSeries) -> list[Finding]:
         series_probs = self.series_probabilities(scored)
         findings = []
         for i in self.reported:
             label = self.card.labels[i]
-            probability = float(series_probs[i])
             keys = key_slices(
                 scored.probabilities[:, i],
                 self.options.aggregation,
@@ -308,16 +330,8 @@ class CtSliceClassifier(Pipeline):
                 label.threshold,
                 self.options.max_key_slices,
             )
-            findings.append(
-                Finding(
-                    label=label.name,
-                    code=label.code.to_code(),
-                    probability=probability,
-                    present=probability >= label.threshold,
-                    finding_site=label.finding_site.to_code() if label.finding_site else None,
-                    source_sop_instance_uids=tuple(scored.slices[j].sop_instance_uid for j in keys),
-                )
-            )
+            sources = [scored.slices[j].sop_instance_uid for j in keys]
+            findings.append(self.finding(label, float(series_probs[i]), sources))
         return findings
 
     def _heatmaps(self, scored: ScoredSeries, skipped: list[tuple[str, str]]) -> list[Heatmap]:
@@ -358,37 +372,6 @@ class CtSliceClassifier(Pipeline):
             )
             for s, m, c in zip(items, maps, classes, strict=True)
         ]
-
-    def run(self, series: Sequence[SeriesInput]) -> PipelineResult:
-        """Score every usable axial slice; one finding per series and reported label.
-
-        Raises
-        ------
-        PipelineInputError
-            If no selected file is a usable axial CT slice; the message lists why.
-        """
-        with self._lock:
-            result = PipelineResult()
-            scored = [self.score_series(s, result.skipped) for s in series]
-            scored = [s for s in scored if s.slices]
-            if not scored:
-                raise PipelineInputError(
-                    f"none of the files in {len(series)} series is an axial CT slice that "
-                    f"{self.card.name!r} can read: {result.skipped_summary()}; check the "
-                    "route's selection for this model"
-                )
-            for s in scored:
-                result.findings.extend(self._findings(s))
-                result.heatmaps.extend(self._heatmaps(s, result.skipped))
-            logger.info(
-                "%s: scored %d slice(s) of %d series, skipped %d; %s",
-                self.card.name,
-                sum(len(s.slices) for s in scored),
-                len(scored),
-                len(result.skipped),
-                ", ".join(f"{f.label}={f.probability:.3f}" for f in result.findings),
-            )
-            return result
 
 
 def _window_text(spec: InputSpec) -> str:

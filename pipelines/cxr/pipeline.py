@@ -39,7 +39,6 @@ first) and ``ablation_batch_size`` (8: ablated copies per forward pass).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,23 +54,17 @@ from pipelines.base import (
     Box,
     Finding,
     Heatmap,
+    ModelInput,
     Pipeline,
-    PipelineInputError,
     PipelineResult,
-    SeriesInput,
+    Scored,
 )
 from pipelines.card import CardError, InputSpec, ModelCard
 from pipelines.card import parse_options as parse_card_options
 from pipelines.common.cam import FpnAblationLayer, compute_heatmaps, fpn_reshape_transform
 from pipelines.common.models import load_weights
-from pipelines.common.prefetch import prefetch, spare_cores
 from pipelines.cxr.model import as_model_image, build_detector, detect
-from pipelines.cxr.radiograph import (
-    Preprocessing,
-    Radiograph,
-    RadiographError,
-    read_radiograph,
-)
+from pipelines.cxr.radiograph import Preprocessing, Radiograph, read_radiograph
 from pipelines.registry import register
 
 logger = logging.getLogger(__name__)
@@ -175,6 +168,12 @@ def source_box(uid: str, box: np.ndarray, image: Radiograph) -> Box | None:
 
 
 @dataclass(frozen=True)
+class _Image:
+    path: Path
+    image: Radiograph
+
+
+@dataclass(frozen=True)
 class _Detected:
     path: Path
     image: Radiograph
@@ -187,9 +186,15 @@ class _Detected:
         return float(self.scores.max()) if self.scores.size else 0.0
 
 
+#: The detector's raw output for one image: ``boxes``, ``labels`` and ``scores`` arrays.
+Detections = dict[str, np.ndarray]
+
+
 @register("cxr-findings")
-class ChestFindings(Pipeline):
+class ChestFindings(Pipeline[Path, _Image, np.ndarray, Detections]):
     """Seed 001: Faster R-CNN boxes per finding on frontal chest radiographs."""
+
+    accepts = "a frontal chest radiograph that {card} can read"
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:
         super().__init__(card, device)
@@ -203,7 +208,6 @@ class ChestFindings(Pipeline):
                 f"card {card.name!r}: explainer.method {card.explainer.method!r} cannot explain "
                 f"a detector; use one of {', '.join(DETECTOR_CAM_METHODS)}"
             )
-        self._lock = threading.Lock()  # CAM hooks the shared model: one job at a time
         logger.info(
             "loaded %s (cxr-findings, %s, %d labels) on %s",
             card.name,
@@ -212,7 +216,7 @@ class ChestFindings(Pipeline):
             device,
         )
 
-    # -- detection -------------------------------------------------------------------
+    # -- prepare, forward --------------------------------------------------------------
 
     def prepare_file(self, path: Path) -> Radiograph:
         """Read, guard and prepare one file as the detector sees it (raises RadiographError)."""
@@ -220,34 +224,26 @@ class ChestFindings(Pipeline):
             path, self.card.input.size, self.options.max_size, self.options.preprocessing
         )
 
-    def _detect(self, files: Sequence[Path], skipped: list[tuple[str, str]]) -> list[_Detected]:
-        out: list[_Detected] = []
-        pending: list[tuple[Path, Radiograph]] = []
+    def unit_name(self, unit: object) -> str:
+        # a refused file may not even have a UID: radiographs are named by file
+        return Path(str(unit)).name
 
-        def flush() -> None:
-            if not pending:
-                return
-            results = detect(self.model, [r.image for _, r in pending], self.device)
-            for (path, image), res in zip(pending, results, strict=True):
-                out.append(_Detected(path, image, res["boxes"], res["labels"], res["scores"]))
-            pending.clear()
+    def load(self, unit: Path) -> ModelInput[_Image, np.ndarray]:
+        image = self.prepare_file(Path(unit))
+        return ModelInput(_Image(Path(unit), image), image.image)
 
-        threaded = spare_cores(self.device)
-        for path, future in prefetch(
-            self.prepare_file, files, depth=self.options.batch_size, threaded=threaded
-        ):
-            try:
-                image = future.result()
-            except RadiographError as exc:
-                self.skip(skipped, path.name, str(exc))
-                continue
-            pending.append((path, image))
-            if len(pending) >= self.options.batch_size:
-                flush()
-        flush()
-        return out
+    def forward(self, batch: Sequence[np.ndarray]) -> list[Detections]:
+        return detect(self.model, list(batch), self.device)
 
-    # -- results -----------------------------------------------------------------------
+    # -- interpret ---------------------------------------------------------------------
+
+    def interpret(self, scored: Scored[_Image, Detections]) -> PipelineResult:
+        detected = [
+            _Detected(ref.path, ref.image, out["boxes"], out["labels"], out["scores"])
+            for ref, out in zip(scored.refs, scored.outputs, strict=True)
+        ]
+        findings = [finding for det in detected for finding in self._findings(det)]
+        return PipelineResult(findings=findings, heatmaps=self._heatmaps(detected))
 
     def _reported(self, det: _Detected) -> list[tuple[int, float, Box]]:
         """(label index, score, source box) of the boxes at or above their label's threshold."""
@@ -270,41 +266,22 @@ class ChestFindings(Pipeline):
         return kept
 
     def _findings(self, det: _Detected) -> list[Finding]:
-        uid = det.image.sop_instance_uid
+        uid = (det.image.sop_instance_uid,)
         reported = self._reported(det)
         findings: list[Finding] = []
         for index, spec in enumerate(self.card.labels):
             if not spec.report:
                 continue
-            site = spec.finding_site.to_code() if spec.finding_site else None
             boxes = sorted(
                 ((score, box) for i, score, box in reported if i == index), key=lambda t: -t[0]
             )
-            for score, box in boxes:
-                findings.append(
-                    Finding(
-                        label=spec.name,
-                        code=spec.code.to_code(),
-                        probability=min(max(score, 0.0), 1.0),
-                        present=True,
-                        finding_site=site,
-                        source_sop_instance_uids=(uid,),
-                        box=box,
-                    )
-                )
+            findings.extend(
+                self.finding(spec, score, uid, present=True, box=box) for score, box in boxes
+            )
             if not boxes:
                 candidates = det.scores[det.labels == index + 1]
                 best = float(candidates.max()) if candidates.size else 0.0
-                findings.append(
-                    Finding(
-                        label=spec.name,
-                        code=spec.code.to_code(),
-                        probability=min(max(best, 0.0), 1.0),
-                        present=False,
-                        finding_site=site,
-                        source_sop_instance_uids=(uid,),
-                    )
-                )
+                findings.append(self.finding(spec, best, uid, present=False))
         return findings
 
     def _cam_options(self) -> dict[str, object]:
@@ -367,35 +344,3 @@ class ChestFindings(Pipeline):
                 )
             )
         return heatmaps
-
-    def run(self, series: Sequence[SeriesInput]) -> PipelineResult:
-        """Detect findings on every usable frontal chest radiograph of the selected series.
-
-        Raises
-        ------
-        PipelineInputError
-            If no selected file is a frontal chest radiograph; the message lists why.
-        """
-        with self._lock:
-            result = PipelineResult()
-            files = [f for s in series for f in s.files]
-            detected = self._detect(files, result.skipped)
-            if not detected:
-                raise PipelineInputError(
-                    f"none of the {len(files)} file(s) in {len(series)} series is a frontal "
-                    f"chest radiograph that {self.card.name!r} can read: "
-                    f"{result.skipped_summary()}; check the route's selection for this model"
-                )
-            for det in detected:
-                result.findings.extend(self._findings(det))
-            result.heatmaps = self._heatmaps(detected)
-            present = [f for f in result.findings if f.present]
-            logger.info(
-                "%s: %d image(s), skipped %d, %d box(es) reported%s",
-                self.card.name,
-                len(detected),
-                len(result.skipped),
-                len(present),
-                "".join(f", {f.label}={f.probability:.3f}" for f in present[:10]),
-            )
-            return result

@@ -17,3 +17,16 @@ card's options), :mod:`~pipelines.hip.pipeline` (the node's pipeline),
 :mod:`~pipelines.hip.evaluate`, :mod:`~pipelines.hip.synth` (pelvis phantoms)
 and :mod:`~pipelines.hip.demo` (the ``hip-demo`` model).
 """
+
+from pipelines.study import DemoModel, Study
+
+#: This study, declared once for the registry, the CLI, the demo builder and CI's bench smoke.
+STUDY = Study(
+    __name__,
+    seed="003",
+    title="osteoporosis on hip and pelvis radiographs",
+    pipelines=("pipeline",),
+    commands="commands",
+    demos=(DemoModel("hip-demo", "demo:build_hip_demo", minutes=4),),
+    bench="bench.hip",
+)

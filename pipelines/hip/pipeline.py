@@ -34,7 +34,6 @@ never patient data.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,18 +48,16 @@ from pipelines.base import (
     Box,
     Finding,
     Heatmap,
+    ModelInput,
     Pipeline,
-    PipelineInputError,
     PipelineResult,
-    SeriesInput,
+    Scored,
 )
 from pipelines.card import CardError, InputSpec, ModelCard
-from pipelines.common.cam import check_cam_method, compute_heatmaps
+from pipelines.common.cam import compute_heatmaps
 from pipelines.common.detector import detect
-from pipelines.common.models import load_weights, target_layer
-from pipelines.common.prefetch import prefetch, spare_cores
+from pipelines.common.models import load_weights
 from pipelines.common.preprocess import to_model_input
-from pipelines.common.radiograph import RadiographError
 from pipelines.hip.model import (
     PIPELINE,
     HipOptions,
@@ -243,22 +240,40 @@ def find_necks(
     return out
 
 
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    sop_instance_uid: str
+    shape: tuple[int, int]
+
+
+@dataclass(frozen=True, eq=False)
+class NeckScores:
+    """The forward stage's output for one image: what the localiser found, each neck's probability."""
+
+    search: NeckSearch
+    #: osteoporosis probability of each of ``search.necks``
+    probabilities: np.ndarray
+
+
 @dataclass(eq=False)
 class _Image:
     path: Path
     sop_instance_uid: str
     shape: tuple[int, int]
     necks: list[Neck]
-    probabilities: np.ndarray | None = None
+    probabilities: np.ndarray
 
     @property
     def best(self) -> float:
-        return float(self.probabilities.max()) if self.probabilities is not None else 0.0
+        return float(self.probabilities.max())
 
 
 @register("hip-osteoporosis")
-class HipOsteoporosis(Pipeline):
+class HipOsteoporosis(Pipeline[Path, _Source, Prepared, NeckScores]):
     """Seed 003: femoral-neck localiser + ResNet-18 osteoporosis classifier per side."""
+
+    accepts = "a frontal hip or pelvis radiograph on which {card} finds a femoral neck"
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:
         super().__init__(card, device)
@@ -284,14 +299,7 @@ class HipOsteoporosis(Pipeline):
         load_weights(self.classifier, card)
         self.classifier.to(device).eval()
         self.localiser: FasterRCNN = load_localiser(card, self.options.localiser).to(device)
-        self.explain_layer: nn.Module | None = None
-        if card.explainer.top_k > 0:
-            try:
-                check_cam_method(card.explainer.method)
-                self.explain_layer = target_layer(self.classifier, card.explainer.target_layer)
-            except ValueError as exc:
-                raise CardError(f"card {card.name!r}: explainer is invalid: {exc}") from exc
-        self._lock = threading.Lock()  # Grad-CAM hooks the shared classifier: one job at a time
+        self.explain_layer = self.explainer_layer(self.classifier)
         logger.info(
             "loaded %s (%s: %s localiser + %s classifier) on %s",
             card.name,
@@ -301,85 +309,77 @@ class HipOsteoporosis(Pipeline):
             device,
         )
 
-    # -- localising -------------------------------------------------------------------
+    # -- prepare: read and guard, the localiser's input ------------------------------
 
     def prepare_file(self, path: Path) -> Prepared:
         """Read, guard and prepare one file for the localiser (raises RadiographError)."""
         return prepare_radiograph(path, self.options.localiser)
 
-    def _localise(self, files: Sequence[Path], skipped: list[tuple[str, str]]) -> list[_Image]:
-        images: list[_Image] = []
-        pending: list[tuple[Path, Prepared]] = []
-        threshold = self.options.localiser.score_threshold
+    def unit_name(self, unit: object) -> str:
+        return Path(str(unit)).name
 
-        def flush() -> None:
-            if not pending:
-                return
-            found = find_necks(self.localiser, [p for _, p in pending], self.device, self.options)
-            for (path, item), search in zip(pending, found, strict=True):
-                uid = item.radiograph.sop_instance_uid
-                if not search.necks:
-                    self.skip(
-                        skipped,
-                        uid,
-                        f"no femoral neck found (best localiser score {search.best:.2f} < "
-                        f"{threshold})",
-                    )
-                    continue
-                images.append(_Image(path, uid, item.radiograph.shape, search.necks))
-            pending.clear()
+    def load(self, unit: Path) -> ModelInput[_Source, Prepared]:
+        prepared = self.prepare_file(Path(unit))
+        radiograph = prepared.radiograph
+        return ModelInput(
+            _Source(Path(unit), radiograph.sop_instance_uid, radiograph.shape), prepared
+        )
 
-        batch = self.options.batch_size
-        for path, future in prefetch(
-            self.prepare_file, files, depth=batch, threaded=spare_cores(self.device)
-        ):
-            try:
-                prepared = future.result()
-            except RadiographError as exc:
-                self.skip(skipped, path.name, str(exc))
-                continue
-            pending.append((path, prepared))
-            if len(pending) >= batch:
-                flush()
-        flush()
-        return images
+    # -- forward: localise the necks, classify their crops ----------------------------
 
-    # -- results ---------------------------------------------------------------------
-
-    def _classify(self, images: Sequence[_Image]) -> None:
-        necks = [neck for image in images for neck in image.necks]
+    def forward(self, batch: Sequence[Prepared]) -> list[NeckScores]:
+        found = find_necks(self.localiser, batch, self.device, self.options)
         probs = classify_crops(
             self.classifier,
-            [neck.crop for neck in necks],
+            [neck.crop for search in found for neck in search.necks],
             self.card.input,
             self.device,
             batch_size=self.options.batch_size,
         )
-        start = 0
-        for image in images:
-            image.probabilities = probs[start : start + len(image.necks)]
-            start += len(image.necks)
+        out, start = [], 0
+        for search in found:
+            out.append(NeckScores(search, probs[start : start + len(search.necks)]))
+            start += len(search.necks)
+        return out
 
-    def _findings(self, image: _Image) -> list[Finding]:
-        spec = self.label
-        site = spec.finding_site.to_code() if spec.finding_site else None
-        assert image.probabilities is not None
-        findings = []
-        for neck, p in zip(image.necks, image.probabilities, strict=True):
-            probability = float(np.clip(p, 0.0, 1.0))
-            findings.append(
-                Finding(
-                    label=spec.name,
-                    code=spec.code.to_code(),
-                    probability=probability,
-                    present=probability >= spec.threshold,
-                    finding_site=site,
-                    source_sop_instance_uids=(image.sop_instance_uid,),
-                    box=Box(image.sop_instance_uid, *neck.box),
-                    laterality=neck.side.code.to_code(),
+    # -- interpret ---------------------------------------------------------------------
+
+    def interpret(self, scored: Scored[_Source, NeckScores]) -> PipelineResult:
+        threshold = self.options.localiser.score_threshold
+        images: list[_Image] = []
+        for source, output in zip(scored.refs, scored.outputs, strict=True):
+            if not output.search.necks:
+                self.skip(
+                    scored.skipped,
+                    source.sop_instance_uid,
+                    f"no femoral neck found (best localiser score {output.search.best:.2f} < "
+                    f"{threshold})",
+                )
+                continue
+            images.append(
+                _Image(
+                    source.path,
+                    source.sop_instance_uid,
+                    source.shape,
+                    output.search.necks,
+                    output.probabilities,
                 )
             )
-        return findings
+        findings = [finding for image in images for finding in self._findings(image)]
+        return PipelineResult(findings=findings, heatmaps=self._heatmaps(images))
+
+    def _findings(self, image: _Image) -> list[Finding]:
+        uid = (image.sop_instance_uid,)
+        return [
+            self.finding(
+                self.label,
+                float(p),
+                uid,
+                box=Box(image.sop_instance_uid, *neck.box),
+                laterality=neck.side.code.to_code(),
+            )
+            for neck, p in zip(image.necks, image.probabilities, strict=True)
+        ]
 
     def _heatmaps(self, images: Sequence[_Image]) -> list[Heatmap]:
         if self.explain_layer is None or not images:
@@ -388,7 +388,6 @@ class HipOsteoporosis(Pipeline):
         heatmaps = []
         for i in chosen[: self.card.explainer.top_k]:
             image = images[i]
-            assert image.probabilities is not None
             maps = compute_heatmaps(
                 self.classifier,
                 to_model_input([neck.crop for neck in image.necks], self.card.input),
@@ -419,38 +418,3 @@ class HipOsteoporosis(Pipeline):
                 )
             )
         return heatmaps
-
-    def run(self, series: Sequence[SeriesInput]) -> PipelineResult:
-        """Classify every femoral neck found on the usable radiographs of the selected series.
-
-        Raises
-        ------
-        PipelineInputError
-            If no selected file is a hip or pelvis radiograph with a femoral neck
-            the localiser finds; the message lists why each was skipped.
-        """
-        with self._lock:
-            result = PipelineResult()
-            files = [f for s in series for f in s.files]
-            images = self._localise(files, result.skipped)
-            if not images:
-                raise PipelineInputError(
-                    f"none of the {len(files)} file(s) in {len(series)} series is a frontal hip "
-                    f"or pelvis radiograph on which {self.card.name!r} finds a femoral neck: "
-                    f"{result.skipped_summary()}; check the route's selection for this model"
-                )
-            self._classify(images)
-            for image in images:
-                result.findings.extend(self._findings(image))
-            result.heatmaps = self._heatmaps(images)
-            logger.info(
-                "%s: %d image(s), skipped %d, necks %s",
-                self.card.name,
-                len(images),
-                len(result.skipped),
-                ", ".join(
-                    f"{f.laterality.meaning if f.laterality else '?'} p={f.probability:.3f}"
-                    for f in result.findings[:10]
-                ),
-            )
-            return result

@@ -15,3 +15,16 @@ Modules: :mod:`~pipelines.ich.labels` (label names and codes),
 dataset), :mod:`~pipelines.ich.train`, :mod:`~pipelines.ich.evaluate`,
 :mod:`~pipelines.ich.synth` (head-CT phantoms) and :mod:`~pipelines.ich.demo`.
 """
+
+from pipelines.study import DemoModel, Study
+
+#: This study, declared once for the registry, the CLI, the demo builder and CI's bench smoke.
+STUDY = Study(
+    __name__,
+    seed="002",
+    title="intracranial hemorrhage on non-contrast head CT",
+    pipelines=("pipeline",),
+    commands="commands",
+    demos=(DemoModel("ich-demo", "demo:build_ich_demo", minutes=8),),
+    bench="bench.ich",
+)

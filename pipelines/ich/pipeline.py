@@ -35,7 +35,6 @@ network; ``batch_size`` (16), ``aggregation`` (``max`` | ``top_k_mean``),
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,17 +48,17 @@ from torchvision.transforms.v2 import functional as TF
 from pipelines.base import (
     Finding,
     Heatmap,
+    ModelInput,
     Pipeline,
-    PipelineInputError,
     PipelineResult,
+    Scored,
     SeriesInput,
 )
 from pipelines.card import CardError, ModelCard
 from pipelines.card import parse_options as parse_card_options
 from pipelines.common.aggregate import aggregate
-from pipelines.common.cam import check_cam_method, compute_heatmaps
-from pipelines.common.models import load_weights, target_layer
-from pipelines.common.prefetch import prefetch, spare_cores
+from pipelines.common.cam import compute_heatmaps
+from pipelines.common.models import load_weights
 from pipelines.common.preprocess import to_model_input
 from pipelines.common.series import order_slices
 from pipelines.ich.labels import WINDOWS
@@ -143,12 +142,18 @@ class _Slice:
     path: Path
     sop_instance_uid: str
     z: float
-    shape: tuple[int, int]
+    shape: tuple[int, int] = (0, 0)
+
+
+#: A slice's model input (channels, size, size) and its normalised position z.
+SliceInput = tuple[torch.Tensor, float]
 
 
 @register("ich")
-class IntracranialHemorrhage(Pipeline):
+class IntracranialHemorrhage(Pipeline[_Slice, _Slice, SliceInput, np.ndarray]):
     """Seed 002 on a head CT: six labels, supporting slices, Grad-CAM of ``any``."""
+
+    accepts = "an axial CT slice that {card} can read"
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:
         super().__init__(card, device)
@@ -169,21 +174,14 @@ class IntracranialHemorrhage(Pipeline):
         self.model = build_model(card, self.options)
         load_weights(self.model, card)
         self.model.to(device).eval()
-        self.explain_layer: torch.nn.Module | None = None
-        if card.explainer.top_k > 0:
-            if card.explainer.method.lower() in BATCH_EXPANDING_METHODS:
-                raise CardError(
-                    f"card {card.name!r}: explainer.method {card.explainer.method!r} runs the model "
-                    "on copies of each slice, which cannot carry the slice positions; use a "
-                    "gradient method (gradcam, gradcam++, hirescam, xgradcam, layercam) or eigencam"
-                )
-            try:
-                check_cam_method(card.explainer.method)
-                self.explain_layer = target_layer(self.model, card.explainer.target_layer)
-            except ValueError as exc:
-                raise CardError(f"card {card.name!r}: explainer is invalid: {exc}") from exc
+        if card.explainer.top_k > 0 and card.explainer.method.lower() in BATCH_EXPANDING_METHODS:
+            raise CardError(
+                f"card {card.name!r}: explainer.method {card.explainer.method!r} runs the model "
+                "on copies of each slice, which cannot carry the slice positions; use a "
+                "gradient method (gradcam, gradcam++, hirescam, xgradcam, layercam) or eigencam"
+            )
+        self.explain_layer = self.explainer_layer(self.model)
         self._fill = air_fill(spec.mean, spec.std)
-        self._lock = threading.Lock()  # Grad-CAM hooks the shared model: one job at a time
         logger.info(
             "loaded %s (ich, %s backbone, %d labels, TTA views %d) on %s",
             card.name,
@@ -193,9 +191,9 @@ class IntracranialHemorrhage(Pipeline):
             device,
         )
 
-    # -- scoring ---------------------------------------------------------------------
+    # -- prepare: order the slices of every series, read and window them -------------
 
-    def _order(self, series: Sequence[SeriesInput], skipped: list[tuple[str, str]]) -> list[_Slice]:
+    def units(self, series: Sequence[SeriesInput], skipped: list[tuple[str, str]]) -> list[_Slice]:
         slices: list[_Slice] = []
         for s in series:
             try:
@@ -205,50 +203,32 @@ class IntracranialHemorrhage(Pipeline):
                 continue
             skipped.extend(ordered.skipped)  # order_slices logged them
             slices.extend(
-                _Slice(info.path, info.sop_instance_uid, info.z_norm, (0, 0))
-                for info in ordered.slices
+                _Slice(info.path, info.sop_instance_uid, info.z_norm) for info in ordered.slices
             )
         return slices
 
-    def _score(
-        self, slices: Sequence[_Slice], skipped: list[tuple[str, str]]
-    ) -> tuple[list[_Slice], np.ndarray]:
-        kept: list[_Slice] = []
-        probs: list[np.ndarray] = []
-        pending: list[tuple[_Slice, np.ndarray]] = []
+    def load(self, unit: _Slice) -> ModelInput[_Slice, SliceInput]:
+        uid, image = read_slice(unit.path, self.card.input)
+        shape = (int(image.shape[-2]), int(image.shape[-1]))
+        x = to_model_input([image], self.card.input)[0]
+        return ModelInput(_Slice(unit.path, uid, unit.z, shape), (x, unit.z))
 
-        def flush() -> None:
-            if not pending:
-                return
-            x = to_model_input([img for _, img in pending], self.card.input).to(self.device)
-            z = torch.tensor([s.z for s, _ in pending], dtype=torch.float32, device=self.device)
-            p = tta_probabilities(self.model, x, z, self.options.tta, self._fill)
-            probs.append(p.cpu().numpy())
-            kept.extend(s for s, _ in pending)
-            pending.clear()
+    # -- forward: slices of any job, with their positions ------------------------------
 
-        def read(item: _Slice) -> tuple[str, np.ndarray]:
-            return read_slice(item.path, self.card.input)
+    def forward(self, batch: Sequence[SliceInput]) -> list[np.ndarray]:
+        x = torch.stack([x for x, _ in batch]).to(self.device)
+        z = torch.tensor([z for _, z in batch], dtype=torch.float32, device=self.device)
+        p = tta_probabilities(self.model, x, z, self.options.tta, self._fill)
+        return list(p.cpu().numpy())
 
-        # the next slices are read while the model runs on the current batch
-        threaded = spare_cores(self.device)
-        for item, future in prefetch(
-            read, slices, depth=self.options.batch_size, threaded=threaded
-        ):
-            try:
-                uid, image = future.result()
-            except SliceError as exc:
-                self.skip(skipped, item.sop_instance_uid or item.path.name, str(exc))
-                continue
-            shape = (int(image.shape[-2]), int(image.shape[-1]))
-            pending.append((_Slice(item.path, uid, item.z, shape), image))
-            if len(pending) >= self.options.batch_size:
-                flush()
-        flush()
-        matrix = np.concatenate(probs) if probs else np.zeros((0, len(self.card.labels)))
-        return kept, np.clip(matrix, 0.0, 1.0)
+    # -- interpret: study findings, supporting slices, heatmaps ------------------------
 
-    # -- results -----------------------------------------------------------------------
+    def interpret(self, scored: Scored[_Slice, np.ndarray]) -> PipelineResult:
+        probs = np.clip(np.stack(scored.outputs), 0.0, 1.0)
+        return PipelineResult(
+            findings=self._findings(scored.refs, probs),
+            heatmaps=self._heatmaps(scored.refs, probs, scored.skipped),
+        )
 
     def _findings(self, slices: Sequence[_Slice], probs: np.ndarray) -> list[Finding]:
         study = aggregate(probs, self.options.aggregation, self.options.aggregation_k)
@@ -263,16 +243,8 @@ class IntracranialHemorrhage(Pipeline):
             if probability < label.threshold or not support:
                 support = [int(order[0])]  # absent: the single most suspicious slice
             support = support[: self.options.max_supporting_slices]
-            findings.append(
-                Finding(
-                    label=label.name,
-                    code=label.code.to_code(),
-                    probability=probability,
-                    present=probability >= label.threshold,
-                    finding_site=label.finding_site.to_code() if label.finding_site else None,
-                    source_sop_instance_uids=tuple(slices[j].sop_instance_uid for j in support),
-                )
-            )
+            sources = [slices[j].sop_instance_uid for j in support]
+            findings.append(self.finding(label, probability, sources))
         return findings
 
     def _heatmaps(
@@ -308,36 +280,6 @@ class IntracranialHemorrhage(Pipeline):
             Heatmap(source=s.path, sop_instance_uid=s.sop_instance_uid, array=m, label=label)
             for s, m in zip(items, maps, strict=True)
         ]
-
-    def run(self, series: Sequence[SeriesInput]) -> PipelineResult:
-        """Score every usable axial slice of the selected series; one finding per label.
-
-        Raises
-        ------
-        PipelineInputError
-            If no selected file is a usable axial CT slice; the message lists why.
-        """
-        with self._lock:
-            result = PipelineResult()
-            ordered = self._order(series, result.skipped)
-            slices, probs = self._score(ordered, result.skipped)
-            if not slices:
-                raise PipelineInputError(
-                    f"none of the files in {len(series)} series is an axial CT slice that "
-                    f"{self.card.name!r} can read: {result.skipped_summary()}; check the "
-                    "route's selection for this model"
-                )
-            result.findings = self._findings(slices, probs)
-            result.heatmaps = self._heatmaps(slices, probs, result.skipped)
-            logger.info(
-                "%s: scored %d slice(s) from %d series, skipped %d; %s",
-                self.card.name,
-                len(slices),
-                len(series),
-                len(result.skipped),
-                ", ".join(f"{f.label}={f.probability:.3f}" for f in result.findings),
-            )
-            return result
 
 
 def _per_channel(values: Sequence[float]) -> list[float]:

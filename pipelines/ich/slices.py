@@ -19,13 +19,14 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from pipelines.base import UnusableInput
 from pipelines.card import InputSpec
 from pipelines.common.image import PixelDataError
 from pipelines.common.preprocess import display_image
 from pipelines.ich.labels import WINDOWS
 
 
-class SliceError(ValueError):
+class SliceError(UnusableInput):
     """A file is not a CT slice the ICH model can read; the message says why (no PHI)."""
 
 

@@ -26,7 +26,6 @@ default 16).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,17 +37,17 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from pipelines.base import (
-    Finding,
     Heatmap,
+    ModelInput,
     Pipeline,
-    PipelineInputError,
     PipelineResult,
-    SeriesInput,
+    Scored,
+    UnusableInput,
 )
 from pipelines.card import CardError, ModelCard
-from pipelines.common.cam import check_cam_method, compute_heatmaps
+from pipelines.common.cam import compute_heatmaps
 from pipelines.common.image import PixelDataError
-from pipelines.common.models import build_classifier, load_weights, target_layer
+from pipelines.common.models import build_classifier, load_weights
 from pipelines.common.preprocess import display_image, to_model_input
 from pipelines.registry import register
 
@@ -58,20 +57,21 @@ DEFAULT_BATCH_SIZE = 16
 
 
 @dataclass(frozen=True)
-class _Scored:
+class _Image:
     path: Path
     sop_instance_uid: str
     shape: tuple[int, int]
-    probabilities: np.ndarray
 
 
 @register("generic")
-class GenericClassifier(Pipeline):
+class GenericClassifier(Pipeline[Path, _Image, torch.Tensor, np.ndarray]):
     """Softmax classifier over the card's labels, with Grad-CAM explanations.
 
     The model is built and its weights loaded once, in eval mode, on
     ``device``; instances are cached by the node between jobs.
     """
+
+    accepts = "a greyscale single-frame image that {card} can classify"
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:
         super().__init__(card, device)
@@ -95,17 +95,9 @@ class GenericClassifier(Pipeline):
                 f"card {card.name!r}: options.batch_size must be a positive integer, "
                 f"got {batch_size!r}"
             )
-        self.batch_size = batch_size
-        # Grad-CAM attaches hooks to the shared model: one job at a time per instance
-        self._lock = threading.Lock()
+        self._batch_size = batch_size
         self.reported = [i for i, label in enumerate(card.labels) if label.report]
-        self.explain_layer: torch.nn.Module | None = None
-        if card.explainer.top_k > 0:
-            try:
-                check_cam_method(card.explainer.method)
-                self.explain_layer = target_layer(self.model, card.explainer.target_layer)
-            except ValueError as exc:
-                raise CardError(f"card {card.name!r}: explainer is invalid: {exc}") from exc
+        self.explain_layer = self.explainer_layer(self.model)
         logger.info(
             "loaded %s (%s, %d labels) on %s",
             card.name,
@@ -113,6 +105,10 @@ class GenericClassifier(Pipeline):
             len(card.labels),
             device,
         )
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
 
     @staticmethod
     def _check_input_spec(card: ModelCard) -> None:
@@ -130,32 +126,34 @@ class GenericClassifier(Pipeline):
         except ValueError as exc:
             raise CardError(f"card {card.name!r}: {exc}") from exc
 
-    # -- reading -----------------------------------------------------------------------
+    # -- prepare -------------------------------------------------------------------------
 
-    def _read(self, path: Path, skipped: list[tuple[str, str]]) -> tuple[str, np.ndarray] | None:
-        """Read one file and return (SOP Instance UID, display image), or record why not."""
+    def _read(self, path: Path) -> tuple[str, np.ndarray]:
+        """Read one file: (SOP Instance UID, display image); UnusableInput says why not."""
         try:
             ds = pydicom.dcmread(path)
         except InvalidDicomError:
-            self.skip(skipped, path.name, "not a readable DICOM file: no DICOM preamble/header")
-            return None
+            raise UnusableInput("not a readable DICOM file: no DICOM preamble/header") from None
         except Exception as exc:  # pydicom raises many types for truncated or corrupt files
-            self.skip(skipped, path.name, f"not a readable DICOM file: {type(exc).__name__}")
-            return None
+            raise UnusableInput(f"not a readable DICOM file: {type(exc).__name__}") from None
         uid = str(ds.get("SOPInstanceUID", "")) or path.name
         reason = self._unusable(ds)
-        if reason is not None:
-            self.skip(skipped, uid, reason)
-            return None
-        try:
-            image = display_image(ds, self.card.input)
-        except PixelDataError as exc:
-            self.skip(skipped, uid, str(exc))
-            return None
-        if not np.isfinite(image).all():
-            self.skip(skipped, uid, "pixel values are not finite")
-            return None
-        return uid, image
+        if reason is None:
+            try:
+                image = display_image(ds, self.card.input)
+            except PixelDataError as exc:
+                reason = str(exc)
+            else:
+                if np.isfinite(image).all():
+                    return uid, image
+                reason = "pixel values are not finite"
+        raise UnusableInput(reason, ident=uid)
+
+    def load(self, unit: Path) -> ModelInput[_Image, torch.Tensor]:
+        uid, image = self._read(Path(unit))
+        shape = (int(image.shape[-2]), int(image.shape[-1]))
+        x = to_model_input([image], self.card.input)[0]
+        return ModelInput(_Image(Path(unit), uid, shape), x)
 
     @staticmethod
     def _unusable(ds: Dataset) -> str | None:
@@ -170,69 +168,40 @@ class GenericClassifier(Pipeline):
             )
         return None
 
-    # -- inference ---------------------------------------------------------------------
+    # -- forward -------------------------------------------------------------------------
 
-    def _forward(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        batch = to_model_input(images, self.card.input).to(self.device)
+    def forward(self, batch: Sequence[torch.Tensor]) -> list[np.ndarray]:
         with torch.inference_mode():
-            logits = self.model(batch)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            logits = self.model(torch.stack(list(batch)).to(self.device))
+        return list(torch.softmax(logits.float(), dim=1).cpu().numpy())
 
-    def _score(self, files: Sequence[Path], skipped: list[tuple[str, str]]) -> list[_Scored]:
-        scored: list[_Scored] = []
-        pending: list[tuple[Path, str, np.ndarray]] = []
+    # -- interpret -----------------------------------------------------------------------
 
-        def flush() -> None:
-            if not pending:
-                return
-            probs = self._forward([img for _, _, img in pending])
-            for (path, uid, img), p in zip(pending, probs, strict=True):
-                scored.append(_Scored(path, uid, (int(img.shape[-2]), int(img.shape[-1])), p))
-            pending.clear()
-
-        for path in files:
-            read = self._read(Path(path), skipped)
-            if read is not None:
-                pending.append((Path(path), *read))
-            if len(pending) >= self.batch_size:
-                flush()
-        flush()
-        return scored
-
-    def _findings(self, scored: Sequence[_Scored]) -> list[Finding]:
+    def interpret(self, scored: Scored[_Image, np.ndarray]) -> PipelineResult:
         findings = []
-        for item in scored:
+        for item, probs in zip(scored.refs, scored.outputs, strict=True):
             for i in self.reported:
                 label = self.card.labels[i]
-                prob = float(np.clip(item.probabilities[i], 0.0, 1.0))
-                findings.append(
-                    Finding(
-                        label=label.name,
-                        code=label.code.to_code(),
-                        probability=prob,
-                        present=prob >= label.threshold,
-                        finding_site=label.finding_site.to_code() if label.finding_site else None,
-                        source_sop_instance_uids=(item.sop_instance_uid,),
-                    )
-                )
-                logger.debug("%s %s p=%.4f", item.sop_instance_uid, label.name, prob)
-        return findings
+                findings.append(self.finding(label, probs[i], [item.sop_instance_uid]))
+                logger.debug("%s %s p=%.4f", item.sop_instance_uid, label.name, probs[i])
+        return PipelineResult(findings=findings, heatmaps=self._heatmaps(scored))
 
-    def _heatmaps(self, scored: Sequence[_Scored], skipped: list[tuple[str, str]]) -> list[Heatmap]:
-        if self.explain_layer is None or not self.reported or not scored:
+    def _heatmaps(self, scored: Scored[_Image, np.ndarray]) -> list[Heatmap]:
+        if self.explain_layer is None or not self.reported or not scored.refs:
             return []
-        best = [max(self.reported, key=lambda i: s.probabilities[i]) for s in scored]
-        score = np.array([s.probabilities[b] for s, b in zip(scored, best, strict=True)])
+        best = [max(self.reported, key=lambda i: p[i]) for p in scored.outputs]
+        score = np.array([p[b] for p, b in zip(scored.outputs, best, strict=True)])
         chosen = np.argsort(-score, kind="stable")[: self.card.explainer.top_k]
-        images, shapes, classes, items = [], [], [], []
+        images, classes, items = [], [], []
         for j in chosen:
-            read = self._read(scored[j].path, skipped)
-            if read is None:  # changed on disk since it was scored
+            item = scored.refs[j]
+            try:
+                images.append(self._read(item.path)[1])
+            except UnusableInput as exc:  # changed on disk since it was scored
+                self.skip(scored.skipped, item.sop_instance_uid, str(exc))
                 continue
-            images.append(read[1])
-            shapes.append(scored[j].shape)
             classes.append(best[j])
-            items.append(scored[j])
+            items.append(item)
         if not images:
             return []
         maps = compute_heatmaps(
@@ -240,7 +209,7 @@ class GenericClassifier(Pipeline):
             to_model_input(images, self.card.input),
             target_layer=self.explain_layer,
             class_indices=classes,
-            output_shapes=shapes,
+            output_shapes=[item.shape for item in items],
             method=self.card.explainer.method,
             batch_size=self.batch_size,
         )
@@ -254,37 +223,3 @@ class GenericClassifier(Pipeline):
             )
             for item, m, c in zip(items, maps, classes, strict=True)
         ]
-
-    def run(self, series: Sequence[SeriesInput]) -> PipelineResult:
-        """Classify every usable image of the selected series.
-
-        Raises
-        ------
-        PipelineInputError
-            If no file of the series is an image this pipeline can use; the
-            message lists why each was skipped.
-        """
-        with self._lock:
-            return self._run(series)
-
-    def _run(self, series: Sequence[SeriesInput]) -> PipelineResult:
-        result = PipelineResult()
-        files = [path for s in series for path in s.files]
-        scored = self._score(files, result.skipped)
-        if not scored:
-            raise PipelineInputError(
-                f"none of the {len(files)} file(s) in {len(series)} series is a greyscale "
-                f"single-frame image that {self.card.name!r} can classify: "
-                f"{result.skipped_summary()}; check the route's selection for this model"
-            )
-        result.findings = self._findings(scored)
-        result.heatmaps = self._heatmaps(scored, result.skipped)
-        logger.info(
-            "%s: classified %d image(s) from %d series, skipped %d, %d heatmap(s)",
-            self.card.name,
-            len(scored),
-            len(series),
-            len(result.skipped),
-            len(result.heatmaps),
-        )
-        return result
