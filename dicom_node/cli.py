@@ -193,9 +193,59 @@ def code_paths() -> list[str]:
     return list(CODE_PATHS)
 
 
+def _build_demo_in_background(args: argparse.Namespace, argv: list[str]) -> int:
+    """Start ``models build-demo`` (without ``--background``) in a process of its own.
+
+    The models it will build are marked as building (with that process's id)
+    before this returns, so a node started right after keeps their jobs
+    waiting instead of failing them.
+    """
+    import subprocess
+
+    from pipelines.card import CARD_FILE, mark_building
+    from pipelines.study import demo_models
+
+    names = args.only or list(demo_models())
+    missing = [
+        n for n in names if args.force or not (Path(args.models_dir) / n / CARD_FILE).is_file()
+    ]
+    if not missing:
+        print("demo models ready: nothing to build")
+        return EXIT_OK
+    log_path = Path(args.background)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "dicom_node", *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    for name in missing:
+        mark_building(Path(args.models_dir) / name / CARD_FILE, child.pid)
+    print(
+        f"building {len(missing)} demo model(s) in the background (process {child.pid}, "
+        f"log {log_path}): {', '.join(missing)}"
+    )
+    return EXIT_OK
+
+
 def cmd_build_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import build_demo, default_jobs
 
+    if args.background:
+        argv = [
+            "models",
+            "build-demo",
+            "--models-dir",
+            str(args.models_dir),
+            "--seed",
+            str(args.seed),
+        ]
+        argv += ["--force"] * args.force + [a for n in args.only or () for a in ("--only", n)]
+        argv += ["--jobs", str(args.jobs)] if args.jobs else []
+        argv += ["--code-path", args.code_path] if args.code_path else []
+        return _build_demo_in_background(args, argv)
     setup_logging("INFO")
     try:
         cards = build_demo(
@@ -351,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=code_paths(),
         help="CPU code path to train under, as another machine would (default: "
         "$DICOM_NODE_CODE_PATH, else native); see models/README.md",
+    )
+    p.add_argument(
+        "--background",
+        metavar="LOG",
+        help="return at once and build in a background process that writes to LOG; until a "
+        "model is built, the node keeps its jobs waiting (shown by 'dicom-node status')",
     )
     p.set_defaults(func=cmd_build_demo)
     return parser

@@ -36,7 +36,7 @@ from dicom_node.config import Config
 from dicom_node.db import session_factory, utcnow
 from dicom_node.dispatch.tables import Delivery, DeliveryState
 from dicom_node.jobs.tables import Job, JobState
-from dicom_node.receive.spool import Spool
+from dicom_node.spool import Spool
 from dicom_node.status import collect, stage_counts
 
 log = logging.getLogger(__name__)

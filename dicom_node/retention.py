@@ -46,8 +46,8 @@ from dicom_node.events import record
 from dicom_node.jobs import queue
 from dicom_node.jobs.tables import Job, JobState
 from dicom_node.receive import index
-from dicom_node.receive.spool import Spool
 from dicom_node.receive.tables import Instance
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ from dicom_node.jobs import queue
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.monitor import MonitoringServer
 from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
-from dicom_node.receive.spool import Spool
 from dicom_node.retention import Retention
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 

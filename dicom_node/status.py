@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select
@@ -11,16 +12,17 @@ from dicom_node.config import Config
 from dicom_node.db import make_engine, session_factory
 from dicom_node.dispatch.tables import Delivery, DeliveryState
 from dicom_node.events import Event
-from dicom_node.jobs.tables import Job
+from dicom_node.jobs import queue
 from dicom_node.receive import index
-from dicom_node.receive.spool import Spool
+from dicom_node.spool import Spool
+from pipelines.card import card_state
 
 
 def stage_counts(session: Session) -> dict[str, dict[str, int]]:
     """What each stage holds now: received objects, and jobs and deliveries per state."""
     return {
         "received": index.counts(session),
-        "jobs": dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all()),
+        "jobs": queue.counts_by_state(session),
         "deliveries": dict(
             session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
         ),
@@ -48,6 +50,11 @@ def collect(config: Config, *, events: int = 15, engine: Engine | None = None) -
     try:
         with sessions() as session:
             report.update(stage_counts(session))
+            pending = queue.pending_by_pipeline(session)
+            report["models"] = {
+                name: _model(spec.card, pending.get(name, 0))
+                for name, spec in config.pipelines.items()
+            }
             report["dead_letters"] = [
                 {
                     "id": d.id,
@@ -80,6 +87,11 @@ def collect(config: Config, *, events: int = 15, engine: Engine | None = None) -
     return report
 
 
+def _model(card: Path, pending: int) -> dict[str, Any]:
+    state, detail = card_state(card)
+    return {"state": state, "detail": detail, "jobs_pending": pending}
+
+
 def format_status(report: dict[str, Any]) -> str:
     lines = [f"node {report['node']['ae_title']} port {report['node']['port']}"]
     spool = report["spool"]
@@ -102,6 +114,10 @@ def format_status(report: dict[str, Any]) -> str:
         "deliveries: "
         + (", ".join(f"{k} {v}" for k, v in sorted(report["deliveries"].items())) or "none")
     )
+    for name, model in report["models"].items():
+        waiting = f", {model['jobs_pending']} job(s) pending" if model["jobs_pending"] else ""
+        why = f": {model['detail']}" if model["state"] != "ready" else ""
+        lines.append(f"model {name}: {model['state']}{why}{waiting}")
     for d in report["dead_letters"]:
         lines.append(
             f"  dead letter {d['id']}: job {d['job']} to {d['destination']} after {d['attempts']} attempts: {d['error']}"

@@ -11,8 +11,10 @@ produce results under another model's name.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -252,7 +254,11 @@ def load_card(path: str | Path, *, verify_weights: bool = True) -> ModelCard:
 def write_card(card: ModelCard, path: str | Path) -> None:
     """Write a card as YAML (the ``folder`` field is not written)."""
     data = card.model_dump(mode="json", exclude={"folder"})
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    # atomically: a node may be waiting for this card (card_state) and must never read half of it
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    os.replace(staging, path)
 
 
 def existing_card(path: str | Path, *, force: bool) -> bool:
@@ -272,3 +278,48 @@ def existing_card(path: str | Path, *, force: bool) -> bool:
     except CardError as exc:
         raise CardError(f"{exc}. Rebuild the demo model with force=True (--force).") from exc
     return True
+
+
+#: Present in a model's folder while a process builds its card (JSON: the builder's ``pid``).
+BUILDING_FILE = ".building"
+
+
+def mark_building(card_path: str | Path, pid: int) -> None:
+    """Say that process ``pid`` is building the card at ``card_path`` (see :func:`card_state`)."""
+    folder = Path(card_path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / BUILDING_FILE
+    staging = marker.with_name(f"{BUILDING_FILE}.{pid}")
+    staging.write_text(json.dumps({"pid": pid, "card": Path(card_path).name}) + "\n")
+    os.replace(staging, marker)
+
+
+def unmark_building(card_path: str | Path) -> None:
+    """The build of ``card_path`` ended (finished or failed)."""
+    (Path(card_path).parent / BUILDING_FILE).unlink(missing_ok=True)
+
+
+def card_state(card_path: str | Path) -> tuple[Literal["ready", "building", "missing"], str]:
+    """Whether a configured card can serve jobs now, and why not: ``(state, detail)``.
+
+    ``ready``: the card file exists (whether it verifies is checked when it
+    loads). ``building``: it does not exist yet, but a live process is
+    building it (:func:`mark_building`): jobs for it wait. ``missing``: no
+    card and no live build (a build that died leaves a stale marker, named
+    in the detail): jobs for it fail with the loader's error.
+    """
+    path = Path(card_path)
+    if path.is_file():
+        return "ready", str(path)
+    marker = path.parent / BUILDING_FILE
+    try:
+        pid = int(json.loads(marker.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "missing", f"{path} does not exist"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "missing", f"{path} does not exist; its build (process {pid}) stopped before it"
+    except PermissionError:
+        pass  # alive, another user's
+    return "building", f"process {pid} is building {path}"

@@ -19,16 +19,29 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
-from pipelines.card import CARD_FILE, CardError, existing_card
+from pipelines.card import CARD_FILE, CardError, existing_card, mark_building, unmark_building
 from pipelines.common import buildcache, codepath
 from pipelines.study import demo_models
 
 logger = logging.getLogger(__name__)
+
+
+def build_order(names: Sequence[str], workers: int) -> list[str]:
+    """The order to start builds in: the ``workers - 1`` longest first, then the rest shortest first.
+
+    The longest builds set when the last one ends, so they start at once on
+    all workers but one; that one builds the others shortest first, so that
+    a node serving while its demos build (``scripts/run-node``) can analyse
+    its first studies minutes after it starts, not when the slowest is done.
+    """
+    minutes = {name: demo_models()[name][1].minutes for name in names}
+    longest = sorted(names, key=lambda n: -minutes[n])[: max(0, workers - 1)]
+    return longest + sorted((n for n in names if n not in longest), key=lambda n: minutes[n])
 
 
 def builder(name: str) -> Callable[..., Path]:
@@ -129,31 +142,43 @@ def build_demo(
                 buildcache.restore(name, keys[name], models_dir / name)
     cards = {name: models_dir / name / CARD_FILE for name in names}
     to_build = [name for name in names if not existing_card(cards[name], force=force)]
-    if to_build and codepath.in_effect(code_path) and (jobs <= 1 or len(to_build) <= 1):
+    for name in names:  # jobs for the models to build wait instead of failing (card_state)
+        if name in to_build:
+            mark_building(cards[name], os.getpid())
+        else:
+            unmark_building(cards[name])  # built, or restored from the cache
+
+    def finished(name: str, card: Path) -> None:
+        cards[name] = card
+        unmark_building(card)
+        if cache:
+            buildcache.store(name, keys[name], card.parent)
+
+    try:
+        if to_build and codepath.in_effect(code_path) and (jobs <= 1 or len(to_build) <= 1):
+            for name in build_order(to_build, 1):
+                finished(name, _build_one(name, models_dir, seed, force, progress))
+        elif to_build:
+            # spawn: a forked child would inherit the parent's torch thread pool and locks, and
+            # the libraries' CPU dispatch, which only a new process chooses afresh from its
+            # environment
+            context = multiprocessing.get_context("spawn")
+            workers = max(1, min(jobs, len(to_build)))
+            with (
+                _environment(env),
+                ProcessPoolExecutor(
+                    max_workers=workers, mp_context=context, initializer=_worker_logging
+                ) as pool,
+            ):
+                futures = {
+                    pool.submit(_build_one, name, models_dir, seed, force, progress): name
+                    for name in build_order(to_build, workers)
+                }
+                for future in as_completed(futures):
+                    finished(futures[future], future.result())
+    finally:
         for name in to_build:
-            cards[name] = _build_one(name, models_dir, seed, force, progress)
-    elif to_build:
-        # spawn: a forked child would inherit the parent's torch thread pool and locks, and the
-        # libraries' CPU dispatch, which only a new process chooses afresh from its environment
-        context = multiprocessing.get_context("spawn")
-        longest_first = sorted(to_build, key=lambda n: -known[n][1].minutes)
-        with (
-            _environment(env),
-            ProcessPoolExecutor(
-                max_workers=max(1, min(jobs, len(to_build))),
-                mp_context=context,
-                initializer=_worker_logging,
-            ) as pool,
-        ):
-            futures = {
-                name: pool.submit(_build_one, name, models_dir, seed, force, progress)
-                for name in longest_first
-            }
-            for name in to_build:
-                cards[name] = futures[name].result()
-    if cache:
-        for name in to_build:
-            buildcache.store(name, keys[name], cards[name].parent)
+            unmark_building(cards[name])
     return [cards[name] for name in names]
 
 

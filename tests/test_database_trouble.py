@@ -22,7 +22,7 @@ from sqlalchemy import text
 from dicom_node.config import parse_config
 from dicom_node.db import make_engine, migrate
 from dicom_node.receive.scp import StorageSCP
-from dicom_node.receive.spool import Spool
+from dicom_node.spool import Spool
 from pipelines.common.phantoms import write_radiograph_study
 
 from node import NODE_AET, TEST_AET, NodeProcess, node_config

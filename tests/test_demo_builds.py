@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from pipelines.card import CARD_FILE, load_card
+from pipelines.card import CARD_FILE, card_state, load_card, mark_building, unmark_building
 from pipelines.common import buildcache, codepath
-from pipelines.demo import build_demo
+from pipelines.demo import build_demo, build_order
+from pipelines.study import demo_models
 
 #: One SGD step of a small convolutional network on one thread, then the weights' sha256 and
 #: the capability ATen reports: what a demo build does, in a second.
@@ -138,3 +140,65 @@ def test_a_cached_build_that_does_not_verify_is_dropped(
     weights.write_bytes(bytes(blob))
     assert not buildcache.restore(name, "k" * 24, tmp_path / "models" / name)
     assert not entry.exists() and not (tmp_path / "models" / name).exists()
+
+
+def test_card_state_tells_ready_building_and_a_build_that_died(tmp_path: Path) -> None:
+    card = tmp_path / "m" / CARD_FILE
+    assert card_state(card) == ("missing", f"{card} does not exist")
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        mark_building(card, alive.pid)
+        assert card_state(card) == ("building", f"process {alive.pid} is building {card}")
+    finally:
+        alive.kill()
+        alive.wait()
+    state, detail = card_state(card)
+    assert state == "missing" and f"its build (process {alive.pid}) stopped" in detail
+    card.write_text("name: x\n")
+    assert card_state(card)[0] == "ready"
+    unmark_building(card)
+    assert not (card.parent / ".building").exists()
+
+
+def test_the_first_builds_to_finish_are_the_quick_ones_without_delaying_the_last() -> None:
+    """Two workers: the longest build starts at once on one; the other builds the rest
+    shortest first, so a node serving meanwhile gets its first models in minutes."""
+    names = list(demo_models())
+    order = build_order(names, 2)
+    minutes = {n: demo_models()[n][1].minutes for n in names}
+    assert order[0] == max(names, key=minutes.__getitem__)
+    rest = [minutes[n] for n in order[1:]]
+    assert rest == sorted(rest) and sorted(order) == sorted(names)
+    assert build_order(names, 1) == sorted(names, key=minutes.__getitem__)
+
+
+def test_build_demo_in_the_background_marks_its_models_and_returns_at_once(
+    ct_noncontrast_demo_card: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``models build-demo --background LOG`` returns before the build ends, with the model
+    marked as building (so a node keeps its jobs); the build then finishes (here from the
+    cache) and the marker goes."""
+    name = "ct-gb-noncontrast-demo"
+    shipped = load_card(ct_noncontrast_demo_card)
+    built_under = (shipped.provenance.code_path or {}).get("name", "native")
+    monkeypatch.setenv(buildcache.CACHE_ENV, str(tmp_path / "cache"))
+    key = buildcache.build_key(name, seed=0, code_path=built_under)
+    buildcache.store(name, key, ct_noncontrast_demo_card.parent)
+    models, log = tmp_path / "models", tmp_path / "build.log"
+    command = [
+        sys.executable, "-m", "dicom_node", "models", "build-demo", "--only", name,
+        "--models-dir", str(models), "--code-path", built_under, "--background", str(log),
+    ]  # fmt: skip
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "in the background" in done.stdout and name in done.stdout
+    card = models / name / CARD_FILE
+    assert card_state(card)[0] == "building", "marked before the command returned"
+    while card_state(card)[0] == "building" and time.monotonic() - start < 300:
+        time.sleep(0.5)
+    assert card_state(card)[0] == "ready", log.read_text()
+    assert load_card(card).weights.sha256 == shipped.weights.sha256
+    assert f"demo model ready: {card}" in log.read_text()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.stdout.strip() == "demo models ready: nothing to build"

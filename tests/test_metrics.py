@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,37 @@ def test_binary_report_thresholds_scores() -> None:
         assert lo <= count <= hi
     for key in ("accuracy", "precision", "recall", "specificity", "f1", "roc_auc"):
         assert rep[key]["ci_low"] <= rep[key]["value"] <= rep[key]["ci_high"]
+
+
+def test_every_study_writes_metrics_as_strict_json_in_one_shape(tmp_path: Path) -> None:
+    """An undefined metric (no positive case: NaN) is null, never the literal NaN that strict
+    JSON readers refuse; NumPy values are plain numbers; the card is named the same way."""
+    import json
+
+    from pipelines.card import CodeSpec, LabelSpec, ModelCard, Provenance, WeightsSpec
+    from pipelines.common.metrics import write_metrics
+
+    card = ModelCard(
+        name="m",
+        pipeline="generic",
+        version="1.2",
+        architecture="resnet18",
+        labels=[LabelSpec(name="a", code=CodeSpec(value="1", scheme="SCT", meaning="A"))],
+        weights=WeightsSpec(file="w.pt", sha256="ab" * 32),
+        provenance=Provenance(synthetic=True, data="none"),
+    )
+    report = {
+        "sensitivity": {"value": float("nan"), "ci": [np.float32(0.25), float("inf")]},
+        "confusion": np.array([[3, 1], [0, 2]]),
+        "n": np.int64(6),
+    }
+    path = write_metrics(tmp_path / "eval", report, card)
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    saved = json.loads(path.read_text(), parse_constant=refuse)
+    assert saved["sensitivity"] == {"value": None, "ci": [0.25, None]}
+    assert saved["confusion"] == [[3, 1], [0, 2]] and saved["n"] == 6
+    assert saved["model"] == {"name": "m", "version": "1.2", "sha256": "ab" * 32}
+    assert saved["evaluated_at"].endswith("+00:00")

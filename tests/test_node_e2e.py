@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import highdicom as hd
 import pydicom
 import pytest
 
+from pipelines.card import CARD_FILE, mark_building, unmark_building
 from pipelines.common.phantoms import PhantomFile, write_radiograph_study
 
 from dicom_validation import dciodvfy_errors
@@ -305,3 +308,61 @@ def test_routes_reload_while_running_and_bad_edit_is_refused(
         time.sleep(0.5)
         events = {row[0] for row in node.query("SELECT kind FROM events WHERE stage = 'config'")}
         assert {"reloaded", "reload-refused"} <= events
+
+
+def _install_card(source: Path, card: Path) -> None:
+    """Put a built model where a card is expected, the card last and atomically, as a build does."""
+    card.parent.mkdir(parents=True, exist_ok=True)
+    for item in source.parent.iterdir():
+        if item.is_file() and item.name != card.name:
+            shutil.copy2(item, card.parent / item.name)
+    staging = card.with_name(".card.tmp")
+    shutil.copy2(source, staging)
+    staging.replace(card)
+
+
+def test_jobs_wait_for_a_model_that_is_still_building_then_run(
+    tmp_path: Path, database_url: str, demo_card: Path
+) -> None:
+    """A first run serves before its demo models exist: a study for a model still building
+    is received and its job waits (status says so) instead of failing; it runs when the card
+    appears. A build that died leaves its jobs to fail with an error that says so."""
+    card = tmp_path / "models" / "generic-demo" / CARD_FILE
+    builder = subprocess.Popen(["sleep", "600"])  # stands in for 'models build-demo'
+    try:
+        mark_building(card, builder.pid)
+        node = make_node(tmp_path, database_url)
+        node.config["pipelines"]["generic"]["card"] = str(card)
+        node.write_config(node.config)
+        first, second = phantom(tmp_path, 1), phantom(tmp_path, 2)
+        with node.start():
+            sent = storescu("127.0.0.1", node.port, [first.path], "DICOM_NODE", TEST_AET)
+            assert sent.returncode == 0, sent.stderr
+            node.wait_for("SELECT count(*) FROM jobs", 1, timeout=60)
+            time.sleep(4)  # several runner ticks: it must not run, nor fail
+            assert node.scalar("SELECT state FROM jobs") == "pending"
+            status = node.cli("status")
+            assert status.returncode == 0, status.stderr
+            assert (
+                f"model generic: building: process {builder.pid} is building {card}, "
+                "1 job(s) pending" in status.stdout
+            ), status.stdout
+
+            _install_card(demo_card, card)  # the build finishes
+            builder.kill()
+            builder.wait()
+            unmark_building(card)
+            node.wait_for("SELECT state FROM jobs", "done", timeout=120)
+            assert "model generic: ready" in node.cli("status").stdout
+
+            # a build that died: its marker stays, its process is gone
+            card.unlink()
+            mark_building(card, builder.pid)
+            sent = storescu("127.0.0.1", node.port, [second.path], "DICOM_NODE", TEST_AET)
+            assert sent.returncode == 0, sent.stderr
+            node.wait_for("SELECT count(*) FROM jobs WHERE state = 'failed'", 1, timeout=60)
+            assert "model generic: missing" in node.cli("status").stdout
+            (error,) = node.query("SELECT error FROM jobs WHERE state = 'failed'")
+            assert str(card) in error[0], error
+    finally:
+        builder.kill()

@@ -16,9 +16,9 @@ from dicom_node.db import transaction
 from dicom_node.dispatch.tables import Delivery, DeliveryState
 from dicom_node.events import Event
 from dicom_node.jobs.tables import Job, JobState, Result
-from dicom_node.receive.spool import Spool
 from dicom_node.receive.tables import Instance, Series, Study
 from dicom_node.retention import Retention, finished_studies
+from dicom_node.spool import Spool
 
 DAY = 86400.0
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from dicom_node.config import Config, parse_config
 from dicom_node.db import make_engine, migrate
 from dicom_node.receive.scp import StorageSCP
-from dicom_node.receive.spool import Spool
+from dicom_node.spool import Spool
 
 from peers import free_port, pydicom_sample
 

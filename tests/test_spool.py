@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.receive.spool import InvalidUIDError, Spool, check_uid
+from dicom_node.spool import InvalidUIDError, Spool, check_uid
 
 
 @pytest.mark.parametrize("uid", ["1.2.3", "1.2.840.10008.5.1.4.1.1.2", "0.1", "2.25.123456789"])

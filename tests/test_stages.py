@@ -22,7 +22,7 @@ from dicom_node.events import Event
 from dicom_node.jobs import queue
 from dicom_node.jobs.tables import Job, JobState
 from dicom_node.receive.index import ReceivedInstance, index_instance
-from dicom_node.receive.spool import Spool
+from dicom_node.spool import Spool
 
 CONFIG = """
 completion: {series_quiet_seconds: 10, study_quiet_seconds: 30, force_after_seconds: 600}

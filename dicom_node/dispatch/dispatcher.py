@@ -12,7 +12,7 @@ from dicom_node.config import Config
 from dicom_node.dispatch import outbox
 from dicom_node.dispatch.destinations import SendError, sender_for
 from dicom_node.jobs.tables import Result
-from dicom_node.receive.spool import Spool
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -10,7 +11,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 from dicom_node.db import Base, UTCDateTime
 
 
-class DeliveryState:
+class DeliveryState(StrEnum):
+    """Where a delivery is; stored as its value in ``deliveries.state``.
+
+    ``pending`` (due now or after its backoff), ``sending`` (an association
+    is open; found so at start-up, it was cut off and is queued again),
+    ``done`` (the destination acknowledged every object) or ``dead`` (given
+    up after ``dispatch.retry.max_attempts``; ``dicom-node resend`` queues it
+    again).
+    """
+
     PENDING = "pending"
     SENDING = "sending"
     DONE = "done"

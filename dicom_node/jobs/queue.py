@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Collection
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.complete.tables import Completion
@@ -25,9 +26,9 @@ from dicom_node.events import record
 from dicom_node.jobs.tables import Job, JobState, Result
 from dicom_node.receive import index
 from dicom_node.receive.check import is_image_storage
-from dicom_node.receive.spool import Spool
 from dicom_node.results.algorithm import AlgorithmInfo
 from dicom_node.route.match import fired_routes
+from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +125,17 @@ class Router:
             )
 
 
-def claim_next(sessions: sessionmaker[Session]) -> int | None:
-    """Mark the oldest pending job running and return its id (None when the queue is empty)."""
+def claim_next(sessions: sessionmaker[Session], *, waiting: Collection[str] = ()) -> int | None:
+    """Mark the oldest pending job running and return its id (None when the queue is empty).
+
+    Jobs of the pipelines named in ``waiting`` (models still being built)
+    stay pending and are passed over.
+    """
     with transaction(sessions) as session:
-        job_id = session.scalar(
-            select(Job.id).where(Job.state == JobState.PENDING).order_by(Job.id).limit(1)
-        )
+        query = select(Job.id).where(Job.state == JobState.PENDING)
+        if waiting:
+            query = query.where(Job.pipeline.not_in(list(waiting)))
+        job_id = session.scalar(query.order_by(Job.id).limit(1))
         if job_id is None:
             return None
         claimed = session.execute(
@@ -138,6 +144,22 @@ def claim_next(sessions: sessionmaker[Session]) -> int | None:
             .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
         ).rowcount
         return job_id if claimed else None
+
+
+def counts_by_state(session: Session) -> dict[str, int]:
+    """How many jobs are in each state (states without jobs are left out)."""
+    rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+    return {str(state): count for state, count in rows}
+
+
+def pending_by_pipeline(session: Session) -> dict[str, int]:
+    """How many jobs wait for each configured pipeline name."""
+    rows = session.execute(
+        select(Job.pipeline, func.count())
+        .where(Job.state == JobState.PENDING)
+        .group_by(Job.pipeline)
+    ).all()
+    return {str(name): int(count) for name, count in rows}
 
 
 def recover(sessions: sessionmaker[Session]) -> int:

@@ -25,15 +25,15 @@ from dicom_node.dispatch import outbox
 from dicom_node.events import record
 from dicom_node.faults import crash_point
 from dicom_node.jobs import queue
-from dicom_node.jobs.tables import Job, JobState, Result
+from dicom_node.jobs.tables import Job, JobState, Result, ResultKind
 from dicom_node.receive import index
-from dicom_node.receive.spool import Spool
 from dicom_node.results.algorithm import AlgorithmInfo
 from dicom_node.results.sc import build_heatmap_sc, heatmap_series_instance_uid
 from dicom_node.results.sr import build_sr
+from dicom_node.spool import Spool
 from pipelines import registry
 from pipelines.base import Pipeline, PipelineInputError, PipelineResult, SeriesInput
-from pipelines.card import ModelCard, load_card
+from pipelines.card import ModelCard, card_state, load_card
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,25 @@ class JobRunner:
             )
         return self._pipelines[key]
 
+    def models_waiting(self) -> dict[str, str]:
+        """Configured pipelines whose card is still being built, with what builds it.
+
+        Their jobs stay pending (:func:`queue.claim_next` passes over them)
+        and run once the card appears; a card that is simply missing is not
+        waited for: its jobs fail with the loader's error.
+        """
+        waiting = {}
+        for name, spec in self._config().pipelines.items():
+            state, detail = card_state(spec.card)
+            if state == "building":
+                waiting[name] = detail
+        return waiting
+
     def run_pending(self) -> int:
-        """Run queued jobs until the queue is empty; return how many ran."""
+        """Run queued jobs until none is left that can run now; return how many ran."""
         ran = 0
-        while (job_id := queue.claim_next(self.sessions)) is not None:
+        waiting = self.models_waiting()
+        while (job_id := queue.claim_next(self.sessions, waiting=waiting)) is not None:
             self.run(job_id)
             ran += 1
         return ran
@@ -197,7 +212,7 @@ class JobRunner:
             job_key=job.key,
             series_number=SR_SERIES_NUMBER,
         )
-        outputs.append(("SR", sr, self._write(job.id, sr)))
+        outputs.append((ResultKind.SR, sr, self._write(job.id, sr)))
         sc_series = heatmap_series_instance_uid(job.key)
         for number, heatmap in enumerate(result.heatmaps, start=1):
             source = dcmread(heatmap.source)
@@ -212,7 +227,7 @@ class JobRunner:
                 label=heatmap.label,
                 annotations=heatmap.annotations,
             )
-            outputs.append(("SC", sc, self._write(job.id, sc)))
+            outputs.append((ResultKind.SC, sc, self._write(job.id, sc)))
         return outputs
 
     def _write(self, job_id: int, ds: Dataset) -> PurePosixPath:

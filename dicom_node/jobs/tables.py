@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
@@ -10,11 +11,29 @@ from sqlalchemy.orm import Mapped, mapped_column
 from dicom_node.db import Base, UTCDateTime
 
 
-class JobState:
+class JobState(StrEnum):
+    """Where a job is; stored as its value in ``jobs.state``.
+
+    ``pending`` (queued, or waiting for its model to be built), ``running``
+    (claimed by a runner; found so at start-up, it was cut off and goes back
+    to ``pending``), ``done`` (results stored and their deliveries queued in
+    the same transaction) or ``failed`` (the error says why; ``dicom-node``
+    never retries it by itself).
+    """
+
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+
+
+class ResultKind(StrEnum):
+    """What a result object is; stored in ``results.kind``."""
+
+    #: the TID 1500 Structured Report with the findings
+    SR = "SR"
+    #: a Secondary Capture heatmap
+    SC = "SC"
 
 
 class Job(Base):
@@ -50,7 +69,7 @@ class Result(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
-    #: "SR" or "SC"
+    #: a :class:`ResultKind`
     kind: Mapped[str] = mapped_column(String(8))
     #: path relative to the spool folder
     path: Mapped[str] = mapped_column(String(512))

@@ -15,7 +15,7 @@ from dicom_node.config import LiveConfig
 from dicom_node.db import make_engine
 from dicom_node.logs import setup_logging
 from dicom_node.receive.scp import StorageSCP
-from dicom_node.receive.spool import Spool
+from dicom_node.spool import Spool
 
 CONFIG_CHECK_SECONDS = 2.0
 

@@ -61,7 +61,7 @@ from dicom_node.receive.check import (
     read_header,
 )
 from dicom_node.receive.index import ReceivedInstance, index_instance
-from dicom_node.receive.spool import UID_PATTERN, InvalidUIDError, Spool, check_uid
+from dicom_node.spool import UID_PATTERN, InvalidUIDError, Spool, check_uid
 from dicom_node.tls import server_context
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,17 @@ than a made-up 0 or 1.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pipelines.card import ModelCard
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
@@ -637,3 +643,45 @@ def rounded(value: Any, digits: int = 4) -> Any:
     if isinstance(value, list | tuple):
         return [rounded(v, digits) for v in value]
     return value
+
+
+METRICS_FILE = "metrics.json"
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as ``null`` and NumPy scalars and arrays as plain Python.
+
+    JSON has no NaN: a literal ``NaN`` (Python's default) is refused by strict
+    readers (``jq``, browsers, most languages). An undefined metric (e.g.
+    sensitivity without a positive case) is ``null`` instead.
+    """
+    if isinstance(value, np.generic | np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_metrics(out_dir: Path, report: dict[str, Any], card: ModelCard) -> Path:
+    """Write an evaluation's ``metrics.json``: one shape for every study, always valid JSON.
+
+    The file is the report's own keys plus ``model`` (name, version and
+    weights sha256 of the card evaluated) and ``evaluated_at`` (UTC, ISO
+    8601); non-finite numbers are ``null`` (:func:`json_safe`).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    document = {
+        **report,
+        "model": {"name": card.name, "version": card.version, "sha256": card.weights.sha256},
+        "evaluated_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+    }
+    path = out / METRICS_FILE
+    path.write_text(json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
+    return path

@@ -26,8 +26,6 @@ pipeline's own ordering, reading and scoring, :meth:`CtSliceClassifier.score_ser
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import math
 from collections import defaultdict
@@ -49,6 +47,7 @@ from pipelines.common.metrics import (
     roc_curve,
     rounded,
     study_metrics,
+    write_metrics,
 )
 from pipelines.common.plots import save_roc_png
 from pipelines.common.train import resolve_device
@@ -332,17 +331,9 @@ def evaluate_ct_slices(
     curves = report.pop("_curves")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = rounded(
-        {
-            "model": card.name,
-            "card": str(card_path),
-            "weights_sha256": card.weights.sha256,
-            "evaluated_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-            "skipped": len(skipped),
-            **report,
-        }
-    )
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True))
+    metrics = rounded({"card": str(card_path), "skipped": len(skipped), **report})
+    metrics["model"] = {"name": card.name}
+    write_metrics(out, metrics, card)
     roc = {}
     for unit, (truth, score) in curves.items():
         if 0 < truth.sum() < truth.size:
@@ -360,7 +351,7 @@ def format_report(metrics: Mapping[str, Any]) -> str:
     sl, se = metrics["slice"], metrics["series"]
     lines = [
         (
-            f"{metrics['model']}: {sl['n']} slices ({sl['n_positive']} positive) in "
+            f"{metrics['model']['name']}: {sl['n']} slices ({sl['n_positive']} positive) in "
             f"{se['n']} series ({se['n_positive']} positive); series rule {se['aggregation']}"
         ),
         "",

@@ -10,7 +10,6 @@ preprocessing, so the numbers describe what the node reports.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from pipelines.common.detection_metrics import (
     per_class_ap50,
     precision_recall_curves,
 )
+from pipelines.common.metrics import write_metrics
 from pipelines.common.plots import save_pr_png
 from pipelines.common.train import resolve_device
 from pipelines.cxr.coco import load_coco
@@ -76,12 +76,9 @@ def evaluate_cxr(
         pipeline.model, dataset, run_device, batch_size=pipeline.options.batch_size
     )
     report = detection_report(coco, detections, n_bootstrap=n_bootstrap, seed=seed)
-    report["model"] = {"name": card.name, "version": card.version, "sha256": card.weights.sha256}
     report["data"] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(report, indent=2))
+        out = write_metrics(Path(out_dir), report, card).parent
         curves = precision_recall_curves(coco, detections)
         aps = per_class_ap50(coco, detections, n_bootstrap=1)
         save_pr_png(

@@ -26,7 +26,6 @@ lower bound on the uncertainty).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from pipelines.common.metrics import (
     classification_report,
     format_classification_report,
     rounded,
+    write_metrics,
 )
 from pipelines.common.radiograph import RadiographError
 from pipelines.common.train import resolve_device
@@ -320,14 +320,11 @@ def evaluate_hip(
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
-    report["model"] = {"name": card.name, "version": card.version, "sha256": card.weights.sha256}
     report["selection"] = index.summary() + (
         f"; Study Date in {test_year}" if test_year is not None else ""
     )
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(report, indent=2))
+        write_metrics(Path(out_dir), report, card)
     return report
 
 

@@ -10,17 +10,13 @@ saved as ``metrics.json`` and drawn as ``roc.png`` in the output folder.
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipelines.card import CardError, load_card
-from pipelines.common.metrics import multilabel_report, roc_curve
+from pipelines.common.metrics import multilabel_report, roc_curve, write_metrics
 from pipelines.common.models import load_weights
 from pipelines.common.plots import save_roc_png
 from pipelines.common.train import resolve_device
@@ -94,18 +90,13 @@ def evaluate_ich(
     )
     report.update(
         {
-            "model": card.name,
-            "weights_sha256": card.weights.sha256,
             "unit": "slice",
             "patients": len({s.group for s in slices}),
             "tta_views": options.tta.views,
             "device": str(run_device),
-            "evaluated_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         }
     )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    out = write_metrics(out_dir, report, card).parent
     curves = {}
     for k, name in enumerate(names):
         fpr, tpr, _ = roc_curve(y_true[:, k], y_prob[:, k])
@@ -114,19 +105,6 @@ def evaluate_ich(
         curves, out / "roc.png", title=f"{card.name}: ROC per label ({len(y_true)} slices)"
     )
     return report
-
-
-def _json_safe(value: Any) -> Any:
-    """nan is not JSON: write null, so that any JSON reader accepts the file."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
 
 
 def format_report(report: dict[str, Any]) -> str:
