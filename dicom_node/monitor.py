@@ -30,24 +30,21 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, text
 
 from dicom_node.config import Config
 from dicom_node.db import session_factory, utcnow
-from dicom_node.dispatch.tables import Delivery, DeliveryState
-from dicom_node.jobs.tables import Job, JobState
+from dicom_node.dispatch import outbox
+from dicom_node.dispatch.tables import DeliveryState
+from dicom_node.jobs import queue
+from dicom_node.jobs.tables import JobState
 from dicom_node.spool import Spool
 from dicom_node.status import collect, stage_counts
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = (JobState.PENDING, JobState.RUNNING, JobState.DONE, JobState.FAILED)
-DELIVERY_STATES = (
-    DeliveryState.PENDING,
-    DeliveryState.SENDING,
-    DeliveryState.DONE,
-    DeliveryState.DEAD,
-)
+JOB_STATES = tuple(JobState)
+DELIVERY_STATES = tuple(DeliveryState)
 #: the window of the job latency gauges
 RECENT = timedelta(hours=1)
 MIB = 1 << 20
@@ -111,17 +108,9 @@ class NodeCollector(Collector):
         now = utcnow()
         with self._sessions() as session:
             counts = stage_counts(session)
-            oldest_job = session.scalar(
-                select(func.min(Job.created_at)).where(Job.state == JobState.PENDING)
-            )
-            oldest_delivery = session.scalar(
-                select(func.min(Delivery.created_at)).where(
-                    Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING])
-                )
-            )
-            recent = session.execute(
-                select(Job.created_at, Job.finished_at).where(Job.finished_at >= now - RECENT)
-            ).all()
+            oldest_job = queue.oldest_pending_since(session)
+            oldest_delivery = outbox.oldest_waiting_since(session)
+            recent = queue.finished_since(session, now - RECENT)
         indexed = GaugeMetricFamily(
             "dicom_node_indexed", "Objects held in the index", labels=["object"]
         )

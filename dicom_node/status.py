@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from dicom_node.config import Config
 from dicom_node.db import make_engine, session_factory
-from dicom_node.dispatch.tables import Delivery, DeliveryState
+from dicom_node.dispatch import outbox
 from dicom_node.events import Event
 from dicom_node.jobs import queue
 from dicom_node.receive import index
@@ -23,9 +23,7 @@ def stage_counts(session: Session) -> dict[str, dict[str, int]]:
     return {
         "received": index.counts(session),
         "jobs": queue.counts_by_state(session),
-        "deliveries": dict(
-            session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
-        ),
+        "deliveries": outbox.counts_by_state(session),
     }
 
 
@@ -63,11 +61,7 @@ def collect(config: Config, *, events: int = 15, engine: Engine | None = None) -
                     "attempts": d.attempts,
                     "error": d.last_error,
                 }
-                for d in session.scalars(
-                    select(Delivery)
-                    .where(Delivery.state == DeliveryState.DEAD)
-                    .order_by(Delivery.id)
-                )
+                for d in outbox.dead_letters(session)
             ]
             report["events"] = [
                 {

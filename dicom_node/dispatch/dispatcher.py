@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import Config
 from dicom_node.dispatch import outbox
 from dicom_node.dispatch.destinations import SendError, sender_for
-from dicom_node.jobs.tables import Result
+from dicom_node.jobs import queue
 from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -38,11 +37,7 @@ class Dispatcher:
                         f"destination {delivery.destination!r} is no longer in config.yaml"
                     )
                 with self.sessions() as session:
-                    paths = session.scalars(
-                        select(Result.path)
-                        .where(Result.job_id == delivery.job_id)
-                        .order_by(Result.kind)
-                    ).all()
+                    paths = queue.result_paths(session, delivery.job_id)
                 files = [self.spool.absolute(p) for p in paths]
                 if not files:
                     raise SendError(f"job {delivery.job_id} has no results to send")

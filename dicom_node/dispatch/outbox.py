@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import RetryPolicy
@@ -160,3 +160,27 @@ def resend(
         if count:
             record(session, "dispatch", "resend", None, f"{count} deliveries queued again")
     return count
+
+
+def counts_by_state(session: Session) -> dict[str, int]:
+    """How many deliveries are in each state (states without deliveries are left out)."""
+    rows = session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all()
+    return {str(state): int(count) for state, count in rows}
+
+
+def oldest_waiting_since(session: Session) -> datetime | None:
+    """When the oldest delivery not yet acknowledged (pending or sending) was created."""
+    return session.scalar(
+        select(func.min(Delivery.created_at)).where(
+            Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING])
+        )
+    )
+
+
+def dead_letters(session: Session) -> list[Delivery]:
+    """The deliveries given up on, oldest first (``dicom-node resend`` queues them again)."""
+    return list(
+        session.scalars(
+            select(Delivery).where(Delivery.state == DeliveryState.DEAD).order_by(Delivery.id)
+        )
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Collection
+from datetime import datetime
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -150,6 +151,26 @@ def counts_by_state(session: Session) -> dict[str, int]:
     """How many jobs are in each state (states without jobs are left out)."""
     rows = session.execute(select(Job.state, func.count()).group_by(Job.state)).all()
     return {str(state): count for state, count in rows}
+
+
+def result_paths(session: Session, job_id: int) -> list[str]:
+    """Spool paths of a job's results, the SR before its heatmaps."""
+    return list(
+        session.scalars(select(Result.path).where(Result.job_id == job_id).order_by(Result.kind))
+    )
+
+
+def oldest_pending_since(session: Session) -> datetime | None:
+    """When the oldest job still waiting to run was created (None when none waits)."""
+    return session.scalar(select(func.min(Job.created_at)).where(Job.state == JobState.PENDING))
+
+
+def finished_since(session: Session, since: datetime) -> list[tuple[datetime, datetime]]:
+    """(created, finished) of every job that finished at or after ``since``."""
+    rows = session.execute(
+        select(Job.created_at, Job.finished_at).where(Job.finished_at >= since)
+    ).all()
+    return [(created, finished) for created, finished in rows if finished is not None]
 
 
 def pending_by_pipeline(session: Session) -> dict[str, int]:

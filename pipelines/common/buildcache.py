@@ -2,7 +2,8 @@
 
 A demo build takes minutes to twenty minutes of CPU, and its weights are a
 function of a few things only: the demo and its seed, the code that builds it
-(every source file under ``pipelines/``), the library versions, the CPU code
+(every ``pipelines`` module its builder imports, directly or not, and the
+builder of builds), the library versions, the CPU code
 path (:mod:`pipelines.common.codepath`) and the CPU itself (another CPU adds
 in another order). :func:`build_key` hashes exactly those, so a second
 checkout on the same machine (a CI clone, a second ``scripts/run-tests``)
@@ -17,6 +18,7 @@ The cache lives in ``$DICOM_NODE_CACHE`` (default
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import logging
 import os
@@ -43,11 +45,59 @@ def cache_root() -> Path:
     return Path(base) / "dicom-node"
 
 
+def _module_file(name: str) -> Path | None:
+    """The source file of a ``pipelines`` module or package, if it exists."""
+    relative = Path(*name.split(".")[1:])
+    for candidate in (_PIPELINES / relative / "__init__.py", _PIPELINES / f"{relative}.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported(path: Path) -> set[str]:
+    """Every ``pipelines`` module ``path`` imports anywhere (lazy imports in functions too)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            # "from pipelines.ich import slices" imports a module, not a name
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {n for n in names if n == "pipelines" or n.startswith("pipelines.")}
+
+
 @cache
-def _source_digest() -> str:
-    """sha256 over every ``pipelines/**/*.py`` file, path and content."""
+def source_files(*roots: str) -> tuple[Path, ...]:
+    """The source files of the ``pipelines`` modules ``roots`` import, transitively.
+
+    Parent packages count (their ``__init__`` runs on import). A demo's
+    weights depend on these files only, so a change elsewhere (another
+    study, the node's inference of this one when training does not import
+    it) keeps its cached build.
+    """
+    seen: dict[str, Path] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            module = ".".join(parts[:i])
+            if module in seen:
+                continue
+            path = _module_file(module)
+            if path is None:
+                continue
+            seen[module] = path
+            todo.extend(_imported(path))
+    return tuple(sorted(set(seen.values())))
+
+
+@cache
+def _source_digest(builder_module: str) -> str:
+    """sha256 over the path and content of every file :func:`source_files` finds."""
     digest = hashlib.sha256()
-    for path in sorted(_PIPELINES.rglob("*.py")):
+    for path in source_files(builder_module, "pipelines.demo"):
         digest.update(path.relative_to(_PIPELINES).as_posix().encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
@@ -67,13 +117,16 @@ def build_key(demo: str, *, seed: int, code_path: str) -> str:
     import torch
     import torchvision
 
+    from pipelines.study import demo_models
+
+    study, model = demo_models()[demo]
     path = codepath.CODE_PATHS[code_path]
     parts = [
         demo,
         str(seed),
         code_path,
         repr(sorted(path.variables.items())),
-        _source_digest(),
+        _source_digest(study.module(model.builder.partition(":")[0])),
         f"torch {torch.__version__} torchvision {torchvision.__version__}",
         f"numpy {numpy.__version__} pydicom {pydicom.__version__}",
         f"python {platform.python_version()}",
