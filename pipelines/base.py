@@ -79,6 +79,21 @@ class Box:
     x1: float
     y1: float
 
+    def __post_init__(self) -> None:
+        if not self.sop_instance_uid:
+            raise ValueError("Box.sop_instance_uid must name the image the box is on, got ''")
+        for name in ("x0", "y0", "x1", "y1"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float | np.number) or not np.isfinite(value):
+                shown = "NaN" if isinstance(value, float) and np.isnan(value) else repr(value)
+                raise ValueError(f"Box.{name} must be a finite number of pixels, got {shown}")
+        if not (self.x0 < self.x1 and self.y0 < self.y1):
+            raise ValueError(
+                "a Box needs x0 < x1 and y0 < y1 (top-left, then bottom-right corner), got "
+                f"x0={self.x0}, x1={self.x1}, y0={self.y0}, y1={self.y1}"
+                + (" (x1 < x0)" if self.x1 < self.x0 else "")
+            )
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -115,8 +130,26 @@ class Finding:
     laterality: Code | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.label, str) or not self.label:
+            raise ValueError(f"Finding.label must be the card's label name, got {self.label!r}")
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"Finding.probability must be in [0, 1], got {self.probability!r}")
+        if not isinstance(self.source_sop_instance_uids, tuple) or not all(
+            isinstance(uid, str) and uid for uid in self.source_sop_instance_uids
+        ):
+            raise ValueError(
+                "Finding.source_sop_instance_uids must be a tuple of SOP Instance UIDs, "
+                f"got {self.source_sop_instance_uids!r}"
+            )
+        if (
+            self.box is not None
+            and self.source_sop_instance_uids
+            and self.box.sop_instance_uid not in self.source_sop_instance_uids
+        ):
+            raise ValueError(
+                f"Finding.box is on image {self.box.sop_instance_uid}, which is not one of its "
+                f"source_sop_instance_uids {self.source_sop_instance_uids}"
+            )
 
 
 @dataclass(frozen=True)
@@ -168,6 +201,29 @@ class Heatmap:
     def __post_init__(self) -> None:
         # Frozen: the tuple keeps a Heatmap from changing after the pipeline returns it.
         object.__setattr__(self, "annotations", tuple(self.annotations))
+        array = self.array
+        if not isinstance(array, np.ndarray) or not np.issubdtype(array.dtype, np.floating):
+            found = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+            raise ValueError(
+                f"Heatmap.array must be a float (float32) array of values in [0, 1], got {found}"
+            )
+        if array.ndim != 2:
+            raise ValueError(
+                f"Heatmap.array must be 2-D (Rows, Columns of its source image), got shape "
+                f"{array.shape}"
+            )
+        if not np.isfinite(array).all():
+            raise ValueError("Heatmap.array holds NaN or infinite values; fix the explainer")
+        if array.size and (array.min() < 0.0 or array.max() > 1.0):
+            raise ValueError(
+                f"Heatmap.array values must lie in [0, 1] (normalise the map), got "
+                f"[{array.min():.3g}, {array.max():.3g}]"
+            )
+        for note in self.annotations:
+            if not isinstance(note, Annotation):
+                raise ValueError(
+                    f"Heatmap.annotations must hold Annotation objects, got {type(note).__name__}"
+                )
 
 
 @dataclass(frozen=True)
@@ -352,8 +408,7 @@ class Pipeline(abc.ABC, Generic[UnitT, RefT, DataT, OutT]):
         """
         return [path for s in series for path in s.files]  # type: ignore[misc]
 
-    @staticmethod
-    def unit_name(unit: object) -> str:
+    def unit_name(self, unit: object) -> str:
         """A unit's name in the skip list: its SOP Instance UID when known, else its file name."""
         uid = getattr(unit, "sop_instance_uid", "")
         if uid:
@@ -495,3 +550,7 @@ def _round_robin(sources: Sequence[Iterator[Any]]) -> Iterable[tuple[int, Any]]:
                 still.append((index, source))
                 break
         live = still
+
+
+#: A pipeline of any unit, reference, input and output types (what the registry holds).
+AnyPipeline = Pipeline[Any, Any, Any, Any]

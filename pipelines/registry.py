@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import TypeVar
 
-from pipelines.base import Pipeline
+from pipelines.base import AnyPipeline, Pipeline
 from pipelines.study import studies
 
-_REGISTRY: dict[str, type[Pipeline]] = {}
+_REGISTRY: dict[str, type[AnyPipeline]] = {}
+
+P = TypeVar("P", bound=AnyPipeline)
 _loaded = False
 
 
-def register(name: str) -> Callable[[type[Pipeline]], type[Pipeline]]:
+def register(name: str) -> Callable[[type[P]], type[P]]:
     """Class decorator that registers a :class:`Pipeline` subclass under ``name``.
 
     Raises
@@ -30,7 +33,7 @@ def register(name: str) -> Callable[[type[Pipeline]], type[Pipeline]]:
     if not name or not isinstance(name, str):
         raise ValueError(f"pipeline name must be a non-empty string, got {name!r}")
 
-    def decorator(cls: type[Pipeline]) -> type[Pipeline]:
+    def decorator(cls: type[P]) -> type[P]:
         if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
             raise TypeError(f"@register({name!r}) expects a Pipeline subclass, got {cls!r}")
         existing = _REGISTRY.get(name)
@@ -58,7 +61,7 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> type[Pipeline]:
+def get(name: str) -> type[AnyPipeline]:
     """Return the pipeline class registered as ``name``.
 
     Raises

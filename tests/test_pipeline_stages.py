@@ -15,19 +15,30 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from test_generic_pipeline import write_test_card
 
 from pipelines import registry
-from pipelines.base import Pipeline, PipelineInputError, SeriesInput
+from pipelines.base import (
+    Box,
+    Code,
+    Finding,
+    Heatmap,
+    Pipeline,
+    PipelineInputError,
+    SeriesInput,
+)
 from pipelines.card import load_card
 from pipelines.common.phantoms import write_radiograph_study
 from pipelines.generic.pipeline import GenericClassifier
 from pipelines.study import demo_models, studies
 
 CPU = torch.device("cpu")
+LESION = Code("52988006", "SCT", "Lesion")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -225,3 +236,54 @@ def test_a_new_study_from_another_distribution_plugs_in(tmp_path: Path) -> None:
     )
     assert broken.returncode != 0
     assert "is a object, not a pipelines.study.Study" in broken.stderr
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Box("", 0, 0, 1, 1), "Box.sop_instance_uid must name the image"),
+        (
+            lambda: Box("1.2", 0, float("nan"), 1, 1),
+            "Box.y0 must be a finite number of pixels, got NaN",
+        ),
+        (lambda: Box("1.2", 5, 0, 5, 1), "needs x0 < x1 and y0 < y1"),
+        (lambda: Finding("", LESION, 0.5, True), "Finding.label must be the card's label name"),
+        (
+            lambda: Finding("a", LESION, 1.5, True),
+            r"Finding.probability must be in \[0, 1\], got 1.5",
+        ),
+        (
+            lambda: Finding("a", LESION, 0.5, True, source_sop_instance_uids=["1.2"]),  # type: ignore[arg-type]
+            "must be a tuple of SOP Instance UIDs",
+        ),
+        (
+            lambda: Finding(
+                "a",
+                LESION,
+                0.5,
+                True,
+                source_sop_instance_uids=("1.2",),
+                box=Box("1.3", 0, 0, 1, 1),
+            ),
+            "Finding.box is on image 1.3, which is not one of its source",
+        ),
+        (
+            lambda: Heatmap(Path("a"), "1.2", np.zeros((4, 4), np.uint8)),
+            "must be a float .* got uint8",
+        ),
+        (
+            lambda: Heatmap(Path("a"), "1.2", np.zeros((1, 4, 4), np.float32)),
+            r"2-D .* got shape \(1, 4, 4\)",
+        ),
+        (lambda: Heatmap(Path("a"), "1.2", np.full((4, 4), np.nan, np.float32)), "NaN or infinite"),
+        (
+            lambda: Heatmap(Path("a"), "1.2", np.full((4, 4), 2.0, np.float32)),
+            r"\[0, 1\] \(normalise",
+        ),
+    ],
+)
+def test_results_refuse_bad_values_naming_the_argument(make: Any, message: str) -> None:
+    """A pipeline that builds a bad Box, Finding or Heatmap fails where it builds it, with the
+    argument's name, what is allowed and what it got: not later, inside the SR or SC builder."""
+    with pytest.raises(ValueError, match=message):
+        make()

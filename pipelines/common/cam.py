@@ -257,6 +257,7 @@ def compute_heatmaps(
         model.zero_grad(set_to_none=True)  # do not keep a model-sized gradient alive
     out = []
     for i, m in enumerate(maps):
-        shape = output_shapes[i] if output_shapes is not None else tuple(inputs.shape[-2:])
+        rows, cols = inputs.shape[-2:]
+        shape = output_shapes[i] if output_shapes is not None else (int(rows), int(cols))
         out.append(resize_heatmap(np.nan_to_num(m, nan=0.0), shape))
     return out

@@ -258,9 +258,9 @@ def _dataset(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]]) -> 
         for key, rows in gt_lists.items()
     }
     dt_boxes = {}
-    for key, rows in dt_lists.items():
+    for cell, rows in dt_lists.items():
         xywh = np.array([b for b, _ in rows], dtype=np.float64).reshape(-1, 4)
-        dt_boxes[key] = _Boxes(
+        dt_boxes[cell] = _Boxes(
             xywh=xywh,
             score=np.array([s for _, s in rows], dtype=np.float64),
             crowd=np.zeros(len(rows), dtype=bool),

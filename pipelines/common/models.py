@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 import torchvision
@@ -111,20 +112,22 @@ def _adapt_stem(model: nn.Module, stem: str, in_channels: int) -> None:
         raise TypeError(f"expected a Conv2d stem at {stem!r}, found {type(old).__name__}")
     if old.in_channels == in_channels:
         return
+    pair = tuple[int, int]
+    padding = old.padding if isinstance(old.padding, str) else cast(pair, old.padding)
     new = nn.Conv2d(
         in_channels,
         old.out_channels,
-        kernel_size=old.kernel_size,
-        stride=old.stride,
-        padding=old.padding,
-        dilation=old.dilation,
+        kernel_size=cast(pair, old.kernel_size),
+        stride=cast(pair, old.stride),
+        padding=padding,
+        dilation=cast(pair, old.dilation),
         groups=old.groups,
         bias=old.bias is not None,
     )
     with torch.no_grad():
         mean = old.weight.mean(dim=1, keepdim=True)
         new.weight.copy_(mean.repeat(1, in_channels, 1, 1) * (old.in_channels / in_channels))
-        if old.bias is not None:
+        if old.bias is not None and new.bias is not None:
             new.bias.copy_(old.bias)
     parent_name, _, attr = stem.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

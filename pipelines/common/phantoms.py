@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 logger = logging.getLogger(__name__)
 
@@ -271,8 +271,8 @@ def phantom_dataset(
     """
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = header.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = uids["sop"]
+    meta.MediaStorageSOPClassUID = UID(header.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(uids["sop"])
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
 

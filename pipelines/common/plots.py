@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.typing import LegendLocType
 
 RocCurve = tuple[np.ndarray, np.ndarray, float]
 """``(fpr, tpr, auc)`` of one label, e.g. from :func:`pipelines.common.metrics.roc_curve`
@@ -59,7 +60,7 @@ def _draw_curves(
 
 
 def _finish_unit_square(
-    fig: Figure, ax: Axes, *, xlabel: str, ylabel: str, title: str, legend_loc: str
+    fig: Figure, ax: Axes, *, xlabel: str, ylabel: str, title: str, legend_loc: LegendLocType
 ) -> Figure:
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)

@@ -108,7 +108,7 @@ class _Candidate:
     normal: np.ndarray | None
 
 
-def slice_normal(iop: Sequence[float]) -> np.ndarray:
+def slice_normal(iop: Sequence[float] | np.ndarray) -> np.ndarray:
     """Return the unit normal of an image plane: row cosines x column cosines.
 
     Parameters
@@ -161,7 +161,7 @@ def is_localizer(ds: Dataset) -> bool:
     Free-text descriptions (SeriesDescription, ProtocolName) are not used:
     they are site conventions, and a wrong guess would drop diagnostic slices.
     """
-    fields = []
+    fields: list[str] = []
     for keyword in ("ImageType", "ScanOptions"):
         value = ds.get(keyword)
         if value is None:

@@ -170,13 +170,12 @@ def horizontal_flip(p: float = 0.5) -> Augment:
     def augment(
         inputs: Inputs, targets: torch.Tensor, generator: torch.Generator
     ) -> tuple[Inputs, torch.Tensor]:
-        multi = isinstance(inputs, tuple | list)
-        batch = inputs[0] if multi else inputs
+        batch = inputs[0] if isinstance(inputs, tuple | list) else inputs
         flip = torch.rand(batch.shape[0], generator=generator) < p
         if flip.any():
             batch = batch.clone()
             batch[flip] = batch[flip].flip(-1)
-        out = (batch, *inputs[1:]) if multi else batch
+        out = (batch, *inputs[1:]) if isinstance(inputs, tuple | list) else batch
         return out, targets
 
     return augment
@@ -486,11 +485,18 @@ def fit(
         if val_set is not None and n_val > 0 and validate is not None:
             val_loss, val_score = validate(model, val_set, device)
         elif val_set is not None and n_val > 0:
-            logits, targets = predict(
+            logits, val_targets = predict(
                 model, val_set, batch_size=config.eval_batch_size or 2 * per_batch, device=device
             )
-            val_loss = float(loss_fn(logits, targets))
-            val_score = float(val_metric(logits, targets)) if val_metric is not None else val_loss
+            if val_targets is None:
+                raise ValueError(
+                    "the validation set has no targets: give (inputs, target) items, "
+                    "or a validate function"
+                )
+            val_loss = float(loss_fn(logits, val_targets))
+            val_score = (
+                float(val_metric(logits, val_targets)) if val_metric is not None else val_loss
+            )
         stats = EpochStats(
             epoch=epoch,
             train_loss=total / max(seen, 1),

@@ -138,7 +138,8 @@ def decisions(
     probs = np.asarray(probabilities, dtype=np.float64)
     cut = np.asarray([thresholds[i] for i in reported])
     chosen = probs[:, list(reported)]
-    return (chosen >= cut).any(axis=1).astype(np.int64), chosen.max(axis=1)
+    calls = np.asarray((chosen >= cut).any(axis=1), dtype=np.int64)
+    return calls, chosen.max(axis=1)
 
 
 def series_probabilities(

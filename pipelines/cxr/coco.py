@@ -41,7 +41,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import pydicom
@@ -89,11 +89,11 @@ def image_stem(path: Path) -> str:
     return name
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -442,11 +442,12 @@ def validate_coco(coco: Any, *, images_dir: Path | None = None) -> None:
             problems.append(f"image id {iid} appears twice")
             continue
         width, height = img.get("width"), img.get("height")
-        if not (_is_int(width) and _is_int(height) and width > 0 and height > 0):
+        size = (width, height) if _is_int(width) and _is_int(height) else (0, 0)
+        if not (size[0] > 0 and size[1] > 0):
             problems.append(
                 f"image id {iid}: width and height must be positive integers, got {width!r} and {height!r}"
             )
-            width = height = None
+            size = (0, 0)
         if not isinstance(name, str) or not name:
             problems.append(f"image id {iid} has no file_name")
         elif name in files:
@@ -460,7 +461,7 @@ def validate_coco(coco: Any, *, images_dir: Path | None = None) -> None:
             problems.append(
                 f"image id {iid}: patient_id must be a non-empty string, got {patient!r}"
             )
-        sizes[iid] = (width, height) if width is not None else (0, 0)
+        sizes[iid] = size
 
     seen: set[int] = set()
     for n, ann in enumerate(coco["annotations"]):

@@ -224,10 +224,6 @@ class ChestFindings(Pipeline[Path, _Image, np.ndarray, Detections]):
             path, self.card.input.size, self.options.max_size, self.options.preprocessing
         )
 
-    def unit_name(self, unit: object) -> str:
-        # a refused file may not even have a UID: radiographs are named by file
-        return Path(str(unit)).name
-
     def load(self, unit: Path) -> ModelInput[_Image, np.ndarray]:
         image = self.prepare_file(Path(unit))
         return ModelInput(_Image(Path(unit), image), image.image)

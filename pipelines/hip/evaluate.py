@@ -141,8 +141,8 @@ def run_node(
 
 
 def classification_summary(
-    y_true: Sequence[int],
-    probabilities: Sequence[float],
+    y_true: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
     threshold: float,
     *,
     n_bootstrap: int,

@@ -315,9 +315,6 @@ class HipOsteoporosis(Pipeline[Path, _Source, Prepared, NeckScores]):
         """Read, guard and prepare one file for the localiser (raises RadiographError)."""
         return prepare_radiograph(path, self.options.localiser)
 
-    def unit_name(self, unit: object) -> str:
-        return Path(str(unit)).name
-
     def load(self, unit: Path) -> ModelInput[_Source, Prepared]:
         prepared = self.prepare_file(Path(unit))
         radiograph = prepared.radiograph
@@ -414,7 +411,7 @@ class HipOsteoporosis(Pipeline[Path, _Source, Prepared, NeckScores]):
                     sop_instance_uid=image.sop_instance_uid,
                     array=canvas,
                     label=self.label.name,
-                    annotations=annotations,
+                    annotations=tuple(annotations),
                 )
             )
         return heatmaps

@@ -411,6 +411,8 @@ def train_classifier(
     summary: dict[str, Any] = {}
     if len(val_set):
         logits, targets = predict(model, val_set, batch_size=32, device=resolve_device(device))
+        if targets is None:
+            raise ValueError("the validation crops have no labels")
         probs = torch.sigmoid(logits[:, 0]).numpy()
         summary = classification_summary(
             targets[:, 0].numpy().astype(np.int64),

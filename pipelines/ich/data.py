@@ -145,6 +145,7 @@ def index_folder(
     if not folder.is_dir():
         raise DataError(f"DICOM folder {folder} does not exist")
     headers: dict[Path, Dataset] = {}
+    ds: Dataset
     ids: dict[Path, str] = {}
     for path in _dicom_files(folder):
         image_id = _image_id(path)

@@ -96,7 +96,7 @@ def evaluate_ich(
             "device": str(run_device),
         }
     )
-    out = write_metrics(out_dir, report, card).parent
+    out = write_metrics(Path(out_dir), report, card).parent
     curves = {}
     for k, name in enumerate(names):
         fpr, tpr, _ = roc_curve(y_true[:, k], y_prob[:, k])

@@ -85,6 +85,8 @@ class FixedPosition(nn.Module):
     is resolved on :attr:`net` (e.g. ``backbone.layer4``).
     """
 
+    z: torch.Tensor  # a buffer
+
     def __init__(self, net: ICHNet, z: torch.Tensor) -> None:
         super().__init__()
         self.net = net
@@ -100,6 +102,8 @@ class WeightedBCE(nn.Module):
     With the RSNA weights (``any`` 2, others 1) this is the competition's
     weighted multi-label log loss; it accepts soft targets (Mixup).
     """
+
+    weights: torch.Tensor  # a buffer
 
     def __init__(self, weights: torch.Tensor) -> None:
         super().__init__()
