@@ -7,19 +7,24 @@ where something was expected); 2 bad usage or an invalid configuration.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dicom_node import __version__
 from dicom_node.config import ConfigError, Destination, load_config
 from dicom_node.logs import setup_logging
 from pipelines.card import CardError
-from pipelines.commands import CommandGroups, add_pipeline_commands
+from pipelines.registry import CommandGroups, add_commands
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("dicom_node")
 
@@ -83,15 +88,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             problems += 1
     from dicom_node.tls import TLSError, client_context, server_context
 
-    tls = [("node.tls", config.node.tls, server_context)] + [
-        (f"destinations.{name}.tls", dest.tls, client_context)
-        for name, dest in config.destinations.items()
-    ]
-    for where, settings, make in tls:
-        if settings is None:
-            continue
+    tls: list[tuple[str, Callable[[], ssl.SSLContext]]] = []
+    if config.node.tls is not None:
+        tls.append(("node.tls", functools.partial(server_context, config.node.tls)))
+    for name, dest in config.destinations.items():
+        if dest.tls is not None:
+            tls.append((f"destinations.{name}.tls", functools.partial(client_context, dest.tls)))
+    for where, make in tls:
         try:
-            make(settings)
+            make()
             print(f"{where}: certificates load")
         except TLSError as exc:
             print(f"{where}: {exc}", file=sys.stderr)
@@ -186,114 +191,6 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return EXIT_OK if count else EXIT_FAILED
 
 
-def code_paths() -> list[str]:
-    """The demo builds' CPU code paths (:mod:`pipelines.common.codepath`)."""
-    from pipelines.common.codepath import CODE_PATHS
-
-    return list(CODE_PATHS)
-
-
-def _build_demo_in_background(args: argparse.Namespace, argv: list[str]) -> int:
-    """Start ``models build-demo`` (without ``--background``) in a process of its own.
-
-    The models it will build are marked as building (with that process's id)
-    before this returns, so a node started right after keeps their jobs
-    waiting instead of failing them.
-    """
-    import subprocess
-
-    from pipelines.card import CARD_FILE, mark_building
-    from pipelines.study import demo_models
-
-    names = args.only or list(demo_models())
-    missing = [
-        n for n in names if args.force or not (Path(args.models_dir) / n / CARD_FILE).is_file()
-    ]
-    if not missing:
-        print("demo models ready: nothing to build")
-        return EXIT_OK
-    log_path = Path(args.background)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "dicom_node", *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    for name in missing:
-        mark_building(Path(args.models_dir) / name / CARD_FILE, child.pid)
-    print(
-        f"building {len(missing)} demo model(s) in the background (process {child.pid}, "
-        f"log {log_path}): {', '.join(missing)}"
-    )
-    return EXIT_OK
-
-
-def cmd_build_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import build_demo, default_jobs
-
-    if args.background:
-        argv = [
-            "models",
-            "build-demo",
-            "--models-dir",
-            str(args.models_dir),
-            "--seed",
-            str(args.seed),
-        ]
-        argv += ["--force"] * args.force + [a for n in args.only or () for a in ("--only", n)]
-        argv += ["--jobs", str(args.jobs)] if args.jobs else []
-        argv += ["--code-path", args.code_path] if args.code_path else []
-        return _build_demo_in_background(args, argv)
-    setup_logging("INFO")
-    try:
-        cards = build_demo(
-            Path(args.models_dir),
-            seed=args.seed,
-            force=args.force,
-            only=args.only,
-            jobs=args.jobs or default_jobs(),
-            code_path=args.code_path,
-        )
-    except ValueError as exc:  # an unknown demo, or a code path this CPU cannot take
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    for card in cards:
-        print(f"demo model ready: {card}")
-    return EXIT_OK
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    import csv
-
-    from pipelines.common.phantoms import write_radiograph_dataset
-
-    out = Path(args.out)
-    phantoms = write_radiograph_dataset(
-        out, n=args.n, seed=args.seed, lesion_fraction=args.lesion_fraction
-    )
-    with open(out / "labels.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "sop_instance_uid", "lesion", "row", "col", "radius"])
-        for p in phantoms:
-            lesion = p.lesion
-            writer.writerow(
-                [
-                    p.path.name,
-                    p.sop_instance_uid,
-                    int(p.has_lesion),
-                    *(
-                        (f"{lesion.row:.1f}", f"{lesion.col:.1f}", f"{lesion.radius:.1f}")
-                        if lesion
-                        else ("", "", "")
-                    ),
-                ]
-            )
-    print(f"wrote {len(phantoms)} synthetic radiographs (DX) and labels.csv to {out}")
-    return EXIT_OK
-
-
 # --- parser -------------------------------------------------------------------------------
 
 
@@ -353,21 +250,24 @@ def build_parser() -> argparse.ArgumentParser:
         "synth", help="generate synthetic phantoms as real DICOM (not patient data)"
     )
     ssub = synth.add_subparsers(dest="synth_kind", required=True, metavar="KIND")
-    p = ssub.add_parser(
-        "radiograph", help="chest-like DX radiographs, some with a bright round lesion"
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=10, help="number of single-image studies")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lesion-fraction", type=float, default=0.5)
-    p.set_defaults(func=cmd_synth)
 
     dataset = sub.add_parser("dataset", help="prepare training data in a study's format")
     train = sub.add_parser("train", help="train a pipeline's model from data in its study format")
     evaluate = sub.add_parser("evaluate", help="measure a trained model on labelled data")
-    # the pipeline packages add their own synth kinds, dataset tools, trainers and evaluators
-    add_pipeline_commands(
+    # the studies' commands log through the node's logging (main() sets it up at this level)
+    for group, level in (
+        (synth, "INFO"),
+        (dataset, "INFO"),
+        (train, "INFO"),
+        (evaluate, "WARNING"),
+    ):
+        group.set_defaults(log_level=level)
+    models = sub.add_parser("models", help="model management")
+    # the pipeline packages add their own synth kinds, dataset tools, trainers and evaluators,
+    # and the demo builder its models command
+    add_commands(
         CommandGroups(
+            models=models.add_subparsers(dest="models_command", required=True, metavar="ACTION"),
             synth=ssub,
             dataset=dataset.add_subparsers(dest="dataset_command", required=True, metavar="ACTION"),
             train=train.add_subparsers(dest="train_kind", required=True, metavar="PIPELINE"),
@@ -377,44 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
-    models = sub.add_parser("models", help="model management")
-    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    p = msub.add_parser(
-        "build-demo", help="train the demo models on generated phantoms (not for clinical use)"
-    )
-    p.add_argument("--models-dir", default=str(Path(__file__).resolve().parent.parent / "models"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="rebuild even if the cards exist")
-    p.add_argument(
-        "--only", action="append", metavar="NAME", help="build only this demo (repeatable)"
-    )
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=0,
-        metavar="N",
-        help="builds in parallel, one thread each (default: one per CPU core); "
-        "the weights do not depend on it",
-    )
-    p.add_argument(
-        "--code-path",
-        choices=code_paths(),
-        help="CPU code path to train under, as another machine would (default: "
-        "$DICOM_NODE_CODE_PATH, else native); see models/README.md",
-    )
-    p.add_argument(
-        "--background",
-        metavar="LOG",
-        help="return at once and build in a background process that writes to LOG; until a "
-        "model is built, the node keeps its jobs waiting (shown by 'dicom-node status')",
-    )
-    p.set_defaults(func=cmd_build_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "log_level", None):
+        setup_logging(args.log_level)
     try:
         return int(args.func(args))
     except ConfigError as exc:

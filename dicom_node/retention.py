@@ -35,8 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from dicom_node.complete.tables import Completion
 from dicom_node.config import Config
@@ -76,7 +76,13 @@ class RetentionRun:
     still_low: bool = False
 
 
-def _latest(session: Session, column: object, study: object, *where: object) -> dict[str, datetime]:
+def _latest(
+    session: Session,
+    column: InstrumentedAttribute[datetime | None],
+    study: InstrumentedAttribute[str],
+    *where: ColumnElement[bool],
+) -> dict[str, datetime]:
+    """The latest ``column`` of each study (``study``: its Study Instance UID column)."""
     rows = session.execute(select(study, func.max(column)).where(*where).group_by(study)).all()
     return {uid: at for uid, at in rows if at is not None}
 

@@ -28,7 +28,6 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -107,7 +106,9 @@ class Node:
         for number in range(self.config.node.receiver_processes):
             self.receivers.append(self._spawn(ctx, number))
 
-    def _spawn(self, ctx: Any, number: int) -> multiprocessing.process.BaseProcess:
+    def _spawn(
+        self, ctx: multiprocessing.context.SpawnContext, number: int
+    ) -> multiprocessing.process.BaseProcess:
         proc = ctx.Process(
             target=receiver_main,
             args=(str(self.live.path), number, os.getpid()),

@@ -29,6 +29,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 class CommandGroups:
     """The ``add_subparsers()`` actions of the command groups a pipeline may extend."""
 
+    models: argparse._SubParsersAction[argparse.ArgumentParser]
     synth: argparse._SubParsersAction[argparse.ArgumentParser]
     dataset: argparse._SubParsersAction[argparse.ArgumentParser]
     train: argparse._SubParsersAction[argparse.ArgumentParser]
@@ -36,7 +37,11 @@ class CommandGroups:
 
 
 def add_pipeline_commands(groups: CommandGroups) -> None:
-    """Let every study's ``commands`` module add its subcommands, in study order."""
+    """Let every study's ``commands`` module add its subcommands, in study order, and the demo
+    builder (:mod:`pipelines.demo`) its ``models build-demo``."""
+    from pipelines import demo
+
+    demo.add_commands(groups)
     for study in studies():
         if study.commands:
             importlib.import_module(study.module(study.commands)).add_commands(groups)

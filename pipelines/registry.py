@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from pipelines.base import AnyPipeline, Pipeline
+from pipelines.commands import CommandGroups, add_pipeline_commands
 from pipelines.study import studies
 
 _REGISTRY: dict[str, type[AnyPipeline]] = {}
@@ -76,3 +77,9 @@ def get(name: str) -> type[AnyPipeline]:
         raise ValueError(
             f"unknown pipeline {name!r}; known pipelines: {', '.join(sorted(_REGISTRY))}"
         ) from None
+
+
+#: The node's command line reaches the studies' commands through the registry.
+add_commands = add_pipeline_commands
+
+__all__ = ["AnyPipeline", "CommandGroups", "add_commands", "get", "names", "register"]

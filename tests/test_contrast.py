@@ -19,10 +19,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dicom_node.config import ConfigError, load_config, parse_config
-from dicom_node.route.contrast import ENHANCED, UNENHANCED, contrast_decision, contrast_state
 from dicom_node.route.explain import explain_paths, format_explanation
 from dicom_node.route.match import fired_routes
 from dicom_node.route.rules import Route
+from imaging.contrast import ENHANCED, UNENHANCED, contrast_decision, contrast_state
 
 
 def ct(**attrs: Any) -> Dataset:

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from dicom_node.route.contrast import contrast_decision, contrast_state
+from imaging.contrast import contrast_decision, contrast_state
 from pipelines.base import PipelineInputError, SeriesInput
 from pipelines.card import (
     CardError,

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from pipelines.common.image import display_pixels
+from imaging.pixels import display_pixels
 from pipelines.common.phantoms import DX_FOR_PRESENTATION_SOP_CLASS, FIELD_OF_VIEW_MM
 from pipelines.cxr.coco import masks_to_coco
 from pipelines.cxr.synth import (

@@ -105,12 +105,20 @@ def test_a_build_key_covers_the_code_its_builder_imports_and_no_other() -> None:
     """A demo's key follows every pipelines module its builder reaches (lazy imports and
     other studies' modules included), so editing another study keeps its cached build."""
     files = {
-        p.relative_to(buildcache._PIPELINES).as_posix()
+        p.relative_to(buildcache._ROOT).as_posix()
         for p in buildcache.source_files("pipelines.ctslice.demo", "pipelines.demo")
     }
-    # ctslice reads slices with ich's reader: a change there must retrain it
-    assert {"ctslice/train.py", "ich/slices.py", "common/train.py", "card.py"} <= files
-    assert not any(f.startswith(("hip/", "cxr/", "generic/")) for f in files), files
+    # ctslice reads slices with ich's reader, and pixels with the shared imaging helpers
+    assert {
+        "pipelines/ctslice/train.py",
+        "pipelines/ich/slices.py",
+        "pipelines/common/train.py",
+        "pipelines/card.py",
+        "imaging/pixels.py",
+    } <= files
+    assert not any(
+        f.startswith(("pipelines/hip/", "pipelines/cxr/", "pipelines/generic/")) for f in files
+    ), files
     hip = {p.name for p in buildcache.source_files("pipelines.hip.demo")}
     assert "slices.py" not in hip
 

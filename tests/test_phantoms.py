@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipelines.common.image import display_pixels
+from imaging.pixels import display_pixels
 from pipelines.common.phantoms import (
     DX_FOR_PRESENTATION_SOP_CLASS,
     LESION_RADIUS_RANGE,

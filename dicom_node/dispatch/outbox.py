@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.config import RetryPolicy
-from dicom_node.db import transaction, utcnow
+from dicom_node.db import rowcount, transaction, utcnow
 from dicom_node.dispatch.tables import Delivery, DeliveryState
 from dicom_node.events import record
 
@@ -64,11 +64,13 @@ def claim_due(sessions: sessionmaker[Session]) -> Delivery | None:
         ).first()
         if delivery is None:
             return None
-        claimed = session.execute(
-            update(Delivery)
-            .where(Delivery.id == delivery.id, Delivery.state == DeliveryState.PENDING)
-            .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1)
-        ).rowcount
+        claimed = rowcount(
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery.id, Delivery.state == DeliveryState.PENDING)
+                .values(state=DeliveryState.SENDING, attempts=Delivery.attempts + 1)
+            )
+        )
         if not claimed:
             return None
         session.refresh(delivery)
@@ -130,11 +132,13 @@ def failed(
 def recover(sessions: sessionmaker[Session]) -> int:
     """Queue again the deliveries a crash left ``sending``."""
     with transaction(sessions) as session:
-        count = session.execute(
-            update(Delivery)
-            .where(Delivery.state == DeliveryState.SENDING)
-            .values(state=DeliveryState.PENDING, next_attempt_at=utcnow())
-        ).rowcount
+        count = rowcount(
+            session.execute(
+                update(Delivery)
+                .where(Delivery.state == DeliveryState.SENDING)
+                .values(state=DeliveryState.PENDING, next_attempt_at=utcnow())
+            )
+        )
     if count:
         log.warning("%d deliveries were interrupted by a stop and are queued again", count)
     return count
@@ -154,9 +158,11 @@ def resend(
         stmt = update(Delivery).where(Delivery.state.in_(states))
         if delivery_ids:
             stmt = stmt.where(Delivery.id.in_(list(delivery_ids)))
-        count = session.execute(
-            stmt.values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=utcnow())
-        ).rowcount
+        count = rowcount(
+            session.execute(
+                stmt.values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=utcnow())
+            )
+        )
         if count:
             record(session, "dispatch", "resend", None, f"{count} deliveries queued again")
     return count

@@ -46,14 +46,19 @@ def send_dicom(
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
     # one context per pair, so each file goes in the transfer syntax it is stored in
-    for sop_class, syntax in sorted(pairs):
-        ae.add_requested_context(sop_class, syntax)
+    for abstract_syntax, transfer_syntax in sorted(pairs):
+        ae.add_requested_context(abstract_syntax, transfer_syntax)
     tls_args = None
     if destination.tls is not None:
         context = client_context(destination.tls)
         tls_args = (context, destination.host if destination.tls.verify_hostname else None)
     assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        # pynetdicom hands the host name to SSLContext.wrap_socket(server_hostname=...),
+        # which takes None (no host name check, no SNI), but annotates it as str only
+        tls_args=tls_args,  # type: ignore[arg-type]
     )
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "no answer"

@@ -22,14 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.complete.tables import Completion
 from dicom_node.config import Config
-from dicom_node.db import transaction, utcnow
+from dicom_node.db import rowcount, transaction, utcnow
 from dicom_node.events import record
 from dicom_node.jobs.tables import Job, JobState, Result
 from dicom_node.receive import index
-from dicom_node.receive.check import is_image_storage
 from dicom_node.results.algorithm import AlgorithmInfo
 from dicom_node.route.match import fired_routes
 from dicom_node.spool import Spool
+from imaging.storage import is_image_storage
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,13 @@ def claim_next(sessions: sessionmaker[Session], *, waiting: Collection[str] = ()
         job_id = session.scalar(query.order_by(Job.id).limit(1))
         if job_id is None:
             return None
-        claimed = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == JobState.PENDING)
-            .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
-        ).rowcount
+        claimed = rowcount(
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.PENDING)
+                .values(state=JobState.RUNNING, started_at=utcnow(), attempts=Job.attempts + 1)
+            )
+        )
         return job_id if claimed else None
 
 
@@ -186,9 +188,11 @@ def pending_by_pipeline(session: Session) -> dict[str, int]:
 def recover(sessions: sessionmaker[Session]) -> int:
     """Queue again the jobs a crash left running; return how many."""
     with transaction(sessions) as session:
-        count = session.execute(
-            update(Job).where(Job.state == JobState.RUNNING).values(state=JobState.PENDING)
-        ).rowcount
+        count = rowcount(
+            session.execute(
+                update(Job).where(Job.state == JobState.RUNNING).values(state=JobState.PENDING)
+            )
+        )
         if count:
             record(session, "jobs", "recovered", None, f"{count} interrupted jobs queued again")
     if count:

@@ -32,7 +32,7 @@ from dicom_node.results.sc import build_heatmap_sc, heatmap_series_instance_uid
 from dicom_node.results.sr import build_sr
 from dicom_node.spool import Spool
 from pipelines import registry
-from pipelines.base import Pipeline, PipelineInputError, PipelineResult, SeriesInput
+from pipelines.base import AnyPipeline, PipelineInputError, PipelineResult, SeriesInput
 from pipelines.card import ModelCard, card_state, load_card
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class JobRunner:
         self._config = config
         self.sessions = sessions
         self.spool = spool
-        self._pipelines: dict[tuple[str, str, str], Pipeline] = {}
+        self._pipelines: dict[tuple[str, str, str], AnyPipeline] = {}
         self._cards: dict[Path, tuple[tuple[float, float], ModelCard]] = {}
 
     def _card(self, path: Path) -> ModelCard:
@@ -79,7 +79,7 @@ class JobRunner:
         self._cards[path] = ((stamp, _mtime(loaded.weights_path)), loaded)
         return loaded
 
-    def pipeline(self, spec: PipelineConfig) -> Pipeline:
+    def pipeline(self, spec: PipelineConfig) -> AnyPipeline:
         """The loaded pipeline for a config entry (loaded on first use, then kept)."""
         import torch
 

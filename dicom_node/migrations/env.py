@@ -14,7 +14,13 @@ def run() -> None:
     if connection is None:
         from sqlalchemy import create_engine
 
-        engine = create_engine(config.get_main_option("sqlalchemy.url"))
+        url = config.get_main_option("sqlalchemy.url")
+        if url is None:
+            raise RuntimeError(
+                "alembic got neither a connection nor sqlalchemy.url; "
+                "run migrations through dicom_node.db.migrate()"
+            )
+        engine = create_engine(url)
         with engine.begin() as conn:
             context.configure(
                 connection=conn, target_metadata=target_metadata, render_as_batch=True

@@ -39,6 +39,8 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.uid import UID
 
+from imaging.storage import is_image_storage
+
 #: decoded pixel data (Rows x Columns x Samples x Bits Allocated / 8 x Frames) the node accepts
 #: from a compressed object, and bytes it inflates from a deflated one. A pipeline decodes a whole
 #: object in memory; beyond this it is a decompression bomb, or an object (a long video, a whole
@@ -452,6 +454,7 @@ def _dataset_offset(fp: BinaryIO) -> int:
         or head[132:140] != b"\x02\x00\x00\x00UL\x04\x00"
     ):
         raise MalformedDataSetError("the received file has no file meta group length")
+    group_length: int  # "<L": an unsigned 32-bit integer
     (group_length,) = struct.unpack("<L", head[140:144])
     return 144 + group_length
 
@@ -494,11 +497,6 @@ PIXEL_KEYWORDS = (
     "PhotometricInterpretation",
     "PixelDataProviderURL",
 )
-
-
-def is_image_storage(sop_class: str) -> bool:
-    """Whether a SOP class is an image IOD, whose Pixel Data are required (type 1)."""
-    return "Image Storage" in UID(sop_class).name
 
 
 def _dictionary_vr_keyword(keyword: str) -> str | None:

@@ -38,11 +38,13 @@ import tempfile
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -96,6 +98,8 @@ class ReusePortServer(ThreadedAssociationServer):
     """
 
     def server_bind(self) -> None:
+        if self.socket is None:  # TCPServer.__init__ creates it before binding
+            raise RuntimeError("the association server has no socket to bind")
         if hasattr(socket, "SO_REUSEPORT"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
@@ -122,7 +126,7 @@ class StorageSCP:
         The index database.
     """
 
-    def __init__(self, config: Any, spool: Spool, engine: Engine) -> None:
+    def __init__(self, config: Callable[[], Config], spool: Spool, engine: Engine) -> None:
         self._config = config
         self.spool = spool
         self.engine = engine
@@ -220,7 +224,7 @@ class StorageSCP:
 
     def _store(self, event: evt.Event) -> tuple[int, bool]:
         # the peer's UID, printable: it names the object in the log lines before it is checked
-        request_sop = _printable(str(event.request.AffectedSOPInstanceUID or ""))
+        request_sop = _printable(str(_store_request(event).AffectedSOPInstanceUID or ""))
         calling = event.assoc.requestor.ae_title.strip()
         node = self.config.storage
         free = self.spool.free_mb()
@@ -338,11 +342,12 @@ class StorageSCP:
         ae.dimse_timeout = node.dimse_timeout
         ae.require_called_aet = True
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            if context.abstract_syntax is not None:  # always set in pynetdicom's list
+                ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         return ae
 
-    def handlers(self) -> list[tuple[Any, Any]]:
+    def handlers(self) -> list[evt.EventHandlerType]:
         return [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
@@ -448,6 +453,14 @@ def _printable(value: str, limit: int = 64) -> str:
     return repr(value[:limit])
 
 
+def _store_request(event: evt.Event) -> C_STORE:
+    """The request of a C-STORE event (the only kind :meth:`StorageSCP._store` is bound to)."""
+    request = event.request
+    if not isinstance(request, C_STORE):
+        raise TypeError(f"expected a C-STORE request, got {type(request).__name__}")
+    return request
+
+
 def _request_mismatch(event: evt.Event, sop_class: str, sop: str) -> str | None:
     """Why the data set's SOP Class and Instance UIDs disagree with the request; None if they agree.
 
@@ -455,10 +468,11 @@ def _request_mismatch(event: evt.Event, sop_class: str, sop: str) -> str | None:
     what it says it sends: a data set of another SOP class may not be what the
     peer meant, and would be indexed under the wrong class.
     """
-    request_sop = str(event.request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
+    request = _store_request(event)
+    request_sop = str(request.AffectedSOPInstanceUID or "").rstrip("\x00 ")
     if request_sop != sop:
         return f"data set SOP Instance UID {sop} differs from the request"
-    request_class = str(event.request.AffectedSOPClassUID or "").rstrip("\x00 ")
+    request_class = str(request.AffectedSOPClassUID or "").rstrip("\x00 ")
     context_class = str(event.context.abstract_syntax)
     if sop_class != request_class or sop_class != context_class:
         return (

@@ -49,6 +49,7 @@ from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
@@ -58,8 +59,8 @@ from dicom_node.results import codes
 from dicom_node.results.algorithm import NOT_FOR_DIAGNOSTIC_USE, AlgorithmInfo
 from dicom_node.results.sr import algorithm_contributing_equipment
 from dicom_node.results.uids import result_uid
+from imaging.pixels import display_pixels
 from pipelines.base import Annotation, Box
-from pipelines.common.image import display_pixels
 
 __all__ = [
     "BOX_COLOUR",
@@ -123,7 +124,11 @@ def jet(values: np.ndarray) -> np.ndarray:
     """
     v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]
     centres = np.array([0.75, 0.5, 0.25], dtype=np.float32)  # R, G, B peaks
-    return np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0).astype(np.float32)
+    # numpy's stubs type np.abs() of a float array as Any
+    rgb: npt.NDArray[np.float32] = np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0).astype(
+        np.float32
+    )
+    return rgb
 
 
 def overlay_rgb(
@@ -139,7 +144,7 @@ def overlay_rgb(
     ----------
     gray : numpy.ndarray
         Shape (Rows, Columns), display values in [0, 1] (bright = dense), as
-        returned by :func:`pipelines.common.image.display_pixels`.
+        returned by :func:`imaging.pixels.display_pixels`.
     heatmap : numpy.ndarray
         Shape (Rows, Columns), values in [0, 1].
     threshold : float, optional
@@ -180,7 +185,9 @@ def overlay_rgb(
     h = np.clip(heatmap, 0.0, 1.0)
     weight = (alpha * np.clip((h - threshold) / _RAMP, 0.0, 1.0))[..., None]
     rgb = (1.0 - weight) * g + weight * jet(h)
-    return np.round(rgb * 255.0).astype(np.uint8)
+    # numpy's stubs type np.clip() of a float array as Any
+    out: npt.NDArray[np.uint8] = np.round(rgb * 255.0).astype(np.uint8)
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -414,7 +421,7 @@ def build_heatmap_sc(
     ----------
     source : pydicom.Dataset
         The source image *with* pixel data (its display greyscale is the
-        background, via :func:`pipelines.common.image.display_pixels`).
+        background, via :func:`imaging.pixels.display_pixels`).
     heatmap : numpy.ndarray
         float, shape (Rows, Columns) of the source, values in [0, 1].
     algorithm : AlgorithmInfo
@@ -448,7 +455,7 @@ def build_heatmap_sc(
         If the heatmap does not match the source size, is not finite, is far
         outside [0, 1], the source lacks identifying attributes, or a box is
         on another image, inverted, non-finite or entirely outside the image.
-    pipelines.common.image.PixelDataError
+    imaging.pixels.PixelDataError
         If the source has no decodable greyscale pixel data.
     """
     if not job_key:
@@ -515,13 +522,16 @@ def build_heatmap_sc(
     )
     _copy_patient_and_study(sc, source)
 
-    # Type 2: empty when the source says nothing about orientation.
-    sc.PatientOrientation = orientation if orientation is not None else None
+    # Type 2: empty when the source says nothing about orientation. (The type: ignores here:
+    # mypy takes these attributes' types from SCImage.__init__, which only sets them non-empty;
+    # pydicom writes None as the empty value a Type 2 attribute may have.)
+    sc.PatientOrientation = orientation  # type: ignore[assignment]
     laterality = _image_laterality(source)
     if laterality is not None:
         sc.ImageLaterality = laterality
     else:
-        sc.Laterality = None  # Type 2C, empty = unknown (see module docstring)
+        # Type 2C, empty = unknown (see module docstring)
+        sc.Laterality = None  # type: ignore[assignment]
     # Burned In Annotation "indicates whether or not image contains sufficient
     # burned in annotation to identify the patient and date the image was
     # acquired" (PS3.3 Table C.7-9, General Image Module). The only text drawn

@@ -68,6 +68,7 @@ Why these choices
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -228,6 +229,17 @@ def _source_for_region(source: pydicom.Dataset) -> hd.sr.SourceImageForRegion:
     )
 
 
+class _GroupArguments(TypedDict):
+    """The arguments the two measurement group templates (TID 1410, TID 1501) share."""
+
+    tracking_identifier: hd.sr.TrackingIdentifier
+    finding_type: hd.sr.CodedConcept
+    algorithm_id: hd.sr.AlgorithmIdentification
+    finding_sites: list[hd.sr.FindingSite] | None
+    measurements: list[hd.sr.Measurement]
+    qualitative_evaluations: list[hd.sr.QualitativeEvaluation]
+
+
 def _measurement_group(
     index: int,
     finding: Finding,
@@ -300,7 +312,7 @@ def _measurement_group(
         uid=finding_tracking_uid(job_key, index),
         identifier=f"{finding.label} #{index + 1}",
     )
-    common = {
+    common: _GroupArguments = {
         "tracking_identifier": tracking,
         "finding_type": finding_code,
         "algorithm_id": algorithm_id,
@@ -454,7 +466,7 @@ def build_sr(
         _measurement_group(i, f, by_uid, algorithm_id, job_key) for i, f in enumerate(findings)
     ]
     observer = hd.sr.ObserverContext(
-        observer_type=codes.DEVICE_OBSERVER,
+        observer_type=hd.sr.CodedConcept.from_code(codes.DEVICE_OBSERVER),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=algorithm.device_uid,
             name=f"{algorithm.name} {algorithm.version}",

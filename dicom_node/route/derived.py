@@ -4,7 +4,7 @@ A rule's ``match`` names DICOM keywords, plus the lower-case keys listed in
 :data:`DERIVED`; each maps a series' header to one of a few values and says
 which attribute decided, so ``route --explain`` can show the reasoning.
 
-* ``contrast``: ``enhanced`` or ``unenhanced`` (:mod:`dicom_node.route.contrast`).
+* ``contrast``: ``enhanced`` or ``unenhanced`` (:mod:`imaging.contrast`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dicom_node.route.contrast import CONTRAST_STATES, contrast_decision
-from dicom_node.route.values import Attributes
+from imaging.contrast import CONTRAST_STATES, contrast_decision
+from imaging.values import Attributes
 
 
 @dataclass(frozen=True)

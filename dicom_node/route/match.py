@@ -46,8 +46,9 @@ from dicom_node.route.rules import (
     RegexMatch,
     Route,
     Scalar,
+    _UnknownMatch,
 )
-from dicom_node.route.values import Attributes, _text, attribute_values
+from imaging.values import Attributes, _text, attribute_values
 
 __all__ = ["Attributes", "Condition", "RuleOutcome", "attribute_values", "evaluate", "select"]
 
@@ -174,7 +175,14 @@ def _describe(spec: MatchValue) -> str:
         return f"in [{lo:g}, {hi:g}]"
     if isinstance(spec, PresenceMatch):
         return "present" if spec.present else "absent or empty"
+    if isinstance(spec, _UnknownMatch):
+        raise _unvalidated()
     return _show(spec)
+
+
+def _unvalidated() -> TypeError:
+    # _UnknownMatch's validator always raises: a parsed rule never holds one
+    return TypeError("a match mapping without regex, range or present cannot be evaluated")
 
 
 def _check(keyword: str, spec: MatchValue, values: list[str] | None) -> Condition:
@@ -220,6 +228,8 @@ def _check(keyword: str, spec: MatchValue, values: list[str] | None) -> Conditio
         return Condition(
             keyword, expected, actual, ok, f"{shown}, {'' if ok else 'not '}{expected}"
         )
+    if isinstance(spec, _UnknownMatch):
+        raise _unvalidated()
     options = spec if isinstance(spec, list) else [spec]
     ok = any(_equal(v, want) for v in values for want in options)
     if not ok:

@@ -26,7 +26,7 @@ rule never changes what production routing does).
 
 Lower-case keys are derived by the node from several attributes
 (:mod:`dicom_node.route.derived`); ``contrast`` says whether contrast was
-given (:mod:`dicom_node.route.contrast` documents the decision).
+given (:mod:`imaging.contrast` documents the decision).
 
 Values are strict: ``Modality: true`` is an error, not ``1``. Quote values
 that YAML would otherwise read as numbers or booleans (``SeriesNumber: "010"``).
@@ -105,8 +105,12 @@ def _kind(value: Any) -> str:
         return "unknown"
     if isinstance(value, list):
         return "list"
-    if isinstance(value, RegexMatch | RangeMatch | PresenceMatch):
-        return {RegexMatch: "regex", RangeMatch: "range", PresenceMatch: "present"}[type(value)]
+    if isinstance(value, RegexMatch):
+        return "regex"
+    if isinstance(value, RangeMatch):
+        return "range"
+    if isinstance(value, PresenceMatch):
+        return "present"
     return "scalar"
 
 

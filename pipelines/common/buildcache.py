@@ -2,8 +2,8 @@
 
 A demo build takes minutes to twenty minutes of CPU, and its weights are a
 function of a few things only: the demo and its seed, the code that builds it
-(every ``pipelines`` module its builder imports, directly or not, and the
-builder of builds), the library versions, the CPU code
+(every ``pipelines`` and ``imaging`` module its builder imports, directly or
+not, and the builder of builds), the library versions, the CPU code
 path (:mod:`pipelines.common.codepath`) and the CPU itself (another CPU adds
 in another order). :func:`build_key` hashes exactly those, so a second
 checkout on the same machine (a CI clone, a second ``scripts/run-tests``)
@@ -45,17 +45,26 @@ def cache_root() -> Path:
     return Path(base) / "dicom-node"
 
 
+#: The checkout's packages whose code can shape a demo's weights.
+_PACKAGES = ("pipelines", "imaging")
+_ROOT = _PIPELINES.parent
+
+
+def _ours(name: str) -> bool:
+    return name.split(".")[0] in _PACKAGES
+
+
 def _module_file(name: str) -> Path | None:
-    """The source file of a ``pipelines`` module or package, if it exists."""
-    relative = Path(*name.split(".")[1:])
-    for candidate in (_PIPELINES / relative / "__init__.py", _PIPELINES / f"{relative}.py"):
+    """The source file of one of our modules or packages, if it exists."""
+    relative = Path(*name.split("."))
+    for candidate in (_ROOT / relative / "__init__.py", _ROOT / f"{relative}.py"):
         if candidate.is_file():
             return candidate
     return None
 
 
 def _imported(path: Path) -> set[str]:
-    """Every ``pipelines`` module ``path`` imports anywhere (lazy imports in functions too)."""
+    """Every module of ours ``path`` imports anywhere (lazy imports in functions too)."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -64,12 +73,12 @@ def _imported(path: Path) -> set[str]:
             names.add(node.module)
             # "from pipelines.ich import slices" imports a module, not a name
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    return {n for n in names if n == "pipelines" or n.startswith("pipelines.")}
+    return {n for n in names if _ours(n)}
 
 
 @cache
 def source_files(*roots: str) -> tuple[Path, ...]:
-    """The source files of the ``pipelines`` modules ``roots`` import, transitively.
+    """The source files of our modules (``pipelines``, ``imaging``) ``roots`` import, transitively.
 
     Parent packages count (their ``__init__`` runs on import). A demo's
     weights depend on these files only, so a change elsewhere (another
@@ -98,7 +107,7 @@ def _source_digest(builder_module: str) -> str:
     """sha256 over the path and content of every file :func:`source_files` finds."""
     digest = hashlib.sha256()
     for path in source_files(builder_module, "pipelines.demo"):
-        digest.update(path.relative_to(_PIPELINES).as_posix().encode())
+        digest.update(path.relative_to(_ROOT).as_posix().encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
         digest.update(b"\0")

@@ -3,7 +3,7 @@
 The node's demo model, its tests and anyone evaluating the node without
 patient data need images that exercise the same code path as a hospital's
 studies: DICOM files read by pydicom, pixels through
-:mod:`pipelines.common.image`, results referencing real UIDs. These phantoms
+:mod:`imaging.pixels`, results referencing real UIDs. These phantoms
 are *Digital X-Ray Image Storage - For Presentation* objects (DX, MONOCHROME2,
 16-bit allocated / 12-bit stored, explicit VR little endian) that pass
 ``dciodvfy`` without errors.

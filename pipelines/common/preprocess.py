@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from pydicom.dataset import Dataset
 
+from imaging.pixels import display_pixels, modality_pixels, window, window_stack
 from pipelines.card import InputSpec
-from pipelines.common.image import display_pixels, modality_pixels, window, window_stack
 
 
 def display_image(ds: Dataset, spec: InputSpec, frame: int = 0) -> np.ndarray:
@@ -30,12 +30,12 @@ def display_image(ds: Dataset, spec: InputSpec, frame: int = 0) -> np.ndarray:
     With ``spec.window_center``/``window_width`` set (e.g. a lung window for
     CT) that fixed window is applied to the modality values, so that every
     image is seen on the same scale; otherwise the object's own VOI / a
-    percentile stretch is used (:func:`pipelines.common.image.display_pixels`).
+    percentile stretch is used (:func:`imaging.pixels.display_pixels`).
     Both of these return (Rows, Columns).
 
     Raises
     ------
-    pipelines.common.image.PixelDataError
+    imaging.pixels.PixelDataError
         If the object has no usable pixel data.
     """
     if (spec.window_center is None) != (spec.window_width is None):

@@ -15,7 +15,7 @@ of input, each with a reason the pipeline logs:
   and colour objects when their pixels are read.
 
 What the models see first is what a radiologist sees
-(:func:`pipelines.common.image.display_pixels`): modality LUT, the object's
+(:func:`imaging.pixels.display_pixels`): modality LUT, the object's
 VOI window or LUT when present, MONOCHROME1 inverted so that bone is bright,
 scaled to [0, 1]; any bit depth and any transfer syntax pydicom can decode.
 """
@@ -33,15 +33,10 @@ import torch.nn.functional as F
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from imaging.pixels import PixelDataError, display_pixels
+from imaging.storage import RADIOGRAPH_SOP_CLASSES
 from pipelines.base import UnusableInput
-from pipelines.common.image import PixelDataError, display_pixels
 
-#: Computed Radiography, Digital X-Ray for presentation, for processing
-RADIOGRAPH_SOP_CLASSES: dict[str, str] = {
-    "1.2.840.10008.5.1.4.1.1.1": "CR",
-    "1.2.840.10008.5.1.4.1.1.1.1": "DX for presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX for processing",
-}
 #: View Position values of a lateral projection (PS3.3 C.8.11.5.1.1 defined terms)
 LATERAL_VIEW_POSITIONS = frozenset({"LL", "RL", "LATERAL", "LAT"})
 #: View Code Sequence codes of lateral projections (SNOMED CT, CID 4010)
@@ -116,7 +111,7 @@ def read_displayed(
 ) -> DisplayedRadiograph:
     """Read one file, check it with ``guard`` and return its display pixels.
 
-    ``stretch`` is passed to :func:`pipelines.common.image.display_pixels`
+    ``stretch`` is passed to :func:`imaging.pixels.display_pixels`
     (default a min-max scaling after the VOI).
 
     Raises

@@ -42,11 +42,9 @@ def _read_slices(args: argparse.Namespace) -> list:
 
 
 def cmd_train_ct_slices(args: argparse.Namespace) -> int:
-    from dicom_node.logs import setup_logging
     from pipelines.ctslice.data import DataError
     from pipelines.ctslice.train import SliceRecipe, load_grid, train_ct_slices
 
-    setup_logging("INFO")
     try:
         recipe = SliceRecipe(
             architecture=args.architecture,
@@ -94,12 +92,10 @@ def cmd_train_ct_slices(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_ct_slices(args: argparse.Namespace) -> int:
-    from dicom_node.logs import setup_logging
     from pipelines.card import CardError
     from pipelines.ctslice.data import DataError
     from pipelines.ctslice.evaluate import evaluate_ct_slices, format_report
 
-    setup_logging("WARNING")
     try:
         metrics = evaluate_ct_slices(
             args.model,

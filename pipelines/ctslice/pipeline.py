@@ -42,7 +42,7 @@ What it does with a job
 Contrast
 --------
 The pipeline never decides which model suits a series: routing does
-(``match: {contrast: enhanced}``, :mod:`dicom_node.route.contrast`). A card
+(``match: {contrast: enhanced}``, :mod:`imaging.contrast`). A card
 may say which kind of series it was trained on, ``options.contrast``
 (``enhanced``, ``unenhanced`` or ``any``, the default); a series whose
 attributes say otherwise is still scored, and a warning names the series
@@ -293,7 +293,7 @@ class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
         wanted = self.options.contrast
         if wanted == "any":
             return
-        from dicom_node.route.contrast import contrast_decision
+        from imaging.contrast import contrast_decision
 
         try:
             ds = pydicom.dcmread(first, stop_before_pixels=True)

@@ -56,13 +56,11 @@ def cmd_masks_to_coco(args: argparse.Namespace) -> int:
 
 
 def cmd_train_cxr(args: argparse.Namespace) -> int:
-    from dicom_node.logs import setup_logging
     from pipelines.common.augment import DetectionAugmentSpec
     from pipelines.cxr.coco import CocoError
     from pipelines.cxr.data import DetectionDataError
     from pipelines.cxr.train import CxrRecipe, train_cxr
 
-    setup_logging("INFO")
     recipe = CxrRecipe(
         architecture=args.architecture,
         size=args.size,
@@ -100,12 +98,10 @@ def cmd_train_cxr(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_cxr(args: argparse.Namespace) -> int:
-    from dicom_node.logs import setup_logging
     from pipelines.cxr.coco import CocoError
     from pipelines.cxr.data import DetectionDataError
     from pipelines.cxr.evaluate import evaluate_cxr, format_report
 
-    setup_logging("WARNING")
     try:
         report = evaluate_cxr(
             args.model,

@@ -13,7 +13,7 @@ The seed normalises every radiograph in two steps before the detector sees it:
    small percentage") and stretch the rest linearly to [0, 1], so that every
    image uses the full range whatever the exposure or the detector.
 
-What comes in first is what a radiologist sees (:func:`pipelines.common.image.display_pixels`):
+What comes in first is what a radiologist sees (:func:`imaging.pixels.display_pixels`):
 modality LUT, the object's VOI window or LUT when present, MONOCHROME1
 inverted so that bone is bright; any bit depth and any transfer syntax
 pydicom can decode. The image is resized (antialiased, aspect ratio kept)

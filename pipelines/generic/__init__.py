@@ -15,5 +15,6 @@ STUDY = Study(
     seed="004",
     title="generic image classifier (any torchvision classifier a card describes)",
     pipelines=("pipeline",),
+    commands="commands",
     demos=(DemoModel("generic-demo", "demo:build_generic_demo", minutes=2.7),),
 )

@@ -36,6 +36,7 @@ import torch
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from imaging.pixels import PixelDataError
 from pipelines.base import (
     Heatmap,
     ModelInput,
@@ -46,7 +47,6 @@ from pipelines.base import (
 )
 from pipelines.card import CardError, ModelCard
 from pipelines.common.cam import compute_heatmaps
-from pipelines.common.image import PixelDataError
 from pipelines.common.models import build_classifier, load_weights
 from pipelines.common.preprocess import display_image, to_model_input
 from pipelines.registry import register

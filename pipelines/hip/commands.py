@@ -54,14 +54,12 @@ def cmd_pair_dexa(args: argparse.Namespace) -> int:
 
 
 def cmd_train_hip(args: argparse.Namespace) -> int:
-    from dicom_node.logs import setup_logging
     from pipelines.common.augment import AugmentSpec
     from pipelines.hip.data import HipDataError
     from pipelines.hip.dexa import DexaError
     from pipelines.hip.train import HipRecipe, LocaliserRecipe, train_hip
     from pipelines.hip.voc import VocError
 
-    setup_logging("INFO")
     try:
         recipe = HipRecipe(
             architecture=args.architecture,
@@ -119,13 +117,11 @@ def cmd_train_hip(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_hip(args: argparse.Namespace) -> int:
-    from dicom_node.logs import setup_logging
     from pipelines.hip.data import HipDataError
     from pipelines.hip.dexa import DexaError
     from pipelines.hip.evaluate import evaluate_hip, format_report
     from pipelines.hip.voc import VocError
 
-    setup_logging("WARNING")
     try:
         report = evaluate_hip(
             args.model,

@@ -28,12 +28,10 @@ def cmd_synth_ich(args: argparse.Namespace) -> int:
 
 
 def cmd_train_ich(args: argparse.Namespace) -> int:
-    from dicom_node.logs import setup_logging
     from pipelines.common.augment import AugmentSpec
     from pipelines.ich.data import DataError
     from pipelines.ich.train import IchRecipe, train_ich
 
-    setup_logging("INFO")
     size = args.size or (380 if args.backbone.startswith("efficientnet") else 224)
     recipe = IchRecipe(
         backbone=args.backbone,
@@ -64,11 +62,9 @@ def cmd_train_ich(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_ich(args: argparse.Namespace) -> int:
-    from dicom_node.logs import setup_logging
     from pipelines.ich.data import DataError
     from pipelines.ich.evaluate import evaluate_ich, format_report
 
-    setup_logging("WARNING")
     try:
         report = evaluate_ich(
             args.model,

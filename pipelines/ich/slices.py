@@ -1,7 +1,7 @@
 """A CT slice as the ICH model sees it, shared by training and inference.
 
 HU = stored value x RescaleSlope + RescaleIntercept (PixelPaddingValue
-respected, :func:`pipelines.common.image.modality_pixels`), then the card's
+respected, :func:`imaging.pixels.modality_pixels`), then the card's
 three windows (brain / subdural / bone), each clipped and scaled to [0, 1],
 stacked as channels; :func:`pipelines.common.preprocess.to_model_input`
 resizes to the card's size and normalises with the card's per-channel
@@ -19,9 +19,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from imaging.pixels import PixelDataError
 from pipelines.base import UnusableInput
 from pipelines.card import InputSpec
-from pipelines.common.image import PixelDataError
 from pipelines.common.preprocess import display_image
 from pipelines.ich.labels import WINDOWS
 

@@ -15,10 +15,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from pipelines.base import UnusableInput
 
-
-class PixelDataError(UnusableInput):
+class PixelDataError(ValueError):
     """The object has no usable pixel data (missing, undecodable, or not an image)."""
 
 

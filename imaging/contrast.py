@@ -46,7 +46,7 @@ from typing import Any
 
 from pydicom import Dataset
 
-from dicom_node.route.values import attribute_values
+from imaging.values import attribute_values
 
 Attributes = Dataset | Mapping[str, Any]
 
