@@ -65,7 +65,8 @@ def window(values: np.ndarray, center: float, width: float) -> np.ndarray:
     if width <= 0:
         raise ValueError(f"window width must be positive, got {width}")
     lo = center - width / 2.0
-    return np.clip((values.astype(np.float32) - lo) / float(width), 0.0, 1.0)
+    windowed: np.ndarray = np.clip((values.astype(np.float32) - lo) / float(width), 0.0, 1.0)
+    return windowed
 
 
 def window_stack(values: np.ndarray, windows: Sequence[tuple[float, float]]) -> np.ndarray:
@@ -109,7 +110,7 @@ def display_pixels(
         lo, hi = np.percentile(shown, list(stretch))
     if hi <= lo:
         hi = lo + 1.0
-    out = np.clip((shown - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out: np.ndarray = np.clip((shown - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
     if ds.get("PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
         out = 1.0 - out
     return out

@@ -668,6 +668,11 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def model_identity(card: ModelCard) -> dict[str, str]:
+    """How a metrics report names the model it measured: name, version, weights sha256."""
+    return {"name": card.name, "version": card.version, "sha256": card.weights.sha256}
+
+
 def write_metrics(out_dir: Path, report: dict[str, Any], card: ModelCard) -> Path:
     """Write an evaluation's ``metrics.json``: one shape for every study, always valid JSON.
 
@@ -679,7 +684,7 @@ def write_metrics(out_dir: Path, report: dict[str, Any], card: ModelCard) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     document = {
         **report,
-        "model": {"name": card.name, "version": card.version, "sha256": card.weights.sha256},
+        "model": model_identity(card),
         "evaluated_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     }
     path = out / METRICS_FILE

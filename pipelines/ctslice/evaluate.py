@@ -43,6 +43,7 @@ from pipelines.common.metrics import (
     bootstrap_ci,
     classification_report,
     confusion_matrix,
+    model_identity,
     roc_auc,
     roc_curve,
     rounded,
@@ -333,7 +334,7 @@ def evaluate_ct_slices(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = rounded({"card": str(card_path), "skipped": len(skipped), **report})
-    metrics["model"] = {"name": card.name}
+    metrics["model"] = model_identity(card)
     write_metrics(out, metrics, card)
     roc = {}
     for unit, (truth, score) in curves.items():

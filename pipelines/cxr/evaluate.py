@@ -20,7 +20,7 @@ from pipelines.common.detection_metrics import (
     per_class_ap50,
     precision_recall_curves,
 )
-from pipelines.common.metrics import write_metrics
+from pipelines.common.metrics import model_identity, write_metrics
 from pipelines.common.plots import save_pr_png
 from pipelines.common.train import resolve_device
 from pipelines.cxr.coco import load_coco
@@ -76,6 +76,7 @@ def evaluate_cxr(
         pipeline.model, dataset, run_device, batch_size=pipeline.options.batch_size
     )
     report = detection_report(coco, detections, n_bootstrap=n_bootstrap, seed=seed)
+    report["model"] = model_identity(card)
     report["data"] = {"images": len(coco["images"]), "annotations": len(coco["annotations"])}
     if out_dir is not None:
         out = write_metrics(Path(out_dir), report, card).parent

@@ -43,6 +43,7 @@ from pipelines.common.metrics import (
     bootstrap_ci,
     classification_report,
     format_classification_report,
+    model_identity,
     rounded,
     write_metrics,
 )
@@ -320,6 +321,7 @@ def evaluate_hip(
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
+    report["model"] = model_identity(card)
     report["selection"] = index.summary() + (
         f"; Study Date in {test_year}" if test_year is not None else ""
     )

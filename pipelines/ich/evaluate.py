@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.card import CardError, load_card
-from pipelines.common.metrics import multilabel_report, roc_curve, write_metrics
+from pipelines.common.metrics import model_identity, multilabel_report, roc_curve, write_metrics
 from pipelines.common.models import load_weights
 from pipelines.common.plots import save_roc_png
 from pipelines.common.train import resolve_device
@@ -90,6 +90,7 @@ def evaluate_ich(
     )
     report.update(
         {
+            "model": model_identity(card),
             "unit": "slice",
             "patients": len({s.group for s in slices}),
             "tta_views": options.tta.views,
@@ -116,7 +117,7 @@ def format_report(report: dict[str, Any]) -> str:
             return f"{'n/a':>21}"
         return f"{v:6.3f} [{lo:5.3f}, {hi:5.3f}]"
 
-    title = f"{report['model']}: {report['n']} slices, {report['patients']} patients"
+    title = f"{report['model']['name']}: {report['n']} slices, {report['patients']} patients"
     header = f"{'label':<18}{'n+':>6}{'thr':>7}  " + "  ".join(
         f"{h:<21}" for h in ("precision", "recall", "F1", "ROC AUC")
     )
