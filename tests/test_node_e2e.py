@@ -331,7 +331,7 @@ def test_jobs_wait_for_a_model_that_is_still_building_then_run(
     builder = subprocess.Popen(["sleep", "600"])  # stands in for 'models build-demo'
     try:
         mark_building(card, builder.pid)
-        node = make_node(tmp_path, database_url)
+        node = make_node(tmp_path, database_url, routes=[SHADOW_FALLBACK])
         node.config["pipelines"]["generic"]["card"] = str(card)
         node.write_config(node.config)
         first, second = phantom(tmp_path, 1), phantom(tmp_path, 2)
