@@ -63,26 +63,32 @@ class Study:
     seed : str
         The seed study's number (``"002"``) or another sort key: studies are
         listed in this order.
-    title : str
-        One line for help texts.
-    pipelines : tuple of str
-        Modules whose import registers pipeline classes (``@register``).
-    commands : str or None
-        Module with ``add_commands(groups)`` for ``synth`` / ``dataset`` /
-        ``train`` / ``evaluate`` subcommands.
     demos : tuple of DemoModel
         The study's demo models.
     bench : str or None
         Benchmark module, run as ``python -m MODULE --smoke`` by CI.
+    pipelines : tuple of str
+        Modules whose import registers pipeline classes (``@register``);
+        default ``pipeline``.
+    commands : str or None
+        Module with ``add_commands(groups)`` for ``synth`` / ``dataset`` /
+        ``train`` / ``evaluate`` subcommands; default ``commands``.
+
+    The study's one-line title is the first line of its package docstring.
     """
 
     package: str
     seed: str
-    title: str
-    pipelines: tuple[str, ...] = ()
-    commands: str | None = None
     demos: tuple[DemoModel, ...] = ()
     bench: str | None = None
+    pipelines: tuple[str, ...] = ("pipeline",)
+    commands: str | None = "commands"
+
+    @property
+    def title(self) -> str:
+        """The first line of the package's docstring."""
+        doc = importlib.import_module(self.package).__doc__ or self.name
+        return doc.strip().splitlines()[0]
 
     @property
     def name(self) -> str:

@@ -159,17 +159,11 @@ def test_the_seed_studies_declare_themselves() -> None:
     assert benches == ["bench.ctslice", "bench.cxr", "bench.ich", "bench.hip"]
 
 
-TOY_INIT = """
+TOY_INIT = """\"\"\"A toy study from another distribution.\"\"\"
+
 from pipelines.study import DemoModel, Study
 
-STUDY = Study(
-    __name__,
-    seed="900",
-    title="a toy study from another distribution",
-    pipelines=("pipeline",),
-    commands="commands",
-    demos=(DemoModel("toy-demo", "demo:build", minutes=0.1),),
-)
+STUDY = Study(__name__, "900", demos=(DemoModel("toy-demo", "demo:build", minutes=0.1),))
 """
 
 TOY_PIPELINE = """

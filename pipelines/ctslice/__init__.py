@@ -26,13 +26,10 @@ from pipelines.study import DemoModel, Study
 #: This study, declared once for the registry, the CLI, the demo builder and CI's bench smoke.
 STUDY = Study(
     __name__,
-    seed="000",
-    title="CT slice classifier (acute cholecystitis, with and without contrast)",
-    pipelines=("pipeline",),
-    commands="commands",
+    "000",
     demos=(
-        DemoModel("ct-gb-contrast-demo", "demo:build_contrast_demo", minutes=2),
-        DemoModel("ct-gb-noncontrast-demo", "demo:build_noncontrast_demo", minutes=0.6),
+        DemoModel("ct-gb-contrast-demo", "demo:build_contrast_demo", 2),
+        DemoModel("ct-gb-noncontrast-demo", "demo:build_noncontrast_demo", 0.6),
     ),
     bench="bench.ctslice",
 )

@@ -14,11 +14,5 @@ from pipelines.study import DemoModel, Study
 
 #: This study, declared once for the registry, the CLI, the demo builder and CI's bench smoke.
 STUDY = Study(
-    __name__,
-    seed="001",
-    title="chest radiograph findings, boxed (Faster R-CNN)",
-    pipelines=("pipeline",),
-    commands="commands",
-    demos=(DemoModel("cxr-demo", "demo:build_cxr_demo", minutes=18),),
-    bench="bench.cxr",
+    __name__, "001", demos=(DemoModel("cxr-demo", "demo:build_cxr_demo", 18),), bench="bench.cxr"
 )

@@ -10,11 +10,4 @@ trained on chest phantoms with the seed's recipe).
 from pipelines.study import DemoModel, Study
 
 #: This study, declared once for the registry, the CLI, the demo builder and CI's bench smoke.
-STUDY = Study(
-    __name__,
-    seed="004",
-    title="generic image classifier (any torchvision classifier a card describes)",
-    pipelines=("pipeline",),
-    commands="commands",
-    demos=(DemoModel("generic-demo", "demo:build_generic_demo", minutes=2.7),),
-)
+STUDY = Study(__name__, "004", demos=(DemoModel("generic-demo", "demo:build_generic_demo", 2.7),))
