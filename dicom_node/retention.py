@@ -35,24 +35,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.complete.tables import Completion
+from dicom_node.complete.completion import completion_marks
 from dicom_node.config import Config
 from dicom_node.db import transaction, utcnow
-from dicom_node.dispatch.tables import Delivery, DeliveryState
+from dicom_node.dispatch import outbox
 from dicom_node.events import record
 from dicom_node.jobs import queue
-from dicom_node.jobs.tables import Job, JobState
 from dicom_node.receive import index
-from dicom_node.receive.tables import Instance
 from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
-
-_BUSY_JOBS = (JobState.PENDING, JobState.RUNNING)
-_BUSY_DELIVERIES = (DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEAD)
 
 
 @dataclass(frozen=True)
@@ -76,50 +70,26 @@ class RetentionRun:
     still_low: bool = False
 
 
-def _latest(
-    session: Session,
-    column: InstrumentedAttribute[datetime | None],
-    study: InstrumentedAttribute[str],
-    *where: ColumnElement[bool],
-) -> dict[str, datetime]:
-    """The latest ``column`` of each study (``study``: its Study Instance UID column)."""
-    rows = session.execute(select(study, func.max(column)).where(*where).group_by(study)).all()
-    return {uid: at for uid, at in rows if at is not None}
-
-
 def finished_studies(session: Session) -> list[FinishedStudy]:
-    """Every finished study (see the module doc), oldest last activity first."""
-    marks = dict(
-        session.execute(
-            select(
-                Completion.study_instance_uid, func.max(Completion.through_instance_id)
-            ).group_by(Completion.study_instance_uid)
-        ).all()
-    )
-    busy = set(
-        session.scalars(select(Job.study_instance_uid).where(Job.state.in_(_BUSY_JOBS)).distinct())
-    )
-    busy.update(
-        session.scalars(
-            select(Job.study_instance_uid)
-            .join(Delivery, Delivery.job_id == Job.id)
-            .where(Delivery.state.in_(_BUSY_DELIVERIES))
-            .distinct()
-        )
-    )
-    jobs = _latest(session, Job.finished_at, Job.study_instance_uid)
-    delivered = _latest(
-        session,
-        Delivery.delivered_at,
-        Job.study_instance_uid,
-        Delivery.job_id == Job.id,
-    )
+    """Every finished study (see the module doc), oldest last activity first.
+
+    Each stage's tables are read through its own functions: completion's
+    watermarks, the index's extents, the jobs still to run and the
+    deliveries still open.
+    """
+    marks = completion_marks(session)
+    open_jobs = outbox.jobs_with_open_deliveries(session)
+    delivered_jobs = outbox.last_delivered_by_job(session)
+    study_of = queue.study_by_job(session)
+    busy = queue.busy_studies(session) | {study_of[j] for j in open_jobs if j in study_of}
+    jobs = queue.last_finished_by_study(session)
+    delivered: dict[str, datetime] = {}
+    for job_id, at in delivered_jobs.items():
+        uid = study_of.get(job_id)
+        if uid is not None and (uid not in delivered or at > delivered[uid]):
+            delivered[uid] = at
     out = []
-    for uid, last_id, received in session.execute(
-        select(
-            Instance.study_instance_uid, func.max(Instance.id), func.max(Instance.received_at)
-        ).group_by(Instance.study_instance_uid)
-    ):
+    for uid, last_id, received in index.study_extents(session):
         mark = marks.get(uid)
         if mark is None or last_id > mark or uid in busy:
             continue

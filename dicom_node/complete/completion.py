@@ -184,3 +184,13 @@ class CompletionStage:
             reason="quiet" if quiet else "forced",
             completed_at=now,
         )
+
+
+def completion_marks(session: Session) -> dict[str, int]:
+    """Each completed study's watermark: the highest instance id its completions covered."""
+    rows = session.execute(
+        select(Completion.study_instance_uid, func.max(Completion.through_instance_id)).group_by(
+            Completion.study_instance_uid
+        )
+    ).all()
+    return {uid: int(mark) for uid, mark in rows if mark is not None}

@@ -190,3 +190,19 @@ def dead_letters(session: Session) -> list[Delivery]:
             select(Delivery).where(Delivery.state == DeliveryState.DEAD).order_by(Delivery.id)
         )
     )
+
+
+def jobs_with_open_deliveries(session: Session) -> set[int]:
+    """Jobs with a delivery not yet done (pending, sending, or dead and waiting for a resend)."""
+    open_states = [DeliveryState.PENDING, DeliveryState.SENDING, DeliveryState.DEAD]
+    return set(
+        session.scalars(select(Delivery.job_id).where(Delivery.state.in_(open_states)).distinct())
+    )
+
+
+def last_delivered_by_job(session: Session) -> dict[int, datetime]:
+    """When each job's latest delivery was acknowledged."""
+    rows = session.execute(
+        select(Delivery.job_id, func.max(Delivery.delivered_at)).group_by(Delivery.job_id)
+    ).all()
+    return {job_id: at for job_id, at in rows if at is not None}

@@ -219,3 +219,28 @@ def forget_results(session: Session, study_uid: str) -> list[str]:
     return list(
         session.scalars(delete(Result).where(Result.job_id.in_(jobs)).returning(Result.path)).all()
     )
+
+
+def busy_studies(session: Session) -> set[str]:
+    """Studies with a job still to run (pending or running)."""
+    return set(
+        session.scalars(
+            select(Job.study_instance_uid)
+            .where(Job.state.in_([JobState.PENDING, JobState.RUNNING]))
+            .distinct()
+        )
+    )
+
+
+def last_finished_by_study(session: Session) -> dict[str, datetime]:
+    """When each study's latest job finished."""
+    rows = session.execute(
+        select(Job.study_instance_uid, func.max(Job.finished_at)).group_by(Job.study_instance_uid)
+    ).all()
+    return {uid: at for uid, at in rows if at is not None}
+
+
+def study_by_job(session: Session) -> dict[int, str]:
+    """The Study Instance UID of every job, by job id."""
+    rows = session.execute(select(Job.id, Job.study_instance_uid)).all()
+    return {int(job_id): str(uid) for job_id, uid in rows}

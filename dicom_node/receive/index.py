@@ -187,3 +187,13 @@ def counts(session: Session) -> dict[str, int]:
         "series": session.scalar(select(func.count()).select_from(Series)) or 0,
         "instances": session.scalar(select(func.count()).select_from(Instance)) or 0,
     }
+
+
+def study_extents(session: Session) -> list[tuple[str, int, datetime]]:
+    """(Study Instance UID, highest instance id, last received) of every indexed study."""
+    rows = session.execute(
+        select(
+            Instance.study_instance_uid, func.max(Instance.id), func.max(Instance.received_at)
+        ).group_by(Instance.study_instance_uid)
+    ).all()
+    return [(uid, int(last_id), received) for uid, last_id, received in rows]
