@@ -227,6 +227,25 @@ class Heatmap:
 
 
 @dataclass(frozen=True)
+class SourceImage:
+    """The image a model input came from: its file, SOP Instance UID and (Rows, Columns).
+
+    What most pipelines keep of a scored input (its ``ref``) to name it in
+    findings and to explain it with a heatmap afterwards.
+    """
+
+    path: Path
+    sop_instance_uid: str
+    shape: tuple[int, int]
+
+    def heatmap(
+        self, array: np.ndarray, label: str = "", annotations: Sequence[Annotation] = ()
+    ) -> Heatmap:
+        """A heatmap of this image (``array`` of its shape, values in [0, 1])."""
+        return Heatmap(self.path, self.sop_instance_uid, array, label, tuple(annotations))
+
+
+@dataclass(frozen=True)
 class SeriesInput:
     """The files of one series that a route selected for a job."""
 

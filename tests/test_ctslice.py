@@ -592,14 +592,16 @@ def test_cli_synth_train_grid_repeats_evaluate(tmp_path: Path) -> None:
         str(data / "slices.csv"), "--out", str(out), "--bootstrap", "50",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    metrics = json.loads((out / "metrics.json").read_text())
+    text = (out / "metrics.json").read_text()
+    assert "NaN" not in text, "an undefined metric is null: strict JSON readers refuse NaN"
+    metrics = json.loads(text)
     assert metrics["slice"]["n"] == 32 and metrics["series"]["n"] == 8
     assert metrics["series"]["n_positive"] == 4  # positive fraction 0.5 of 8 patients
     cm = metrics["slice"]["confusion_matrix"]
     assert sum(cm.values()) == 32
     for name in STUDY_METRICS:
         entry = metrics["slice"][name]
-        if entry["value"] == entry["value"]:  # not nan
+        if None not in (entry["value"], entry["ci_low"], entry["ci_high"]):  # defined
             assert entry["ci_low"] - 1e-9 <= entry["value"] <= entry["ci_high"] + 1e-9
     assert "Precision (N)" in done.stdout and "macro avg" in done.stdout
     # a card's label that the data lack is fine; a data label the card lacks is refused

@@ -75,6 +75,7 @@ from pipelines.base import (
     PipelineResult,
     Scored,
     SeriesInput,
+    SourceImage,
 )
 from pipelines.card import CardError, InputSpec, ModelCard
 from pipelines.card import parse_options as parse_card_options
@@ -147,13 +148,8 @@ def build_model(card: ModelCard) -> torch.nn.Module:
     return model
 
 
-@dataclass(frozen=True)
-class ScoredSlice:
-    """One slice that was scored: its file, UID and (Rows, Columns)."""
-
-    path: Path
-    sop_instance_uid: str
-    shape: tuple[int, int]
+#: One slice that was scored: its file, UID and (Rows, Columns).
+ScoredSlice = SourceImage
 
 
 @dataclass(frozen=True)
@@ -364,12 +360,7 @@ class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
         )
         self.model.eval()
         return [
-            Heatmap(
-                source=s.path,
-                sop_instance_uid=s.sop_instance_uid,
-                array=m,
-                label=self.card.labels[c].name,
-            )
+            s.heatmap(m, self.card.labels[c].name)
             for s, m, c in zip(items, maps, classes, strict=True)
         ]
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from pipelines.base import (
     Pipeline,
     PipelineResult,
     Scored,
+    SourceImage,
     UnusableInput,
 )
 from pipelines.card import CardError, ModelCard
@@ -56,15 +56,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 16
 
 
-@dataclass(frozen=True)
-class _Image:
-    path: Path
-    sop_instance_uid: str
-    shape: tuple[int, int]
-
-
 @register("generic")
-class GenericClassifier(Pipeline[Path, _Image, torch.Tensor, np.ndarray]):
+class GenericClassifier(Pipeline[Path, SourceImage, torch.Tensor, np.ndarray]):
     """Softmax classifier over the card's labels, with Grad-CAM explanations.
 
     The model is built and its weights loaded once, in eval mode, on
@@ -149,11 +142,11 @@ class GenericClassifier(Pipeline[Path, _Image, torch.Tensor, np.ndarray]):
                 reason = "pixel values are not finite"
         raise UnusableInput(reason, ident=uid)
 
-    def load(self, unit: Path) -> ModelInput[_Image, torch.Tensor]:
+    def load(self, unit: Path) -> ModelInput[SourceImage, torch.Tensor]:
         uid, image = self._read(Path(unit))
         shape = (int(image.shape[-2]), int(image.shape[-1]))
         x = to_model_input([image], self.card.input)[0]
-        return ModelInput(_Image(Path(unit), uid, shape), x)
+        return ModelInput(SourceImage(Path(unit), uid, shape), x)
 
     @staticmethod
     def _unusable(ds: Dataset) -> str | None:
@@ -177,7 +170,7 @@ class GenericClassifier(Pipeline[Path, _Image, torch.Tensor, np.ndarray]):
 
     # -- interpret -----------------------------------------------------------------------
 
-    def interpret(self, scored: Scored[_Image, np.ndarray]) -> PipelineResult:
+    def interpret(self, scored: Scored[SourceImage, np.ndarray]) -> PipelineResult:
         findings = []
         for item, probs in zip(scored.refs, scored.outputs, strict=True):
             for i in self.reported:
@@ -186,7 +179,7 @@ class GenericClassifier(Pipeline[Path, _Image, torch.Tensor, np.ndarray]):
                 logger.debug("%s %s p=%.4f", item.sop_instance_uid, label.name, probs[i])
         return PipelineResult(findings=findings, heatmaps=self._heatmaps(scored))
 
-    def _heatmaps(self, scored: Scored[_Image, np.ndarray]) -> list[Heatmap]:
+    def _heatmaps(self, scored: Scored[SourceImage, np.ndarray]) -> list[Heatmap]:
         if self.explain_layer is None or not self.reported or not scored.refs:
             return []
         best = [max(self.reported, key=lambda i: p[i]) for p in scored.outputs]
@@ -215,11 +208,6 @@ class GenericClassifier(Pipeline[Path, _Image, torch.Tensor, np.ndarray]):
         )
         self.model.eval()
         return [
-            Heatmap(
-                source=item.path,
-                sop_instance_uid=item.sop_instance_uid,
-                array=m,
-                label=self.card.labels[c].name,
-            )
+            item.heatmap(m, self.card.labels[c].name)
             for item, m, c in zip(items, maps, classes, strict=True)
         ]

@@ -52,6 +52,7 @@ from pipelines.base import (
     Pipeline,
     PipelineResult,
     Scored,
+    SourceImage,
 )
 from pipelines.card import CardError, InputSpec, ModelCard
 from pipelines.common.cam import compute_heatmaps
@@ -240,13 +241,6 @@ def find_necks(
     return out
 
 
-@dataclass(frozen=True)
-class _Source:
-    path: Path
-    sop_instance_uid: str
-    shape: tuple[int, int]
-
-
 @dataclass(frozen=True, eq=False)
 class NeckScores:
     """The forward stage's output for one image: what the localiser found, each neck's probability."""
@@ -270,7 +264,7 @@ class _Image:
 
 
 @register("hip-osteoporosis")
-class HipOsteoporosis(Pipeline[Path, _Source, Prepared, NeckScores]):
+class HipOsteoporosis(Pipeline[Path, SourceImage, Prepared, NeckScores]):
     """Seed 003: femoral-neck localiser + ResNet-18 osteoporosis classifier per side."""
 
     accepts = "a frontal hip or pelvis radiograph on which {card} finds a femoral neck"
@@ -315,11 +309,11 @@ class HipOsteoporosis(Pipeline[Path, _Source, Prepared, NeckScores]):
         """Read, guard and prepare one file for the localiser (raises RadiographError)."""
         return prepare_radiograph(path, self.options.localiser)
 
-    def load(self, unit: Path) -> ModelInput[_Source, Prepared]:
+    def load(self, unit: Path) -> ModelInput[SourceImage, Prepared]:
         prepared = self.prepare_file(Path(unit))
         radiograph = prepared.radiograph
         return ModelInput(
-            _Source(Path(unit), radiograph.sop_instance_uid, radiograph.shape), prepared
+            SourceImage(Path(unit), radiograph.sop_instance_uid, radiograph.shape), prepared
         )
 
     # -- forward: localise the necks, classify their crops ----------------------------
@@ -341,7 +335,7 @@ class HipOsteoporosis(Pipeline[Path, _Source, Prepared, NeckScores]):
 
     # -- interpret ---------------------------------------------------------------------
 
-    def interpret(self, scored: Scored[_Source, NeckScores]) -> PipelineResult:
+    def interpret(self, scored: Scored[SourceImage, NeckScores]) -> PipelineResult:
         threshold = self.options.localiser.score_threshold
         images: list[_Image] = []
         for source, output in zip(scored.refs, scored.outputs, strict=True):
