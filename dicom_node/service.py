@@ -43,6 +43,7 @@ from dicom_node.jobs.runner import JobRunner
 from dicom_node.monitor import MonitoringServer
 from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
 from dicom_node.retention import Retention
+from dicom_node.route.router import Router
 from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class Node:
         self.engine = make_engine(config.storage.database_url)
         self.sessions = session_factory(self.engine)
         self.spool = Spool(config.storage.spool, fsync=config.storage.fsync)
-        self.completion = CompletionStage(self.live, self.sessions, queue.Router(self.spool))
+        self.completion = CompletionStage(self.live, self.sessions, Router(self.spool))
         self.runner = JobRunner(self.live, self.sessions, self.spool)
         self.dispatcher = Dispatcher(self.live, self.sessions, self.spool)
         self.retention = Retention(self.live, self.sessions, self.spool)

@@ -67,9 +67,9 @@ from test_scp import Receiver
 
 from dicom_node.complete.tables import Completion
 from dicom_node.config import parse_config
-from dicom_node.jobs.queue import Router
 from dicom_node.jobs.tables import Job
 from dicom_node.receive import check
+from dicom_node.route.router import Router
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -22,6 +22,7 @@ from dicom_node.events import Event
 from dicom_node.jobs import queue
 from dicom_node.jobs.tables import Job, JobState
 from dicom_node.receive.index import ReceivedInstance, index_instance
+from dicom_node.route.router import Router
 from dicom_node.spool import Spool
 
 CONFIG = """
@@ -44,7 +45,7 @@ class World:
         migrate(self.engine)
         self.sessions = session_factory(self.engine)
         self.spool = Spool(tmp_path / "spool", fsync=False)
-        self.stage = CompletionStage(lambda: self.config, self.sessions, queue.Router(self.spool))
+        self.stage = CompletionStage(lambda: self.config, self.sessions, Router(self.spool))
         self.t0 = utcnow()
 
     def receive(
