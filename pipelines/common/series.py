@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+
+from imaging.files import UnreadableDicom, read_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -248,12 +248,9 @@ def _candidate(
     """Read one header and return its facts, or record why the file is left out."""
     if ds is None:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:
-            _skip(skipped, path.name, "not a readable DICOM file: no DICOM preamble/header")
-            return None
-        except Exception as exc:  # pydicom raises many types for truncated or corrupt files
-            _skip(skipped, path.name, f"not a readable DICOM file: {type(exc).__name__}")
+            ds = read_dataset(path, stop_before_pixels=True)
+        except UnreadableDicom as exc:
+            _skip(skipped, path.name, str(exc))
             return None
     uid = str(ds.get("SOPInstanceUID", "") or "")
     ident = uid or path.name

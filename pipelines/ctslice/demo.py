@@ -29,7 +29,6 @@ on the same machine gives the same weights.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -37,8 +36,6 @@ from pipelines.common.demobuild import Say, build_demo_model, demo_description
 from pipelines.ctslice.data import read_slice_csv
 from pipelines.ctslice.synth import Contrast, write_abdomen_dataset
 from pipelines.ctslice.train import SliceRecipe, train_ct_slices
-
-logger = logging.getLogger(__name__)
 
 CONTRAST_DEMO = "ct-gb-contrast-demo"
 NONCONTRAST_DEMO = "ct-gb-noncontrast-demo"

@@ -15,15 +15,12 @@ CLINICAL USE.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines.common.demobuild import Say, build_demo_model, demo_description
 from pipelines.cxr.synth import write_cxr_dataset
 from pipelines.cxr.train import CxrRecipe, train_cxr
-
-logger = logging.getLogger(__name__)
 
 DEMO_NAME = "cxr-demo"
 

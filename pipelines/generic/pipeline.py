@@ -30,11 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import torch
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
+from imaging.files import UnreadableDicom, read_dataset
 from imaging.pixels import PixelDataError
 from pipelines.base import (
     Heatmap,
@@ -124,11 +123,9 @@ class GenericClassifier(Pipeline[Path, SourceImage, torch.Tensor, np.ndarray]):
     def _read(self, path: Path) -> tuple[str, np.ndarray]:
         """Read one file: (SOP Instance UID, display image); UnusableInput says why not."""
         try:
-            ds = pydicom.dcmread(path)
-        except InvalidDicomError:
-            raise UnusableInput("not a readable DICOM file: no DICOM preamble/header") from None
-        except Exception as exc:  # pydicom raises many types for truncated or corrupt files
-            raise UnusableInput(f"not a readable DICOM file: {type(exc).__name__}") from None
+            ds = read_dataset(path)
+        except UnreadableDicom as exc:
+            raise UnusableInput(str(exc)) from None
         uid = str(ds.get("SOPInstanceUID", "")) or path.name
         reason = self._unusable(ds)
         if reason is None:

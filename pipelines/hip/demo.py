@@ -20,7 +20,6 @@ provenance, that the model is synthetic and NOT FOR CLINICAL USE.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,8 +29,6 @@ from pipelines.hip.dexa import pair_dexa, write_labels
 from pipelines.hip.model import parse_options, verify_localiser
 from pipelines.hip.synth import write_hip_dataset
 from pipelines.hip.train import SEED_AUGMENT, HipRecipe, LocaliserRecipe, train_hip
-
-logger = logging.getLogger(__name__)
 
 DEMO_NAME = "hip-demo"
 

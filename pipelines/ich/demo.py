@@ -12,15 +12,12 @@ and provenance, that the model is synthetic and NOT FOR CLINICAL USE.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipelines.common.demobuild import Say, build_demo_model, demo_description
 from pipelines.ich.synth import write_rsna_dataset
 from pipelines.ich.train import IchRecipe, train_ich
-
-logger = logging.getLogger(__name__)
 
 DEMO_NAME = "ich-demo"
 

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
+from imaging.files import UnreadableDicom, read_dataset
 from imaging.pixels import PixelDataError
 from pipelines.base import UnusableInput
 from pipelines.card import InputSpec
@@ -72,11 +71,9 @@ def read_slice(path: Path, spec: InputSpec) -> tuple[str, np.ndarray]:
         If the file is not readable DICOM or not a usable slice.
     """
     try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError:
-        raise SliceError("not a readable DICOM file: no DICOM preamble/header") from None
-    except Exception as exc:  # pydicom raises many types for truncated or corrupt files
-        raise SliceError(f"not a readable DICOM file: {type(exc).__name__}") from exc
+        ds = read_dataset(path)
+    except UnreadableDicom as exc:
+        raise SliceError(str(exc)) from None
     return str(ds.get("SOPInstanceUID", "")) or path.name, slice_image(ds, spec)
 
 
