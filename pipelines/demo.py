@@ -34,6 +34,16 @@ logger = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
+def chosen_demos(only: Sequence[str] | None) -> list[str]:
+    """The demos to build: ``only``, or every declared one (ValueError naming unknown ones)."""
+    known = demo_models()
+    names = list(known) if only is None else list(only)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown demo model(s) {unknown}; known: {', '.join(known)}")
+    return names
+
+
 def build_order(names: Sequence[str], workers: int) -> list[str]:
     """The order to start builds in: the ``workers - 1`` longest first, then the rest shortest first.
 
@@ -129,11 +139,7 @@ def build_demo(
     CardError
         If an existing card does not verify and ``force`` is False.
     """
-    known = demo_models()
-    names = list(known) if only is None else list(only)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown demo model(s) {unknown}; known: {', '.join(known)}")
+    names = chosen_demos(only)
     code_path = code_path or codepath.default_code_path()
     env = codepath.environment(code_path)  # raises for an unknown or impossible path
     models_dir = Path(models_dir)
@@ -194,7 +200,12 @@ def _build_demo_in_background(args: argparse.Namespace, argv: list[str]) -> int:
     before this returns, so a node started right after keeps their jobs
     waiting instead of failing them.
     """
-    names = args.only or list(demo_models())
+    try:  # refuse here what the background build would refuse: nothing is marked then
+        names = chosen_demos(args.only)
+        codepath.environment(args.code_path or codepath.default_code_path())
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     missing = [
         n for n in names if args.force or not (Path(args.models_dir) / n / CARD_FILE).is_file()
     ]

@@ -224,3 +224,17 @@ def test_build_demo_in_the_background_marks_its_models_and_returns_at_once(
     assert f"demo model ready: {card}" in log.read_text()
     again = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert again.stdout.strip() == "demo models ready: nothing to build"
+
+
+def test_build_demo_in_the_background_refuses_an_unknown_demo_before_marking_anything(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "models"
+    done = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "models", "build-demo", "--only", "no-such-demo",
+         "--models-dir", str(models), "--background", str(tmp_path / "build.log")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "unknown demo model(s) ['no-such-demo']" in done.stderr
+    assert not models.exists() and not (tmp_path / "build.log").exists()
