@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicom_node import __version__
-from dicom_node.config import ConfigError, Destination, load_config
+from dicom_node.config import Config, ConfigError, Destination, load_config
 from dicom_node.logs import setup_logging
 from pipelines.card import CardError
 from pipelines.registry import CommandGroups, add_commands
@@ -101,11 +101,36 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         except TLSError as exc:
             print(f"{where}: {exc}", file=sys.stderr)
             problems += 1
+    problems += _check_engine(config)
     print(
         f"{args.config}: valid ({len(config.routes)} routes, {len(config.destinations)} destinations, "
         f"{len(config.node.peers)} peers)"
     )
     return EXIT_FAILED if problems else EXIT_OK
+
+
+def _check_engine(config: Config) -> int:
+    """Join the Ray cluster (``engine.kind: ray``) and check every pipeline has a node to run on."""
+    if config.engine.kind != "ray":
+        print("engine: local (models run in the node's process)")
+        return 0
+    from dicom_node.jobs.engine import EngineFailure
+    from dicom_node.jobs.ray_engine import RayEngine
+
+    engine = RayEngine(config.engine, lambda: config)
+    try:
+        engine.connect()
+        nodes = [n for n in engine.nodes() if n.get("Alive")]
+    except EngineFailure as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    problems = 0
+    print(f"engine: Ray cluster at {config.engine.address}, {len(nodes)} live node(s)")
+    for name, why in engine.unavailable(config.pipelines).items():
+        print(f"pipelines.{name}.ray: {why}", file=sys.stderr)
+        problems += 1
+    engine.close()
+    return problems
 
 
 def cmd_echo(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -227,9 +228,42 @@ class DispatchSection(_Strict):
     timeout_seconds: float = Field(30, gt=0)
 
 
+class RayResources(_Strict):
+    """What one loaded copy of a pipeline's model needs on a Ray worker node.
+
+    Ray places each replica on a node that has all of it: ``num_gpus``
+    (fractional shares one card between models), ``num_cpus``, and custom
+    ``resources`` a node was started with (``ray start --resources
+    '{"gpu_host": 1}'``), to pin a model to a kind of host.
+    """
+
+    num_gpus: float = Field(0, ge=0)
+    num_cpus: float = Field(1, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    #: loaded copies of the model kept warm; jobs go to the least busy one
+    replicas: int = Field(1, ge=1, le=64)
+
+    @field_validator("resources")
+    @classmethod
+    def _amounts(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if amount <= 0:
+                raise ValueError(f"resource {name!r} needs an amount above 0, got {amount}")
+            if name in ("CPU", "GPU", "memory"):
+                raise ValueError(f"set {name} with num_cpus / num_gpus, not in resources")
+        return v
+
+    def demand(self) -> dict[str, float]:
+        """The resources of one replica, as Ray names them (zero amounts left out)."""
+        wanted = {"CPU": self.num_cpus, "GPU": self.num_gpus, **self.resources}
+        return {name: amount for name, amount in wanted.items() if amount > 0}
+
+
 class PipelineConfig(_Strict):
     card: Path
     device: str = "auto"
+    #: where and how many copies run with ``engine.kind: ray`` (ignored by the local engine)
+    ray: RayResources = Field(default_factory=RayResources)
 
     @field_validator("device")
     @classmethod
@@ -237,6 +271,70 @@ class PipelineConfig(_Strict):
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
             raise ValueError(f"{v!r} is not a device: use auto, cpu, cuda or cuda:N")
         return v
+
+
+class JobsSection(_Strict):
+    """How jobs run, whatever the engine."""
+
+    #: jobs running at once; their inputs share forward passes when they use the same model
+    in_flight: int = Field(2, ge=1, le=256)
+    #: runs of a job whose engine failed (worker killed, node lost, timeout, out of GPU
+    #: memory) before it fails for good; a pipeline error fails it at once
+    max_attempts: int = Field(3, ge=1)
+    #: how long a forward pass waits for inputs of other jobs before it runs part-full
+    batch_wait_ms: float = Field(20, ge=0, le=60_000)
+    #: inputs per forward pass; null: the card's batch size on a CPU, chosen from the GPU's
+    #: memory on a GPU
+    batch_size: int | None = Field(None, ge=1)
+    #: threads reading and preprocessing a job's files; null: 1 on a CPU (the model needs the
+    #: cores), up to 4 on a GPU (decoding must keep the device busy)
+    readers: int | None = Field(None, ge=1, le=64)
+
+
+class RayEngineSettings(_Strict):
+    """``engine.kind: ray``: inference on the replicas of a Ray cluster (README "Running on a cluster")."""
+
+    kind: Literal["ray"]
+    #: the head's GCS address, host:port (never exposed beyond the cluster's private network)
+    address: str
+    namespace: str = Field("dicom-node", min_length=1)
+    #: file holding Ray's authentication token (RAY_AUTH_MODE=token); null: the
+    #: RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH environment variable must provide it
+    token_file: Path | None = None
+    #: seconds one job may take on a worker before it counts as a failed attempt
+    call_timeout_seconds: float = Field(900, gt=0)
+    #: a series travels to the worker in chunks of about this size, one call each: the node
+    #: and the object store hold one chunk of a job at a time
+    chunk_mb: float = Field(16, gt=0)
+    #: seconds to wait for the head's port to answer when joining the cluster
+    connect_timeout_seconds: float = Field(5, gt=0)
+
+    _token = field_validator("token_file")(_existing_file)
+
+    @field_validator("address")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} is not host:port of the Ray head (e.g. 10.0.0.5:6379)")
+        return v
+
+
+class LocalEngineSettings(_Strict):
+    """``engine.kind: local`` (the default): inference in the node's own process."""
+
+    kind: Literal["local"] = "local"
+
+
+def _engine_shorthand(v: Any) -> Any:
+    return {"kind": v} if isinstance(v, str) else v
+
+
+EngineSection = Annotated[
+    LocalEngineSettings | RayEngineSettings,
+    Field(discriminator="kind"),
+    BeforeValidator(_engine_shorthand),
+]
 
 
 class LoggingSection(_Strict):
@@ -265,6 +363,8 @@ class Config(_Strict):
     destinations: dict[str, Destination] = Field(default_factory=dict)
     dispatch: DispatchSection = Field(default_factory=DispatchSection)
     pipelines: dict[str, PipelineConfig] = Field(default_factory=dict)
+    jobs: JobsSection = Field(default_factory=JobsSection)
+    engine: EngineSection = Field(default_factory=LocalEngineSettings)
     routes: list[Route] = Field(default_factory=list)
     logging: LoggingSection = Field(default_factory=LoggingSection)
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
@@ -331,6 +431,9 @@ def _resolve(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         for dest in destinations.values():
             if isinstance(dest, dict):
                 absolute(dest.get("tls"), tls_files)
+    engine = raw.get("engine")
+    if isinstance(engine, dict):
+        absolute(engine, ("token_file",))
     pipes = raw.get("pipelines")
     if isinstance(pipes, dict):
         for spec in pipes.values():
@@ -440,9 +543,12 @@ class LiveConfig:
                 != new.node.model_copy(update={"peers": []})
                 or old.storage != new.storage
                 or old.monitoring != new.monitoring
+                or old.engine != new.engine
+                or old.jobs.in_flight != new.jobs.in_flight
             ):
                 self._log.warning(
-                    "node, storage or monitoring settings changed; they apply after a restart "
+                    "node, storage, monitoring, engine or jobs.in_flight settings changed; they "
+                    "apply after a restart "
                     "(peers, routes, destinations, pipelines and policies apply now)"
                 )
             self._current = new

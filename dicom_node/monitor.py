@@ -2,8 +2,9 @@
 
 ==============  ===========================================================
 ``/health``     200 ``{"status": "ok", "checks": {...}}`` when the index
-                answers, every receiver process is alive and the spool disk
-                is above ``min_free_disk_mb``; 503 with the failing checks
+                answers, every receiver process is alive, the spool disk
+                is above ``min_free_disk_mb`` and the inference engine can
+                run every pipeline; 503 with the failing checks
                 named otherwise (for a load balancer, systemd or a probe)
 ``/metrics``    Prometheus text format (see :class:`NodeCollector`)
 ``/status``     the JSON of ``dicom-node status --json``
@@ -51,6 +52,12 @@ MIB = 1 << 20
 
 #: (alive, configured) receiver processes
 ReceiverCount = Callable[[], tuple[int, int]]
+#: the inference engine's health: ``{"ok": bool, "kind": ..., "waiting": {pipeline: why}}``
+InferenceHealth = Callable[[], dict[str, Any]]
+
+
+def _local_inference() -> dict[str, Any]:
+    return {"ok": True, "kind": "local"}
 
 
 class NodeCollector(Collector):
@@ -67,16 +74,26 @@ class NodeCollector(Collector):
     ``dicom_node_job_latency_seconds_last_hour{stat}``: from queued to
     finished, mean and max; ``dicom_node_spool_free_bytes`` and
     ``dicom_node_spool_min_free_bytes``: the receivers refuse stores below the
-    second; ``dicom_node_receivers{state}``: alive and configured processes.
+    second; ``dicom_node_receivers{state}``: alive and configured processes;
+    ``dicom_node_inference_up``: 1 when the engine can run every configured
+    pipeline now, and ``dicom_node_pipeline_waiting{pipeline}``: 1 for a
+    pipeline whose jobs wait (no live Ray node can host it, its model is
+    still being built).
     """
 
     def __init__(
-        self, config: Callable[[], Config], engine: Engine, spool: Spool, receivers: ReceiverCount
+        self,
+        config: Callable[[], Config],
+        engine: Engine,
+        spool: Spool,
+        receivers: ReceiverCount,
+        inference: InferenceHealth = _local_inference,
     ) -> None:
         self._config = config
         self._sessions = session_factory(engine)
         self._spool = spool
         self._receivers = receivers
+        self._inference = inference
 
     def collect(self) -> Iterator[Metric]:
         storage = self._config().storage
@@ -95,6 +112,18 @@ class NodeCollector(Collector):
         receivers.add_metric(["alive"], alive)
         receivers.add_metric(["configured"], configured)
         yield receivers
+        inference = self._inference()
+        yield _gauge(
+            "inference_up", "1 when the engine can run every pipeline now", int(inference["ok"])
+        )
+        waiting = GaugeMetricFamily(
+            "dicom_node_pipeline_waiting",
+            "1 for a configured pipeline whose jobs cannot run now",
+            labels=["pipeline"],
+        )
+        for name in self._config().pipelines:
+            waiting.add_metric([name], int(name in inference.get("waiting", {})))
+        yield waiting
         try:
             families = self._from_index()
         except Exception as exc:  # noqa: BLE001 - a scrape reports the index down, never a trace
@@ -167,7 +196,11 @@ def _age(now: datetime, since: datetime | None) -> float:
 
 
 def health(
-    config: Config, engine: Engine, spool: Spool, receivers: ReceiverCount
+    config: Config,
+    engine: Engine,
+    spool: Spool,
+    receivers: ReceiverCount,
+    inference: InferenceHealth = _local_inference,
 ) -> tuple[bool, dict[str, Any]]:
     """Whether the node can take and keep studies now, and each check's reading."""
     checks: dict[str, dict[str, Any]] = {}
@@ -182,6 +215,7 @@ def health(
     free = spool.free_mb()
     minimum = config.storage.min_free_disk_mb
     checks["spool"] = {"ok": free >= minimum, "free_mb": round(free), "min_free_disk_mb": minimum}
+    checks["inference"] = inference()
     ok = all(check["ok"] for check in checks.values())
     return ok, {"status": "ok" if ok else "failing", "checks": checks}
 
@@ -196,14 +230,20 @@ class MonitoringServer:
     """
 
     def __init__(
-        self, config: Callable[[], Config], engine: Engine, spool: Spool, receivers: ReceiverCount
+        self,
+        config: Callable[[], Config],
+        engine: Engine,
+        spool: Spool,
+        receivers: ReceiverCount,
+        inference: InferenceHealth = _local_inference,
     ) -> None:
         self._config = config
         self._engine = engine
         self._spool = spool
         self._receivers = receivers
+        self._inference = inference
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(NodeCollector(config, engine, spool, receivers))
+        self._registry.register(NodeCollector(config, engine, spool, receivers, inference))
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -237,7 +277,7 @@ class MonitoringServer:
         path = request.path.split("?", 1)[0].rstrip("/") or "/"
         config = self._config()
         if path == "/health":
-            ok, body = health(config, self._engine, self._spool, self._receivers)
+            ok, body = health(config, self._engine, self._spool, self._receivers, self._inference)
             _send(request, 200 if ok else 503, _json(body), "application/json")
         elif path == "/metrics":
             _send(request, 200, generate_latest(self._registry), "text/plain; version=0.0.4")

@@ -4,7 +4,8 @@ Process layout::
 
     main process (worker)                      receiver processes (node.receiver_processes)
     ├─ completion poll   (APScheduler)         └─ Storage SCP on the shared port (SO_REUSEPORT):
-    ├─ job runner        (APScheduler)            C-ECHO, C-STORE → spool + index
+    ├─ job runner        (jobs.in_flight threads) C-ECHO, C-STORE → spool + index
+    │    └─ engine: models in this process, or replicas on a Ray cluster
     ├─ dispatcher        (APScheduler)
     ├─ retention         (APScheduler)
     ├─ monitoring        (HTTP: /health, /metrics, /status)
@@ -39,6 +40,7 @@ from dicom_node.dispatch.dispatcher import Dispatcher
 from dicom_node.events import record
 from dicom_node.faults import MAIN_PID_ENV
 from dicom_node.jobs import queue
+from dicom_node.jobs.engine import Engine, LocalEngine
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.monitor import MonitoringServer
 from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
@@ -47,6 +49,16 @@ from dicom_node.route.router import Router
 from dicom_node.spool import Spool
 
 log = logging.getLogger(__name__)
+
+
+def make_engine_for(config: LiveConfig) -> Engine:
+    """The inference engine ``engine.kind`` names (read at start)."""
+    settings = config().engine
+    if settings.kind == "ray":
+        from dicom_node.jobs.ray_engine import RayEngine
+
+        return RayEngine(settings, config)
+    return LocalEngine(config)
 
 
 class Node:
@@ -59,14 +71,16 @@ class Node:
         self.sessions = session_factory(self.engine)
         self.spool = Spool(config.storage.spool, fsync=config.storage.fsync)
         self.completion = CompletionStage(self.live, self.sessions, Router(self.spool))
-        self.runner = JobRunner(self.live, self.sessions, self.spool)
+        self.runner = JobRunner(self.live, self.sessions, self.spool, make_engine_for(self.live))
         self.dispatcher = Dispatcher(self.live, self.sessions, self.spool)
         self.retention = Retention(self.live, self.sessions, self.spool)
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
         self.receivers: list[multiprocessing.process.BaseProcess] = []
-        self.monitoring = MonitoringServer(self.live, self.engine, self.spool, self._receiver_count)
+        self.monitoring = MonitoringServer(
+            self.live, self.engine, self.spool, self._receiver_count, self.runner.inference_health
+        )
         self._stop = threading.Event()
         self.live.listeners.append(self._on_reload)
 
@@ -94,12 +108,14 @@ class Node:
         self._check_pipelines()
 
     def _check_pipelines(self) -> None:
-        """Load every configured pipeline once so a bad card is reported at start, not at the first study."""
-        for name, spec in self.config.pipelines.items():
-            try:
-                self.runner.pipeline(spec)
-            except Exception as exc:  # noqa: BLE001 - report and keep serving the other pipelines
-                log.error("pipeline %s cannot be loaded: %s (its jobs will fail)", name, exc)
+        """Load every configured pipeline once so a bad card is reported at start, not at the first study.
+
+        Pipelines whose card is still being built are left for later.
+        """
+        waiting = self.runner.models_waiting()
+        ready = {n: spec for n, spec in self.config.pipelines.items() if n not in waiting}
+        for name, error in self.runner.engine.preload(ready).items():
+            log.error("pipeline %s cannot be loaded: %s (its jobs will fail)", name, error)
 
     def start_receivers(self) -> None:
         os.environ[MAIN_PID_ENV] = str(os.getpid())  # for crash points in the receivers
@@ -139,10 +155,7 @@ class Node:
     def start_scheduler(self) -> None:
         completion = self.config.completion.poll_seconds
         dispatch = self.config.dispatch.poll_seconds
-        self.scheduler.add_job(
-            self.completion.poll, "interval", seconds=completion, id="completion"
-        )
-        self.scheduler.add_job(self.runner.run_pending, "interval", seconds=1.0, id="jobs")
+        self.scheduler.add_job(self._complete, "interval", seconds=completion, id="completion")
         self.scheduler.add_job(
             self.dispatcher.process_due, "interval", seconds=dispatch, id="dispatch"
         )
@@ -157,6 +170,10 @@ class Node:
         )
         self.scheduler.start()
 
+    def _complete(self) -> None:
+        if self.completion.poll():
+            self.runner.wake()  # the new jobs start now, not at the runner's next look
+
     def serve(self) -> None:
         """Run until SIGTERM/SIGINT."""
         self.prepare()
@@ -165,6 +182,7 @@ class Node:
         signal.signal(signal.SIGHUP, lambda *_: self._reload_all())
         self.start_monitoring()
         self.start_receivers()
+        self.runner.start()
         self.start_scheduler()
         log.info(
             "dicom-node serving as %s on %s:%d with %d receiver processes",
@@ -193,6 +211,7 @@ class Node:
         for proc in self.receivers:
             proc.terminate()
         self.scheduler.shutdown(wait=True)
+        self.runner.stop()
         deadline = time.monotonic() + 10
         for proc in self.receivers:
             proc.join(max(0.1, deadline - time.monotonic()))

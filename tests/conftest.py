@@ -90,8 +90,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """On PostgreSQL, run the tests that use the index database (``database_url``).
 
     Tests marked ``pipeline`` (one model's path through the node to the PACS)
-    run on SQLite only: the database does nothing there that the node's own
-    end-to-end tests do not already run on PostgreSQL.
+    or ``ray`` (the Ray engine on a real cluster) run on SQLite only: the
+    database does nothing there that the node's own end-to-end tests do not
+    already run on PostgreSQL.
 
     ``scripts/run-tests`` runs the suite on SQLite, then on PostgreSQL; a test
     that never touches the index (a pipeline, the preprocessing, a parser)
@@ -103,7 +104,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     keep, skip = [], []
     for item in items:
         uses_index = "database_url" in getattr(item, "fixturenames", ())
-        (keep if uses_index and not item.get_closest_marker("pipeline") else skip).append(item)
+        only_sqlite = item.get_closest_marker("pipeline") or item.get_closest_marker("ray")
+        (keep if uses_index and not only_sqlite else skip).append(item)
     if skip:
         config.hook.pytest_deselected(items=skip)
         items[:] = keep

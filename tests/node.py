@@ -24,7 +24,7 @@ from sqlalchemy import Engine, text
 
 from dicom_node.db import make_engine
 
-from peers import free_port, port_is_open
+from peers import Orthanc, free_port, port_is_open
 
 NODE_AET = "DICOM_NODE"
 TEST_AET = "TEST_SCU"
@@ -125,6 +125,32 @@ def shipped_routes(*names: str) -> dict[str, Any]:
     return {"routes": chosen, "pipelines": pipelines}
 
 
+def pacs_node_config(
+    workdir: Path,
+    database_url: str,
+    pacs: Orthanc,
+    *routes: str,
+    port: int | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A node that routes with the shipped ``routes`` (by name) and sends results to ``pacs``.
+
+    The PACS may also store to the node (it forwards the studies), as may the tests' own SCU.
+    """
+    return node_config(
+        workdir,
+        database_url,
+        port=port,
+        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
+        peers=[
+            {"ae_title": TEST_AET, "host": "127.0.0.1"},
+            {"ae_title": pacs.aet, "host": "127.0.0.1"},
+        ],
+        **shipped_routes(*routes),
+        **sections,
+    )
+
+
 class NodeProcess:
     """``dicom-node serve`` in a subprocess.
 
@@ -164,6 +190,8 @@ class NodeProcess:
 
     def start(self, timeout: float = 60.0, env: dict[str, str] | None = None) -> Self:
         """Start ``dicom-node serve`` and wait until it answers C-ECHO (``env``: extra variables)."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("this node is already running: stop() or kill() it first")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
@@ -226,6 +254,9 @@ class NodeProcess:
         self.process.send_signal(signal.SIGHUP)
 
     def __enter__(self) -> Self:
+        """Start the node, unless :meth:`start` already did (``with node.start():``)."""
+        if self.process is not None and self.process.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

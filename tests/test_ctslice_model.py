@@ -29,8 +29,8 @@ from pipelines.demo import build_demo
 
 from bars import Bar, check
 from dicom_validation import dciodvfy_errors
-from node import TEST_AET, NodeProcess, node_config, shipped_routes
-from peers import PACS_AET, Orthanc
+from node import NodeProcess, pacs_node_config
+from peers import Orthanc
 
 HELD_OUT_SEED = 7001  # the demos train on seeds 11 and 12
 #: Held-out patients per demo, half of them with cholecystitis.
@@ -281,16 +281,8 @@ def test_contrast_routing_sends_each_series_to_its_model_through_orthanc(
     }
     cards = {"enhanced": ct_contrast_demo_card, "unenhanced": ct_noncontrast_demo_card}
     workdir = tmp_path / "node"
-    config = node_config(
-        workdir,
-        database_url,
-        port=node_port,
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
-        peers=[
-            {"ae_title": TEST_AET, "host": "127.0.0.1"},
-            {"ae_title": PACS_AET, "host": "127.0.0.1"},
-        ],
-        **shipped_routes("abdomen-ct-contrast", "abdomen-ct-plain"),
+    config = pacs_node_config(
+        workdir, database_url, pacs, "abdomen-ct-contrast", "abdomen-ct-plain", port=node_port
     )
     expected_keys = {}
     for kind, slices in series.items():

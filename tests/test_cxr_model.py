@@ -30,8 +30,8 @@ from pipelines.cxr.synth import CLASSES, write_cxr_dataset
 
 from bars import Bar, check
 from dicom_validation import dciodvfy_errors
-from node import TEST_AET, NodeProcess, node_config, shipped_routes
-from peers import PACS_AET, Orthanc
+from node import NodeProcess, pacs_node_config
+from peers import Orthanc
 
 HELD_OUT_SEED = 7001  # the demo trains on seed 0 phantoms
 #: AP50 per class the demo must reach on these 60 held-out phantoms. Each bar is at or below the
@@ -363,17 +363,7 @@ def test_chest_radiograph_through_orthanc_gets_boxed_sr_and_heatmap(
     ds.PatientName = f"SECRET^{secret}"
     ds.save_as(tmp_path / "cxr.dcm")
     workdir = tmp_path / "node"
-    config = node_config(
-        workdir,
-        database_url,
-        port=node_port,
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
-        peers=[
-            {"ae_title": TEST_AET, "host": "127.0.0.1"},
-            {"ae_title": PACS_AET, "host": "127.0.0.1"},
-        ],
-        **shipped_routes("chest-xr"),
-    )
+    config = pacs_node_config(workdir, database_url, pacs, "chest-xr", port=node_port)
     with NodeProcess(workdir, config) as node:
         pacs.upload(tmp_path / "cxr.dcm")
         study_id = pacs.find_study(image.study_instance_uid)

@@ -31,8 +31,8 @@ from pipelines.hip.synth import PELVIS, write_hip_dataset
 
 from bars import Bar, check
 from dicom_validation import dciodvfy_errors
-from node import TEST_AET, NodeProcess, node_config, shipped_routes
-from peers import PACS_AET, Orthanc
+from node import NodeProcess, pacs_node_config
+from peers import Orthanc
 
 HELD_OUT_SEED = 7003  # the demo trains on seed 0 phantoms
 #: What the demo must reach on these held-out phantoms: at or below the mean - 3 sd of five
@@ -410,17 +410,7 @@ def test_hip_radiograph_through_orthanc_gets_sr_per_neck_and_heatmap(
     ds.PatientName = f"SECRET^{secret}"
     ds.save_as(tmp_path / "hip.dcm")
     workdir = tmp_path / "node"
-    config = node_config(
-        workdir,
-        database_url,
-        port=node_port,
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
-        peers=[
-            {"ae_title": TEST_AET, "host": "127.0.0.1"},
-            {"ae_title": PACS_AET, "host": "127.0.0.1"},
-        ],
-        **shipped_routes("hip-xr"),
-    )
+    config = pacs_node_config(workdir, database_url, pacs, "hip-xr", port=node_port)
     with NodeProcess(workdir, config) as node:
         pacs.upload(tmp_path / "hip.dcm")
         study_id = pacs.find_study(image.study_instance_uid)

@@ -30,8 +30,8 @@ from pipelines.ich.synth import write_head_ct_series, write_rsna_dataset
 
 from bars import Bar, check
 from dicom_validation import dciodvfy_errors
-from node import TEST_AET, NodeProcess, node_config, shipped_routes
-from peers import PACS_AET, Orthanc
+from node import NodeProcess, pacs_node_config
+from peers import Orthanc
 
 HELD_OUT_SEED = 9001  # the demo trains on seed 0 phantoms
 #: Study-level bars on the held-out series, at or below the mean - 3 sd of five builds
@@ -311,17 +311,7 @@ def test_head_ct_through_orthanc_gets_six_group_sr_and_heatmaps(
         patient_id=secret,
     )
     workdir = tmp_path / "node"
-    config = node_config(
-        workdir,
-        database_url,
-        port=node_port,
-        destinations={"pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}},
-        peers=[
-            {"ae_title": TEST_AET, "host": "127.0.0.1"},
-            {"ae_title": PACS_AET, "host": "127.0.0.1"},
-        ],
-        **shipped_routes("head-ct"),
-    )
+    config = pacs_node_config(workdir, database_url, pacs, "head-ct", port=node_port)
     top_k = load_card(ich_demo_card).explainer.top_k
     with NodeProcess(workdir, config) as node:
         for s in slices:

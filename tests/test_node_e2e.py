@@ -366,3 +366,33 @@ def test_jobs_wait_for_a_model_that_is_still_building_then_run(
             assert str(card) in error[0], error
     finally:
         builder.kill()
+
+
+@pytest.mark.e2e
+def test_a_running_job_does_not_hold_up_completion_or_other_jobs(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Inference runs in the runner's own threads: while one job's part-full batch waits for
+    company (jobs.batch_wait_ms), another study completes, is routed, and its job runs beside."""
+    node = make_node(
+        tmp_path,
+        database_url,
+        routes=[SHADOW_FALLBACK],
+        jobs={"in_flight": 2, "batch_wait_ms": 6000},
+    )
+    first, second = phantom(tmp_path, 1), phantom(tmp_path, 2)
+    with node:
+        assert (
+            storescu("127.0.0.1", node.port, [first.path], "DICOM_NODE", TEST_AET).returncode == 0
+        )
+        node.wait_for("SELECT count(*) FROM jobs WHERE state = 'running'", 1, timeout=60)
+        started = time.monotonic()
+        assert (
+            storescu("127.0.0.1", node.port, [second.path], "DICOM_NODE", TEST_AET).returncode == 0
+        )
+        node.wait_for("SELECT count(*) FROM completions", 2, timeout=30)
+        node.wait_for("SELECT count(*) FROM jobs WHERE state = 'running'", 2, timeout=30)
+        assert time.monotonic() - started < 6, "the second study completed while the first job ran"
+        node.wait_for("SELECT count(*) FROM jobs WHERE state = 'done'", 2, timeout=60)
+        (detail,) = node.query("SELECT detail FROM events WHERE kind = 'job-done' LIMIT 1")[0]
+    assert "local cpu" in detail and "1 shared with other jobs" in detail, detail

@@ -25,7 +25,7 @@ from PIL import Image
 from pipelines.cxr.synth import write_cxr_dataset
 from pipelines.ich.synth import write_head_ct_series
 
-from node import TEST_AET, NodeProcess, node_config, shipped_routes
+from node import NodeProcess, pacs_node_config
 from peers import DICOMWEB_PLUGIN, LOOPBACK, NODE_AET, PACS_AET, Orthanc, free_port
 from viewer import ViewerServer, launch_chromium
 
@@ -114,13 +114,8 @@ def room(
     head = write_head_ct_series(
         work / "ct", seed=HELD_OUT_SEED, index=1, hemorrhages=("subdural",), n_slices=12
     )
-    config = node_config(
-        work / "node",
-        f"sqlite:///{work / 'node.db'}",
-        port=node_port,
-        destinations={"pacs": {"ae_title": pacs.aet, "host": LOOPBACK, "port": pacs.dicom_port}},
-        peers=[{"ae_title": TEST_AET, "host": LOOPBACK}, {"ae_title": PACS_AET, "host": LOOPBACK}],
-        **shipped_routes("chest-xr", "head-ct"),
+    config = pacs_node_config(
+        work / "node", f"sqlite:///{work / 'node.db'}", pacs, "chest-xr", "head-ct", port=node_port
     )
     try:
         with NodeProcess(work / "node", config) as node:

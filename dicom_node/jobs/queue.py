@@ -143,6 +143,29 @@ def recover(sessions: sessionmaker[Session]) -> int:
     return count
 
 
+def retry(sessions: sessionmaker[Session], job_id: int, reason: str, max_attempts: int) -> bool:
+    """Queue a job again after its engine failed, or fail it once it had ``max_attempts``.
+
+    Returns True when the job was queued again. Its ``error`` keeps the
+    reason either way, so ``status`` shows why a pending job is on its
+    second attempt.
+    """
+    with transaction(sessions) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return False
+        if job.attempts >= max_attempts:
+            job.state = JobState.FAILED
+            job.error = f"{reason} (gave up after {job.attempts} attempts)"[:2000]
+            job.finished_at = utcnow()
+            record(session, "jobs", "job-failed", str(job_id), job.error[:500])
+            return False
+        job.state = JobState.PENDING
+        job.error = f"attempt {job.attempts} of {max_attempts} failed: {reason}"[:2000]
+        record(session, "jobs", "job-retry", str(job_id), job.error[:500])
+        return True
+
+
 def fail(sessions: sessionmaker[Session], job_id: int, error: str) -> None:
     with transaction(sessions) as session:
         session.execute(

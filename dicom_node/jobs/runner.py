@@ -1,145 +1,175 @@
-"""Running one job: pipeline in, DICOM results out, deliveries queued.
+"""Running jobs: pipeline in (through an engine), DICOM results out, deliveries queued.
 
-:func:`JobRunner.run` is a unit of work that takes a job id and reads and
-writes only through the spool and the index, so it can move into separate
-worker processes (or machines sharing them) without change. Pipelines are
-kept loaded between jobs, keyed by (pipeline, card, device).
+:class:`JobRunner` keeps ``jobs.in_flight`` worker threads of its own (not
+the scheduler's, which drives completion, dispatch and monitoring), each
+claiming the oldest pending job, handing its series to the engine
+(:mod:`dicom_node.jobs.engine`) and writing its results through the spool
+and the index. The index stays the truth: a job is claimed, finished and
+failed in the ``jobs`` table, and an engine failure (a worker killed, a
+node lost, a timeout) queues it again with the attempt counted, until
+``jobs.max_attempts``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from io import BytesIO
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import __version__
-from dicom_node.config import Config, PipelineConfig
+from dicom_node.config import Config
 from dicom_node.db import transaction, utcnow
 from dicom_node.dispatch import outbox
 from dicom_node.events import record
 from dicom_node.faults import crash_point
 from dicom_node.jobs import queue
+from dicom_node.jobs.engine import Engine, EngineFailure, LocalEngine
 from dicom_node.jobs.tables import Job, JobState, Result, ResultKind
 from dicom_node.receive import index
 from dicom_node.results.algorithm import AlgorithmInfo
 from dicom_node.results.sc import build_heatmap_sc, heatmap_series_instance_uid
 from dicom_node.results.sr import build_sr
 from dicom_node.spool import Spool
-from pipelines import registry
-from pipelines.base import AnyPipeline, PipelineInputError, PipelineResult, SeriesInput
-from pipelines.card import ModelCard, card_state, load_card
+from pipelines.base import PipelineInputError, PipelineResult, SeriesInput
+from pipelines.card import card_state
 
 log = logging.getLogger(__name__)
 
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return -1.0
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is usable, else ``cpu``."""
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+#: seconds an idle worker thread waits before it looks for work again (a wake-up comes sooner)
+IDLE_POLL_SECONDS = 0.5
 
 
 class JobRunner:
-    """Runs pending jobs one after another, keeping pipelines loaded."""
+    """Claims pending jobs and runs them on an engine, several at once."""
 
     def __init__(
-        self, config: Callable[[], Config], sessions: sessionmaker[Session], spool: Spool
+        self,
+        config: Callable[[], Config],
+        sessions: sessionmaker[Session],
+        spool: Spool,
+        engine: Engine | None = None,
     ) -> None:
         self._config = config
         self.sessions = sessions
         self.spool = spool
-        self._pipelines: dict[tuple[str, str, str], AnyPipeline] = {}
-        self._cards: dict[Path, tuple[tuple[float, float], ModelCard]] = {}
+        self.engine: Engine = engine if engine is not None else LocalEngine(config)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
-    def _card(self, path: Path) -> ModelCard:
-        """The card at ``path``, re-read (and its weights re-hashed) only when a file changed."""
-        card = self._cards.get(path)
-        stamp = _mtime(path)
-        if card is not None and card[0] == (stamp, _mtime(card[1].weights_path)):
-            return card[1]
-        loaded = load_card(path)
-        self._cards[path] = ((stamp, _mtime(loaded.weights_path)), loaded)
-        return loaded
-
-    def pipeline(self, spec: PipelineConfig) -> AnyPipeline:
-        """The loaded pipeline for a config entry (loaded on first use, then kept)."""
-        import torch
-
-        card = self._card(spec.card)
-        device = resolve_device(spec.device)
-        key = (card.pipeline, f"{spec.card}:{card.weights.sha256}", device)
-        if key not in self._pipelines:
-            started = time.monotonic()
-            cls = registry.get(card.pipeline)
-            self._pipelines[key] = cls(card, torch.device(device))
-            log.info(
-                "loaded pipeline %s with model %s %s on %s in %.1f s",
-                card.pipeline,
-                card.name,
-                card.version,
-                device,
-                time.monotonic() - started,
-            )
-        return self._pipelines[key]
+    # -- what may run ---------------------------------------------------------------------
 
     def models_waiting(self) -> dict[str, str]:
-        """Configured pipelines whose card is still being built, with what builds it.
+        """Configured pipelines that cannot run now, with why; their jobs stay pending.
 
-        Their jobs stay pending (:func:`queue.claim_next` passes over them)
-        and run once the card appears; a card that is simply missing is not
-        waited for: its jobs fail with the loader's error.
+        A card still being built waits for its builder; with the Ray engine, a
+        pipeline no live node can host waits for one (a worker node stopped).
+        A card that is simply missing is not waited for: its jobs fail with
+        the loader's error.
         """
+        pipelines = self._config().pipelines
         waiting = {}
-        for name, spec in self._config().pipelines.items():
+        for name, spec in pipelines.items():
             state, detail = card_state(spec.card)
             if state == "building":
                 waiting[name] = detail
+        for name, why in self.engine.unavailable(pipelines).items():
+            waiting.setdefault(name, why)
         return waiting
 
-    def run_pending(self) -> int:
+    def inference_health(self) -> dict[str, object]:
+        """The engine's health, with the pipelines whose jobs wait and why (``/health``)."""
+        health = dict(self.engine.health())
+        health["waiting"] = self.models_waiting()
+        return health
+
+    # -- worker threads -------------------------------------------------------------------
+
+    def start(self, threads: int | None = None) -> None:
+        """Start the worker threads (``jobs.in_flight`` of them by default)."""
+        count = threads or self._config().jobs.in_flight
+        for number in range(count):
+            thread = threading.Thread(target=self._work, name=f"job-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        """Look for work now (a job was queued)."""
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let running jobs finish (up to ``timeout``), take no new one, and close the engine.
+
+        A job still running after the timeout is cut off like a crash would:
+        it is queued again at the next start.
+        """
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        self._threads.clear()
+        self.engine.close()
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ran = self.run_pending(stop=self._stop)
+            except Exception:  # noqa: BLE001 - the index may be down for a while; keep trying
+                log.exception("job worker: cannot read the queue; trying again")
+                ran = 0
+            if not ran:
+                self._wake.wait(IDLE_POLL_SECONDS)
+                self._wake.clear()
+
+    def run_pending(self, stop: threading.Event | None = None) -> int:
         """Run queued jobs until none is left that can run now; return how many ran."""
         ran = 0
-        waiting = self.models_waiting()
-        while (job_id := queue.claim_next(self.sessions, waiting=waiting)) is not None:
+        while stop is None or not stop.is_set():
+            job_id = queue.claim_next(self.sessions, waiting=self.models_waiting())
+            if job_id is None:
+                break
             self.run(job_id)
             ran += 1
         return ran
+
+    # -- one job --------------------------------------------------------------------------
 
     def run(self, job_id: int) -> bool:
         """Run one claimed job; return True on success. Never raises."""
         started = time.monotonic()
         try:
-            self._run(job_id)
+            where = self._run(job_id)
         except PipelineInputError as exc:
             log.warning("job %d: nothing the pipeline can use: %s", job_id, exc)
             queue.fail(self.sessions, job_id, f"unusable input: {exc}")
+            return False
+        except EngineFailure as exc:
+            again = queue.retry(self.sessions, job_id, str(exc), self._config().jobs.max_attempts)
+            log.warning(
+                "job %d: engine failed (%s); %s",
+                job_id,
+                exc,
+                "queued again" if again else "failed for good after its last attempt",
+            )
             return False
         except Exception as exc:  # noqa: BLE001 - one bad job must not stop the worker
             log.exception("job %d failed", job_id)
             queue.fail(self.sessions, job_id, f"{type(exc).__name__}: {exc}")
             return False
-        log.info("job %d done in %.1f s", job_id, time.monotonic() - started)
+        log.info("job %d done in %.1f s (%s)", job_id, time.monotonic() - started, where)
         return True
 
-    def _run(self, job_id: int) -> None:
+    def _run(self, job_id: int) -> str:
         config = self._config()
         with self.sessions() as session:
             job = session.get(Job, job_id)
@@ -149,17 +179,17 @@ class JobRunner:
         spec = config.pipelines.get(job.pipeline)
         if spec is None:
             raise ValueError(f"pipeline {job.pipeline!r} is no longer configured")
-        pipeline = self.pipeline(spec)
         inputs = [
             SeriesInput(uid, tuple(self.spool.absolute(p) for p in paths))
             for uid, paths in files.items()
             if paths
         ]
-        result = pipeline.run(inputs)
+        inference = self.engine.infer(job_id, job.pipeline, spec, inputs)
+        result = inference.result
         crash_point("inference-done")
         for name, reason in result.skipped:
             log.info("job %d: skipped %s: %s", job_id, name, reason)
-        algorithm = AlgorithmInfo.from_card(pipeline.card, __version__)
+        algorithm = AlgorithmInfo.from_card(inference.card, __version__)
         outputs = self._build(job, result, algorithm, inputs)
         with transaction(self.sessions) as session:
             now = utcnow()
@@ -188,8 +218,10 @@ class JobRunner:
                 "job-done",
                 str(job.id),
                 f"{len(result.findings)} findings, {len(outputs)} objects"
-                + (", shadow (kept locally)" if job.shadow else ""),
+                + (", shadow (kept locally)" if job.shadow else "")
+                + f"; {inference.where}; {inference.stats.describe()}",
             )
+        return f"{inference.where}, {inference.stats.describe()}"
 
     def _build(
         self, job: Job, result: PipelineResult, algorithm: AlgorithmInfo, inputs: list[SeriesInput]
