@@ -8,7 +8,8 @@ the PACS (a real Orthanc) holds every result of every study exactly once.
 Half of the rounds kill at random, the other half cycle through the crash
 points. Any broken invariant stops the run with the round's details.
 
-Run: ``.venv/bin/python -m bench.crash [--rounds 100] [--database-url URL]``
+Run: ``.venv/bin/python -m bench.crash [--rounds 100] [--database-url URL] [--ray]``
+(``--ray``: the models run on a Ray cluster of two nodes started here)
 (``--smoke``: one random round and one crash point, for CI).
 """
 
@@ -22,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from crash import KINDS, Campaign, CampaignError, summary  # noqa: E402
+
+from bench.ray_cluster import RayCluster  # noqa: E402
 
 from node import DEMO_CARD  # noqa: E402
 from peers import Orthanc  # noqa: E402
@@ -41,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="two rounds")
+    parser.add_argument(
+        "--ray", action="store_true", help="models on a Ray cluster started here (engine: ray)"
+    )
     args = parser.parse_args(argv)
     if not DEMO_CARD.exists():
         print(f"build the demo model first: dicom-node models build-demo ({DEMO_CARD})")
@@ -50,7 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         url = args.database_url or f"sqlite:///{work / 'index.db'}"
         pacs = Orthanc(work / "pacs", aet="PACS").start()
-        campaign = Campaign(work, url, pacs, seed=args.seed)
+        cluster = RayCluster(work).start() if args.ray else None
+        engine = None
+        if cluster is not None:
+            cluster.add_worker({"bench_host": 2})
+            engine = {
+                "kind": "ray",
+                "address": cluster.address,
+                "token_file": str(cluster.token_file),
+                "ray": {"num_cpus": 1, "resources": {"bench_host": 1}},
+            }
+        campaign = Campaign(work, url, pacs, seed=args.seed, engine=engine)
         try:
             for kind in plan(rounds):
                 done = campaign.run(kind)
@@ -68,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             campaign.node.kill()
             pacs.kill()
+            if cluster is not None:
+                cluster.stop()
     figures = summary(campaign.rounds)
     print(json.dumps(figures, indent=2))
     print(

@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -60,6 +61,17 @@ def _local_inference() -> dict[str, Any]:
     return {"ok": True, "kind": "local"}
 
 
+@dataclass(frozen=True)
+class NodeView:
+    """What the endpoints read: the configuration, the index, the spool, the receivers, the engine."""
+
+    config: Callable[[], Config]
+    engine: Engine
+    spool: Spool
+    receivers: ReceiverCount
+    inference: InferenceHealth = _local_inference
+
+
 class NodeCollector(Collector):
     """The node's state as Prometheus gauges, read from the index on each scrape.
 
@@ -81,19 +93,12 @@ class NodeCollector(Collector):
     still being built).
     """
 
-    def __init__(
-        self,
-        config: Callable[[], Config],
-        engine: Engine,
-        spool: Spool,
-        receivers: ReceiverCount,
-        inference: InferenceHealth = _local_inference,
-    ) -> None:
-        self._config = config
-        self._sessions = session_factory(engine)
-        self._spool = spool
-        self._receivers = receivers
-        self._inference = inference
+    def __init__(self, view: NodeView) -> None:
+        self._config = view.config
+        self._sessions = session_factory(view.engine)
+        self._spool = view.spool
+        self._receivers = view.receivers
+        self._inference = view.inference
 
     def collect(self) -> Iterator[Metric]:
         storage = self._config().storage
@@ -229,21 +234,10 @@ class MonitoringServer:
         From :meth:`start` when the address cannot be bound (port in use).
     """
 
-    def __init__(
-        self,
-        config: Callable[[], Config],
-        engine: Engine,
-        spool: Spool,
-        receivers: ReceiverCount,
-        inference: InferenceHealth = _local_inference,
-    ) -> None:
-        self._config = config
-        self._engine = engine
-        self._spool = spool
-        self._receivers = receivers
-        self._inference = inference
+    def __init__(self, view: NodeView) -> None:
+        self._view = view
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(NodeCollector(config, engine, spool, receivers, inference))
+        self._registry.register(NodeCollector(view))
         self._server: ThreadingHTTPServer | None = None
 
     @property
@@ -275,14 +269,15 @@ class MonitoringServer:
 
     def _answer(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0].rstrip("/") or "/"
-        config = self._config()
+        view = self._view
+        config = view.config()
         if path == "/health":
-            ok, body = health(config, self._engine, self._spool, self._receivers, self._inference)
+            ok, body = health(config, view.engine, view.spool, view.receivers, view.inference)
             _send(request, 200 if ok else 503, _json(body), "application/json")
         elif path == "/metrics":
             _send(request, 200, generate_latest(self._registry), "text/plain; version=0.0.4")
         elif path == "/status":
-            _send(request, 200, _json(collect(config, engine=self._engine)), "application/json")
+            _send(request, 200, _json(collect(config, engine=view.engine)), "application/json")
         else:
             body = {"error": f"no endpoint {path}", "endpoints": ["/health", "/metrics", "/status"]}
             _send(request, 404, _json(body), "application/json")

@@ -42,7 +42,7 @@ from dicom_node.faults import MAIN_PID_ENV
 from dicom_node.jobs import queue
 from dicom_node.jobs.engine import Engine, LocalEngine
 from dicom_node.jobs.runner import JobRunner
-from dicom_node.monitor import MonitoringServer
+from dicom_node.monitor import MonitoringServer, NodeView
 from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
 from dicom_node.retention import Retention
 from dicom_node.route.router import Router
@@ -79,7 +79,13 @@ class Node:
         )
         self.receivers: list[multiprocessing.process.BaseProcess] = []
         self.monitoring = MonitoringServer(
-            self.live, self.engine, self.spool, self._receiver_count, self.runner.inference_health
+            NodeView(
+                self.live,
+                self.engine,
+                self.spool,
+                self._receiver_count,
+                self.runner.inference_health,
+            )
         )
         self._stop = threading.Event()
         self.live.listeners.append(self._on_reload)

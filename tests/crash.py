@@ -84,9 +84,20 @@ class Campaign:
         A running Orthanc the node delivers results to.
     seed : int
         Seed of the random delays (and the phantoms).
+    engine : dict, optional
+        The node's ``engine`` section (default: local); its ``ray`` key, if
+        any, becomes the generic pipeline's Ray resources.
     """
 
-    def __init__(self, workdir: Path, database_url: str, pacs: Orthanc, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        pacs: Orthanc,
+        *,
+        seed: int = 0,
+        engine: dict[str, Any] | None = None,
+    ) -> None:
         self.rng = random.Random(seed)
         self.seed = seed
         self.pacs = pacs
@@ -113,6 +124,9 @@ class Campaign:
                 "max_attempts": 1000,
             },
         )
+        if engine is not None:  # e.g. the Ray engine: {"kind": "ray", ..., "ray": resources}
+            config["engine"] = {k: v for k, v in engine.items() if k != "ray"}
+            config["pipelines"]["generic"]["ray"] = engine.get("ray", {})
         self.node = NodeProcess(workdir / "node", config)
         self.sent: dict[str, list[Dataset]] = {}
         self.rounds: list[Round] = []

@@ -25,6 +25,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from crash import KINDS, Campaign, summary
 
 from bench.ray_cluster import RayCluster, replica_pids
 from pipelines.card import load_card
@@ -307,3 +308,27 @@ def test_check_config_names_an_unreachable_cluster_and_an_unhostable_pipeline(
     done = node.cli("check-config")
     assert done.returncode != 0
     assert "engine.address: the Ray head at" in done.stderr and "cannot be reached" in done.stderr
+
+
+def test_the_kill_9_campaign_holds_on_the_ray_engine(
+    cluster: RayCluster, orthanc_factory: Any, demo_card: Path, tmp_path: Path
+) -> None:
+    """The crash campaign's rounds (a random kill and every crash point) with models on Ray:
+    every confirmed instance stored and indexed, every study analysed, every result in the
+    PACS exactly once."""
+    pacs = orthanc_factory(aet="PACS")
+    engine = {
+        "kind": "ray",
+        "address": cluster.address,
+        "token_file": str(cluster.token_file),
+        "ray": RAY_RESOURCES,
+    }
+    campaign = Campaign(tmp_path, f"sqlite:///{tmp_path / 'index.db'}", pacs, seed=7, engine=engine)
+    try:
+        for kind in KINDS:
+            print(campaign.run(kind))
+    finally:
+        campaign.node.kill()
+    figures = summary(campaign.rounds)
+    assert figures["rounds"] == len(KINDS)
+    assert "ray replica" in campaign.node.log_text()

@@ -320,15 +320,7 @@ class RayEngine:
         replica.info = ray.get(
             replica.handle.describe.remote(), timeout=self.settings.call_timeout_seconds
         )
-        log.info(
-            "pipeline %s: replica %d ready on %s pid %s, %s, batch %s",
-            name,
-            replica.number,
-            replica.info.get("host"),
-            replica.info.get("pid"),
-            replica.info.get("device"),
-            replica.info.get("batch_size"),
-        )
+        _log_where(name, replica, "ready")
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -453,13 +445,7 @@ class RayEngine:
                 time.sleep(1.0)  # unavailable for a moment while Ray restarts it
                 continue
             replica.down_since = None
-            log.info(
-                "pipeline %s: replica %d answers again on %s pid %s",
-                name,
-                replica.number,
-                replica.info.get("host"),
-                replica.info.get("pid"),
-            )
+            _log_where(name, replica, "answers again")
             return
 
     def close(self) -> None:
@@ -472,6 +458,21 @@ class RayEngine:
             self._retired.clear()
             ray.shutdown()
             self._connected = False
+
+
+def _log_where(name: str, replica: _Replica, what: str) -> None:
+    """One log line naming where a replica runs (the tests read its pid from it)."""
+    info = replica.info
+    log.info(
+        "pipeline %s: replica %d %s on %s pid %s, %s, batch %s",
+        name,
+        replica.number,
+        what,
+        info.get("host"),
+        info.get("pid"),
+        info.get("device"),
+        info.get("batch_size"),
+    )
 
 
 def _relocated(heatmap: Any, files: Sequence[Path]) -> Any:
