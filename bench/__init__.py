@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -14,3 +15,15 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+def status_mb(field: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MiB (VmHWM, RssAnon, ...).
+
+    ``VmHWM`` (peak resident set) belongs to the process's own address space,
+    unlike ``ru_maxrss``, which Linux carries over from the parent across exec.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from bench import best_of
+from bench import best_of, status_mb
 from bench.ray_cluster import RayCluster
 from dicom_node.config import (
     Config,
@@ -139,7 +139,7 @@ GROWTH_CHUNK_MB = 16
 
 
 def _engine(
-    cluster: RayCluster, replicas: int, in_flight: int, chunk_mb: float = 16
+    address: str, token_file: Path, replicas: int, in_flight: int, chunk_mb: float = 16
 ) -> tuple[RayEngine, Config]:
     config = Config(
         pipelines={
@@ -151,7 +151,7 @@ def _engine(
         },
         jobs=JobsSection(in_flight=in_flight),
         engine=RayEngineSettings(
-            kind="ray", address=cluster.address, token_file=cluster.token_file, chunk_mb=chunk_mb
+            kind="ray", address=address, token_file=token_file, chunk_mb=chunk_mb
         ),
     )
     assert isinstance(config.engine, RayEngineSettings)
@@ -162,7 +162,7 @@ def jobs_per_minute(
     cluster: RayCluster, studies: Sequence[SeriesInput], replicas: int, in_flight: int
 ) -> tuple[float, float]:
     """Part 2: (jobs per minute, share of forward passes held by several jobs)."""
-    engine, config = _engine(cluster, replicas, in_flight)
+    engine, config = _engine(cluster.address, cluster.token_file, replicas, in_flight)
     spec = config.pipelines["ich"]
     try:
         for number in range(replicas):  # warm: every replica loaded before the clock starts
@@ -194,14 +194,6 @@ def jobs_per_minute(
     return len(studies) / took * 60, shared[0] / max(1, shared[1])
 
 
-def _status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (VmHWM, RssAnon, RssShmem), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class _Sampler(threading.Thread):
     """The largest private (RssAnon) and shared (RssShmem: object store pages) resident sizes."""
 
@@ -212,21 +204,18 @@ class _Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(0.02):
-            self.anon = max(self.anon, _status_mb("RssAnon"))
-            self.shmem = max(self.shmem, _status_mb("RssShmem"))
+            self.anon = max(self.anon, status_mb("RssAnon"))
+            self.shmem = max(self.shmem, status_mb("RssShmem"))
 
 
 def growth_child(address: str, token_file: str, folder: str) -> None:
     """Part 3, in a fresh driver: one job of the series in ``folder``; prints JSON."""
-    cluster = RayCluster.__new__(RayCluster)
-    cluster.port = int(address.rsplit(":", 1)[1])
-    cluster.token_file = Path(token_file)
-    engine, config = _engine(cluster, 1, 1, chunk_mb=GROWTH_CHUNK_MB)
+    engine, config = _engine(address, Path(token_file), 1, 1, chunk_mb=GROWTH_CHUNK_MB)
     spec = config.pipelines["ich"]
     files = tuple(sorted(Path(folder).glob("*.dcm")))
     small = SeriesInput("warm", files[:4])
     engine.infer(-1, "ich", spec, [small])  # the replica loaded
-    before = _status_mb("RssAnon")
+    before = status_mb("RssAnon")
     sampler = _Sampler()
     sampler.start()
     started = time.perf_counter()
@@ -244,7 +233,7 @@ def growth_child(address: str, token_file: str, folder: str) -> None:
             {
                 "slices": len(files),
                 "seconds": took,
-                "node_peak_mb": _status_mb("VmHWM"),
+                "node_peak_mb": status_mb("VmHWM"),
                 "node_private_growth_mb": sampler.anon - before,
                 "node_shared_mb": sampler.shmem,
                 "worker_peak_mb": worker.get("peak_rss_mb"),

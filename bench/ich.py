@@ -36,7 +36,7 @@ import pydicom
 import torch
 from pydicom.uid import generate_uid
 
-from bench import best_of
+from bench import best_of, status_mb
 from pipelines.base import SeriesInput
 from pipelines.card import ModelCard, load_card, sha256_file, write_card
 from pipelines.common.train import resolve_device
@@ -133,27 +133,15 @@ def measure(card_path: Path, series: SeriesInput, repeats: int, device: torch.de
     }
 
 
-def _status_mb(field: str) -> float:
-    """A memory figure of this process from /proc/self/status, in MiB.
-
-    ``VmHWM`` (peak resident set) belongs to the process's own address space,
-    unlike ``ru_maxrss``, which Linux carries over from the parent across exec.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def rss_child(card_path: str, folder: str, device: str) -> None:
     """In a fresh process: load, note RSS, run on the series, print peak RSS (JSON)."""
     card = load_card(card_path)
     pipeline = IntracranialHemorrhage(card, torch.device(device))
     files = tuple(sorted(Path(folder).glob("*.dcm")))
     pipeline.run([SeriesInput("warm-up", files[:40])])
-    loaded = _status_mb("VmHWM")  # peak so far: imports, model, a 40-slice job
+    loaded = status_mb("VmHWM")  # peak so far: imports, model, a 40-slice job
     result = pipeline.run([SeriesInput("bench", files)])
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     print(
         json.dumps(
             {

@@ -76,10 +76,17 @@ class Engine(Protocol):
         ...
 
     def health(self) -> dict[str, Any]:
-        """``{"ok": bool, ...}`` for ``/health`` and ``/status``."""
+        """``{"ok": bool, "kind": ...}``: the engine itself (the runner adds what waits)."""
         ...
 
     def close(self) -> None: ...
+
+
+def gpu_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch's CUDA out-of-memory error (an engine failure, not the study's)."""
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def resolve_device(name: str) -> str:
@@ -196,7 +203,7 @@ class LocalEngine:
         try:
             result, stats = model.run(inputs)
         except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+            if gpu_out_of_memory(exc):
                 raise EngineFailure(f"out of GPU memory: {str(exc).splitlines()[0]}") from exc
             raise
         return Inference(result, model.pipeline.card, stats, f"local {model.pipeline.device}")

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.config import Config, PipelineConfig, RayEngineSettings
-from dicom_node.jobs.engine import CardCache, EngineFailure, Inference
+from dicom_node.jobs.engine import CardCache, EngineFailure, Inference, gpu_out_of_memory
 from dicom_node.jobs.replica import IncompleteTransfer, Layout, ModelReplica, file_number
 from pipelines.base import PipelineInputError, SeriesInput
 from pipelines.card import ModelCard
@@ -100,7 +100,6 @@ class _Group:
     replicas: list[_Replica]
     #: the card and weights in the object store: kept while the replicas may restart
     payload: Any = None
-    retiring: bool = False
 
     @property
     def busy(self) -> int:
@@ -208,21 +207,15 @@ class RayEngine:
         return waiting
 
     def health(self) -> dict[str, Any]:
-        pipelines = self._config().pipelines
-        waiting = self.unavailable(pipelines)
+        """Joined or not, live nodes, and where each current replica runs."""
         alive = sum(1 for n in self._nodes[1] if n.get("Alive")) if self._connected else 0
         with self._lock:
-            replicas = {
-                g.name: [r.info for r in g.replicas]
-                for g in self._groups.values()
-                if not g.retiring
-            }
+            replicas = {g.name: [r.info for r in g.replicas] for g in self._groups.values()}
         return {
-            "ok": self._connected and not waiting,
+            "ok": self._connected,
             "kind": self.kind,
             "address": self.settings.address,
             "nodes_alive": alive,
-            "without_host": waiting,
             "replicas": replicas,
         }
 
@@ -236,7 +229,6 @@ class RayEngine:
             if group is not None and group.sha256 == card.weights.sha256 and group.replicas:
                 return group
             if group is not None:
-                group.retiring = True
                 self._retired.append(group)
                 log.info("pipeline %s: new card version; old replicas stop once idle", name)
             payload = self._payload(spec, card)
@@ -358,12 +350,8 @@ class RayEngine:
 
         try:
             group = self._group(name, spec)
-        except EngineFailure:
-            raise
-        except Exception as exc:
-            if isinstance(exc, rx.RayError):
-                raise EngineFailure(f"cannot start replicas: {_first_line(exc)}") from exc
-            raise
+        except rx.RayError as exc:
+            raise EngineFailure(f"cannot start replicas: {_first_line(exc)}") from exc
         with self._lock:
             up = [r for r in group.replicas if r.down_since is None] or group.replicas
             replica = min(up, key=lambda r: r.busy)
@@ -387,7 +375,7 @@ class RayEngine:
                 cause = exc.cause
                 if isinstance(cause, PipelineInputError):
                     raise PipelineInputError(str(cause)) from None
-                if type(cause).__name__ == "OutOfMemoryError":
+                if gpu_out_of_memory(cause):
                     raise EngineFailure(f"out of GPU memory: {_first_line(cause)}") from exc
                 if isinstance(cause, IncompleteTransfer):
                     raise EngineFailure(f"replica {replica.number} of {name}: {cause}") from exc

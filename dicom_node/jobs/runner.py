@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from io import BytesIO
 from pathlib import PurePosixPath
 
@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import __version__
-from dicom_node.config import Config
+from dicom_node.config import Config, PipelineConfig
 from dicom_node.db import transaction, utcnow
 from dicom_node.dispatch import outbox
 from dicom_node.events import record
@@ -77,19 +77,32 @@ class JobRunner:
         the loader's error.
         """
         pipelines = self._config().pipelines
+        return self._waiting(pipelines, self.engine.unavailable(pipelines))
+
+    @staticmethod
+    def _waiting(
+        pipelines: Mapping[str, PipelineConfig], unavailable: Mapping[str, str]
+    ) -> dict[str, str]:
         waiting = {}
         for name, spec in pipelines.items():
             state, detail = card_state(spec.card)
             if state == "building":
                 waiting[name] = detail
-        for name, why in self.engine.unavailable(pipelines).items():
+        for name, why in unavailable.items():
             waiting.setdefault(name, why)
         return waiting
 
     def inference_health(self) -> dict[str, object]:
-        """The engine's health, with the pipelines whose jobs wait and why (``/health``)."""
+        """The engine's health and the pipelines whose jobs wait, with why (``/health``).
+
+        Not ok when the engine cannot run a pipeline now (a model still being
+        built is not a failure: its jobs wait for it).
+        """
+        pipelines = self._config().pipelines
+        unavailable = self.engine.unavailable(pipelines)
         health = dict(self.engine.health())
-        health["waiting"] = self.models_waiting()
+        health["ok"] = bool(health["ok"]) and not unavailable
+        health["waiting"] = self._waiting(pipelines, unavailable)
         return health
 
     # -- worker threads -------------------------------------------------------------------
