@@ -240,8 +240,14 @@ class RayResources(_Strict):
     num_gpus: float = Field(0, ge=0)
     num_cpus: float = Field(1, ge=0)
     resources: dict[str, float] = Field(default_factory=dict)
-    #: loaded copies of the model kept warm; jobs go to the least busy one
+    #: loaded copies of the model always kept warm; jobs go to the least busy one
     replicas: int = Field(1, ge=1, le=64)
+    #: at most this many copies while busy (autoscaling bounds ``replicas``..``max_replicas``)
+    max_replicas: int | None = Field(None, ge=1, le=64)
+    #: jobs one copy takes at once (their inputs share forward passes) before another starts
+    target_jobs: int = Field(2, ge=1)
+    #: a copy above ``replicas`` that ran no job for this long is stopped
+    idle_seconds: float = Field(300.0, gt=0)
 
     @field_validator("resources")
     @classmethod
@@ -252,6 +258,20 @@ class RayResources(_Strict):
             if name in ("CPU", "GPU", "memory"):
                 raise ValueError(f"set {name} with num_cpus / num_gpus, not in resources")
         return v
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RayResources:
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below replicas ({self.replicas}), "
+                "the copies always kept warm"
+            )
+        return self
+
+    @property
+    def most(self) -> int:
+        """The upper bound on copies (``replicas`` when no ``max_replicas`` is set)."""
+        return self.max_replicas or self.replicas
 
     def demand(self) -> dict[str, float]:
         """The resources of one replica, as Ray names them (zero amounts left out)."""

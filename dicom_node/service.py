@@ -55,9 +55,9 @@ def make_engine_for(config: LiveConfig) -> Engine:
     """The inference engine ``engine.kind`` names (read at start)."""
     settings = config().engine
     if settings.kind == "ray":
-        from dicom_node.jobs.ray_engine import RayEngine
+        from dicom_node.jobs.driver import RayDriver
 
-        return RayEngine(settings, config)
+        return RayDriver(settings, config)
     return LocalEngine(config)
 
 

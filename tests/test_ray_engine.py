@@ -10,12 +10,16 @@ dciodvfy-clean, with slices of two CTs in one forward pass on the worker; a
 ``kill -9`` of the worker process holding a model mid-job retries the job
 and its results arrive once; a stopped worker node leaves jobs pending (and
 ``/health`` and ``/metrics`` say so) until a worker node comes back; a
-``kill -9`` of the node itself mid-flight loses nothing.
+``kill -9`` of the node itself mid-flight loses nothing; a second copy of a
+model starts while two jobs run and stops when idle (``max_replicas``); the
+node outlives the loss of the cluster's head, which ends Ray's driver process
+(the head-loss test runs last: it restarts the module's cluster).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -119,7 +123,7 @@ class _OneCT:
     def __init__(
         self, cluster: RayCluster, pacs: Orthanc, tmp_path: Path, card: Path, *args: Any
     ) -> None:
-        self.cluster, self.pacs = cluster, pacs
+        self.cluster, self.pacs, self.card = cluster, pacs, card
         self.ct = _HeadCT(tmp_path / "ct", 3, card)
         self.workdir = tmp_path / "node"
         self._args = args  # database URL, node port
@@ -267,6 +271,54 @@ def test_a_lost_worker_node_keeps_jobs_pending_until_a_node_comes_back(one_ct: _
     ct.assert_results_once(pacs)
 
 
+def test_replicas_start_while_jobs_run_and_stop_when_idle(one_ct: _OneCT, tmp_path: Path) -> None:
+    """``replicas``..``max_replicas``: a second concurrent job starts a second copy
+    (``target_jobs: 1``), which stops again after ``idle_seconds`` without a job."""
+    first, pacs = one_ct.ct, one_ct.pacs
+    second = _HeadCT(tmp_path / "ct2", 4, one_ct.card)
+    config = one_ct.config(batch_wait_ms=3_000)
+    config["pipelines"]["ich"]["ray"] = {
+        **RAY_RESOURCES,
+        "replicas": 1,
+        "max_replicas": 2,
+        "target_jobs": 1,
+        "idle_seconds": 5,
+    }
+    with NodeProcess(one_ct.workdir, config) as node:
+        wait_for(
+            lambda: replica_pids(node.log_text(), "ich"),
+            timeout=180,
+            message=f"the ich replica started\n{node.log_tail()}",
+        )
+        assert _replicas(node) == 1, "replicas: 1 is kept warm"
+        first.send(pacs)
+        second.send(pacs)
+        first.wait_for_results(pacs, node, "of the first CT")
+        second.wait_for_results(pacs, node, "of the second CT")
+        log = node.log_text()
+        assert "2 job(s) running; starting replica 1 (2 of at most 2)" in log, node.log_tail()
+        wait_for(
+            lambda: "pipeline ich: replica 1 ready" in node.log_text(),
+            timeout=180,
+            message=f"the second replica loaded\n{node.log_tail()}",
+        )
+        wait_for(
+            lambda: _replicas(node) == 1,
+            timeout=60,
+            message=f"the second replica stopped when idle\n{node.log_tail()}",
+        )
+        assert "pipeline ich: stopped replica 1, idle for" in node.log_text()
+        assert "replica 2" not in node.log_text(), "never more than max_replicas"
+    first.assert_results_once(pacs)
+    second.assert_results_once(pacs)
+
+
+def _replicas(node: NodeProcess) -> int:
+    """How many ich replicas the node's /health lists."""
+    health = json.loads(node.get("/health")[1])
+    return len(health["checks"]["inference"]["replicas"].get("ich", []))
+
+
 def test_the_node_killed_mid_flight_loses_nothing(one_ct: _OneCT) -> None:
     ct, pacs, workdir = one_ct.ct, one_ct.pacs, one_ct.workdir
     config = one_ct.config(batch_wait_ms=8_000)
@@ -332,3 +384,51 @@ def test_the_kill_9_campaign_holds_on_the_ray_engine(
     figures = summary(campaign.rounds)
     assert figures["rounds"] == len(KINDS)
     assert "ray replica" in campaign.node.log_text()
+
+
+#: Ray ends a driver that lost the head for this long (60 s by default): shorter, for the test
+HEAD_TIMEOUT = {"RAY_gcs_rpc_server_reconnect_timeout_s": "5"}
+
+
+def test_the_node_outlives_the_loss_of_the_clusters_head(one_ct: _OneCT) -> None:
+    """Ray ends its driver process when the head is gone; the driver is a child of the node,
+    so the node keeps receiving, its job waits as pending, and finishes once a head is back."""
+    ct, pacs, cluster, workdir = one_ct.ct, one_ct.pacs, one_ct.cluster, one_ct.workdir
+    config = one_ct.config(batch_wait_ms=8_000, max_attempts=5)
+    node = NodeProcess(workdir, config)
+    with node.start(env=HEAD_TIMEOUT):
+        wait_for(
+            lambda: replica_pids(node.log_text(), "ich"),
+            timeout=180,
+            message=f"the ich replica started\n{node.log_tail()}",
+        )
+        ct.send(pacs)
+        node.wait_for("SELECT count(*) FROM jobs WHERE state = 'running'", 1, timeout=60)
+        assert cluster.head is not None
+        cluster.head.kill()
+        for worker in cluster.workers:  # their raylets cannot outlive the head either
+            worker.kill()
+        cluster.workers.clear()
+        assert node.process is not None
+        wait_for(
+            lambda: "the Ray driver process (pid" in node.log_text() or node.process.poll(),
+            timeout=120,
+            message=f"Ray ended the driver process\n{node.log_tail()}",
+        )
+        assert node.process.poll() is None, f"the node lives on\n{node.log_tail()}"
+        assert node.echo(), "and still answers"
+        node.wait_for("SELECT count(*) FROM jobs WHERE state = 'pending'", 1, timeout=60)
+        wait_for(
+            lambda: b"cannot be reached" in node.get("/health")[1],
+            timeout=60,
+            message="health says the head cannot be reached",
+        )
+        assert node.get("/health")[0] == 503
+        cluster.start()
+        cluster.add_worker(GPU_HOST)
+        ct.wait_for_results(pacs, node, "once the head is back")
+        attempts, state = node.query("SELECT attempts, state FROM jobs")[0]
+        retry = node.scalar("SELECT detail FROM events WHERE kind = 'job-retry' ORDER BY id")
+    assert state == "done" and attempts >= 2, (attempts, state)
+    assert "lost" in retry or "Ray driver" in retry, retry
+    ct.assert_results_once(pacs)

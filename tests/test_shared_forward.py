@@ -140,6 +140,10 @@ def test_engine_config_is_validated_with_key_names(tmp_path: Path) -> None:
         ("pipelines: {a: {card: c, ray: {resources: {GPU: 1}}}}\n", "with num_cpus / num_gpus"),
         ("pipelines: {a: {card: c, ray: {num_gpus: -1}}}\n", "pipelines.a.ray.num_gpus"),
         ("jobs: {in_flight: 0}\n", "jobs.in_flight"),
+        (
+            "pipelines: {a: {card: c, ray: {replicas: 2, max_replicas: 1}}}\n",
+            r"pipelines.a.ray[\s\S]*max_replicas \(1\) is below replicas \(2\)",
+        ),
     ):
         with pytest.raises(ValueError, match=message):
             parse_config(text, tmp_path)
@@ -227,3 +231,22 @@ def test_ray_placement_needs_one_live_node_with_every_resource_and_a_token(
         token_environment(settings)
     monkeypatch.setenv("RAY_AUTH_TOKEN", "x" * 32)
     assert token_environment(settings) == {"RAY_AUTH_MODE": "token"}
+
+
+def test_running_jobs_call_for_replicas_within_the_bounds() -> None:
+    from dicom_node.config import RayResources
+    from dicom_node.jobs.ray_engine import wanted_replicas
+
+    fixed = RayResources(replicas=2)
+    assert [wanted_replicas(n, fixed) for n in (0, 1, 5, 50)] == [2, 2, 2, 2]
+    bounded = RayResources(replicas=1, max_replicas=3, target_jobs=2)
+    assert [wanted_replicas(n, bounded) for n in (0, 1, 2, 3, 4, 5, 6, 60)] == [
+        1,
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        3,
+    ]

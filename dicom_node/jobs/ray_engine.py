@@ -2,11 +2,16 @@
 
 What runs where (README "Running on a cluster")::
 
-    node (this process, a Ray driver)            Ray worker node(s)
-    ├─ jobs table: claim, finish, retry          └─ ModelReplica actors, one per replica,
+    ray-driver process (this module)             Ray worker node(s)
+    ├─ infer(job, spool paths) from the node     └─ ModelReplica actors, one per replica,
     ├─ reads the series from the spool              placed by the pipeline's ray: resources,
     │    └─ chunk by chunk, one call each ──────►   each holding one loaded model
-    └─ builds SR and SC from what comes back ◄──── findings + heatmap arrays
+    └─ hands the node what comes back ◄────────── findings + heatmap arrays
+
+The node runs this engine in a child process of its own
+(:mod:`dicom_node.jobs.driver`), so that Ray ending its driver after losing
+the head does not end the node; ``check-config`` and the benchmarks use it
+directly.
 
 The SQL index stays the truth: Ray holds only work that can be done again.
 A call that fails because of the cluster (the actor's process killed, its
@@ -16,7 +21,8 @@ job again. Replicas are ordinary (not detached) actors owned by the node:
 they restart after their process dies (``max_restarts=-1``) and go away
 with the node. Each version of a card (its weights' sha256) gets its own
 replicas; when a new version appears, the new jobs go to it and the old
-replicas are stopped once idle.
+replicas are stopped once idle. Between ``replicas`` and ``max_replicas``,
+copies start while jobs run and stop when idle (:func:`wanted_replicas`).
 
 Ray's token authentication is always on (``RAY_AUTH_MODE=token``): the token
 comes from ``engine.token_file`` or the environment.
@@ -25,6 +31,7 @@ comes from ``engine.token_file`` or the environment.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -34,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dicom_node.config import Config, PipelineConfig, RayEngineSettings
+from dicom_node.config import Config, PipelineConfig, RayEngineSettings, RayResources
 from dicom_node.jobs.engine import CardCache, EngineFailure, Inference, gpu_out_of_memory
 from dicom_node.jobs.replica import IncompleteTransfer, Layout, ModelReplica, file_number
 from pipelines.base import PipelineInputError, SeriesInput
@@ -80,6 +87,16 @@ def hostable(demand: Mapping[str, float], nodes: Sequence[Mapping[str, Any]]) ->
     return False
 
 
+def wanted_replicas(running: int, bounds: RayResources) -> int:
+    """How many copies ``running`` jobs of a pipeline call for.
+
+    One copy per ``target_jobs`` running jobs (as Ray Serve's
+    ``target_ongoing_requests``), never fewer than ``replicas`` (kept warm)
+    nor more than ``max_replicas``.
+    """
+    return max(bounds.replicas, min(bounds.most, math.ceil(running / bounds.target_jobs)))
+
+
 @dataclass
 class _Replica:
     handle: Any
@@ -88,6 +105,9 @@ class _Replica:
     info: dict[str, Any] = field(default_factory=dict)
     #: when a call to it failed for the cluster's reasons; None while it answers
     down_since: float | None = None
+    #: started above ``replicas`` while busy: it takes jobs once loaded, and stops when idle
+    extra: bool = False
+    last_used: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -167,6 +187,7 @@ class RayEngine:
             self._connected = True
             self._connect_error = None
             self._actor_class = ray.remote(ModelReplica)
+            threading.Thread(target=self._watch, name="ray-watch", daemon=True).start()
             log.info(
                 "joined the Ray cluster at %s (namespace %s)",
                 self.settings.address,
@@ -232,7 +253,16 @@ class RayEngine:
                 self._retired.append(group)
                 log.info("pipeline %s: new card version; old replicas stop once idle", name)
             payload = self._payload(spec, card)
-            replicas = self._start(name, spec, card, payload)
+            replicas = [self._start(spec, payload, n) for n in range(spec.ray.replicas)]
+            log.info(
+                "pipeline %s: starting %d replica(s) of %s %s (sha256 %s…) with %s",
+                name,
+                len(replicas),
+                card.name,
+                card.version,
+                card.weights.sha256[:12],
+                spec.ray.demand(),
+            )
             group = _Group(name, card.weights.sha256, card, replicas, payload)
             self._groups[name] = group
             self._reap()
@@ -252,32 +282,82 @@ class RayEngine:
         files = [(spec.card.name, spec.card), (weights.as_posix(), card.weights_path)]
         return ray.put([(relative, Path(path).read_bytes()) for relative, path in files])
 
-    def _start(
-        self, name: str, spec: PipelineConfig, card: ModelCard, payload: Any
-    ) -> list[_Replica]:
+    def _start(self, spec: PipelineConfig, payload: Any, number: int) -> _Replica:
+        """Start one replica actor (Ray places it on a node with its resources)."""
         jobs = self._config().jobs
         resources = spec.ray
-        replicas = []
-        for number in range(resources.replicas):
-            handle = self._actor_class.options(
-                num_cpus=resources.num_cpus,
-                num_gpus=resources.num_gpus,
-                resources=dict(resources.resources),
-                max_concurrency=jobs.in_flight + 1,
-                max_restarts=-1,
-                max_task_retries=0,
-            ).remote(payload, spec.card.name, spec.device, jobs)
-            replicas.append(_Replica(handle, number))
-        log.info(
-            "pipeline %s: starting %d replica(s) of %s %s (sha256 %s…) with %s",
-            name,
-            len(replicas),
-            card.name,
-            card.version,
-            card.weights.sha256[:12],
-            resources.demand(),
-        )
-        return replicas
+        handle = self._actor_class.options(
+            num_cpus=resources.num_cpus,
+            num_gpus=resources.num_gpus,
+            resources=dict(resources.resources),
+            max_concurrency=jobs.in_flight + 1,
+            max_restarts=-1,
+            max_task_retries=0,
+        ).remote(payload, spec.card.name, spec.device, jobs)
+        return _Replica(handle, number)
+
+    def _scale_up(self, name: str, spec: PipelineConfig, group: _Group) -> None:
+        """Start one more replica when the running jobs call for it (within ``max_replicas``).
+
+        The new replica takes jobs once it has loaded its model; until then
+        they go to the replicas that have.
+        """
+        with self._lock:
+            wanted = wanted_replicas(group.busy, spec.ray)
+            if wanted <= len(group.replicas) or self._groups.get(name) is not group:
+                return
+            number = max(r.number for r in group.replicas) + 1
+            replica = self._start(spec, group.payload, number)
+            replica.extra = True
+            group.replicas.append(replica)
+            log.info(
+                "pipeline %s: %d job(s) running; starting replica %d (%d of at most %d)",
+                name,
+                group.busy,
+                number,
+                len(group.replicas),
+                spec.ray.most,
+            )
+
+        def load() -> None:
+            try:
+                self._describe(name, replica)
+                replica.last_used = time.monotonic()  # idle from when it can take jobs
+            except Exception as exc:  # noqa: BLE001 - it stays out of the jobs' way
+                log.error("pipeline %s: replica %d did not start: %s", name, number, exc)
+
+        threading.Thread(target=load, name="ray-scale", daemon=True).start()
+
+    def _scale_down(self) -> None:
+        """Stop replicas above ``replicas`` that ran no job for ``idle_seconds``."""
+        import ray
+
+        pipelines = self._config().pipelines
+        now = time.monotonic()
+        with self._lock:
+            for name, group in self._groups.items():
+                spec = pipelines.get(name)
+                idle_seconds = spec.ray.idle_seconds if spec else 0.0
+                for replica in [r for r in group.replicas if r.extra and not r.busy]:
+                    if now - replica.last_used >= idle_seconds:
+                        group.replicas.remove(replica)
+                        ray.kill(replica.handle)
+                        log.info(
+                            "pipeline %s: stopped replica %d, idle for %.0f s (%d left)",
+                            name,
+                            replica.number,
+                            now - replica.last_used,
+                            len(group.replicas),
+                        )
+
+    def _watch(self) -> None:
+        """The engine's housekeeping while joined: idle replicas stop."""
+        while self._connected:
+            time.sleep(1.0)
+            try:
+                self._scale_down()
+            except Exception as exc:  # noqa: BLE001 - tried again in a second
+                log.warning("replica housekeeping failed: %s", exc)
 
     def _reap(self) -> None:
         """Stop the replicas of retired card versions that have no job left."""
@@ -353,9 +433,11 @@ class RayEngine:
         except rx.RayError as exc:
             raise EngineFailure(f"cannot start replicas: {_first_line(exc)}") from exc
         with self._lock:
-            up = [r for r in group.replicas if r.down_since is None] or group.replicas
+            usable = [r for r in group.replicas if not r.extra or r.info]
+            up = [r for r in usable if r.down_since is None] or usable
             replica = min(up, key=lambda r: r.busy)
             replica.busy += 1
+        self._scale_up(name, spec, group)
         try:
             if not replica.info:
                 self._describe(name, replica)
@@ -389,6 +471,7 @@ class RayEngine:
         finally:
             with self._lock:
                 replica.busy -= 1
+                replica.last_used = time.monotonic()
                 self._reap()
         files = [path for s in inputs for path in s.files]
         result.heatmaps = [_relocated(h, files) for h in result.heatmaps]

@@ -6,11 +6,11 @@ only what receiving needs (no torch, no highdicom): it starts fast and stays sma
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import threading
 
+from dicom_node.children import die_with_parent
 from dicom_node.config import LiveConfig
 from dicom_node.db import make_engine
 from dicom_node.logs import setup_logging
@@ -20,20 +20,9 @@ from dicom_node.spool import Spool
 CONFIG_CHECK_SECONDS = 2.0
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def receiver_main(config_path: str, number: int, parent: int) -> None:
     """Entry point of a receiver process."""
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
+    die_with_parent(parent)
     live = LiveConfig(config_path)
     setup_logging(live().logging.level, process=f"receiver-{number}")
     config = live()
