@@ -57,6 +57,10 @@ class Peer(_Strict):
 
     ae_title: AETitle
     host: str | None = None
+    #: this peer sends a whole study per association (a PACS forwarding a study, as Orthanc
+    #: does): a study it sent is complete once the association is released and
+    #: ``completion.release_settle_seconds`` passed without more, not after the quiet timers
+    complete_on_release: bool = False
 
     _check_ae = field_validator("ae_title")(_ae_title)
 
@@ -155,7 +159,11 @@ class NodeSection(_Strict):
 
     def allows(self, ae_title: str, address: str) -> bool:
         """True if some peer entry allows this calling AE title from this address."""
-        return any(peer.allows(ae_title, address) for peer in self.peers)
+        return self.peer(ae_title, address) is not None
+
+    def peer(self, ae_title: str, address: str) -> Peer | None:
+        """The first peer entry that allows this calling AE title from this address."""
+        return next((peer for peer in self.peers if peer.allows(ae_title, address)), None)
 
 
 class RetentionPolicy(_Strict):
@@ -194,7 +202,11 @@ class CompletionSection(_Strict):
     series_quiet_seconds: float = Field(10, ge=0)
     study_quiet_seconds: float = Field(30, ge=0)
     force_after_seconds: float = Field(600, gt=0)
-    #: how often the completion check runs
+    #: after a ``complete_on_release`` peer released its association, wait this long for
+    #: another association of the same study before the study is complete
+    release_settle_seconds: float = Field(0.5, ge=0)
+    #: how often the completion check runs when nothing wakes it (a safety net: receivers
+    #: wake it when an association is released)
     poll_seconds: float = Field(1.0, gt=0)
 
 

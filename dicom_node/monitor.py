@@ -46,6 +46,8 @@ from dicom_node.status import collect, stage_counts
 log = logging.getLogger(__name__)
 
 JOB_STATES = tuple(JobState)
+#: the signals that complete a study (dicom_node.complete.completion)
+COMPLETION_REASONS = ("released", "quiet", "forced")
 DELIVERY_STATES = tuple(DeliveryState)
 #: the window of the job latency gauges
 RECENT = timedelta(hours=1)
@@ -150,6 +152,13 @@ class NodeCollector(Collector):
         )
         for name, count in counts["received"].items():
             indexed.add_metric([name], count)
+        completions = GaugeMetricFamily(
+            "dicom_node_study_completions",
+            "Study completions held in the index, by the signal that completed them",
+            labels=["reason"],
+        )
+        for reason in COMPLETION_REASONS:
+            completions.add_metric([reason], counts["completed"].get(reason, 0))
         latencies = [(finished - created).total_seconds() for created, finished in recent]
         latency = GaugeMetricFamily(
             "dicom_node_job_latency_seconds_last_hour",
@@ -160,6 +169,7 @@ class NodeCollector(Collector):
         latency.add_metric(["max"], max(latencies, default=0.0))
         return [
             indexed,
+            completions,
             _by_state("jobs", "Jobs per state", counts["jobs"], JOB_STATES),
             _by_state(
                 "deliveries",

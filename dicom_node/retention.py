@@ -116,6 +116,10 @@ class Retention:
         policy = storage.retention
         cutoff = now - timedelta(seconds=policy.settle_seconds)
         done = RetentionRun()
+        # a release older than twice the force deadline cannot decide a completion any more
+        force_after = self._config().completion.force_after_seconds
+        with transaction(self.sessions) as session:
+            index.prune_releases(session, now - timedelta(seconds=2 * force_after))
         with self.sessions() as session:
             candidates = [s for s in finished_studies(session) if s.last_activity < cutoff]
         if policy.keep_days is not None:

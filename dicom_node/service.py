@@ -47,6 +47,7 @@ from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
 from dicom_node.retention import Retention
 from dicom_node.route.router import Router
 from dicom_node.spool import Spool
+from dicom_node.wakeup import StageLoop
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,14 @@ class Node:
         self.completion = CompletionStage(self.live, self.sessions, Router(self.spool))
         self.runner = JobRunner(self.live, self.sessions, self.spool, make_engine_for(self.live))
         self.dispatcher = Dispatcher(self.live, self.sessions, self.spool)
+        # completion and dispatch run when woken (stage hand-overs), and on their poll timers
+        self.completing = StageLoop(
+            "completion", self._complete, lambda: self.live().completion.poll_seconds
+        )
+        self.dispatching = StageLoop(
+            "dispatch", self.dispatcher.process_due, lambda: self.live().dispatch.poll_seconds
+        )
+        self.runner.on_done = self.dispatching.wake
         self.retention = Retention(self.live, self.sessions, self.spool)
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
@@ -159,12 +168,8 @@ class Node:
             ) from exc
 
     def start_scheduler(self) -> None:
-        completion = self.config.completion.poll_seconds
-        dispatch = self.config.dispatch.poll_seconds
-        self.scheduler.add_job(self._complete, "interval", seconds=completion, id="completion")
-        self.scheduler.add_job(
-            self.dispatcher.process_due, "interval", seconds=dispatch, id="dispatch"
-        )
+        self.completing.start()
+        self.dispatching.start()
         self.scheduler.add_job(
             self.live.check, "interval", seconds=CONFIG_CHECK_SECONDS, id="config"
         )
@@ -180,12 +185,17 @@ class Node:
         if self.completion.poll():
             self.runner.wake()  # the new jobs start now, not at the runner's next look
 
+    def _released(self) -> None:
+        """A receiver recorded a released association (SIGUSR1): look once it has settled."""
+        self.completing.wake(after=self.config.completion.release_settle_seconds + 0.02)
+
     def serve(self) -> None:
         """Run until SIGTERM/SIGINT."""
         self.prepare()
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload_all())
+        signal.signal(signal.SIGUSR1, lambda *_: self._released())
         self.start_monitoring()
         self.start_receivers()
         self.runner.start()
@@ -217,7 +227,9 @@ class Node:
         for proc in self.receivers:
             proc.terminate()
         self.scheduler.shutdown(wait=True)
+        self.completing.stop()
         self.runner.stop()
+        self.dispatching.stop()
         deadline = time.monotonic() + 10
         for proc in self.receivers:
             proc.join(max(0.1, deadline - time.monotonic()))

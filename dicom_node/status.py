@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from dicom_node.complete.completion import completion_counts
 from dicom_node.config import Config
 from dicom_node.db import make_engine, session_factory
 from dicom_node.dispatch import outbox
@@ -19,9 +20,11 @@ from pipelines.card import card_state
 
 
 def stage_counts(session: Session) -> dict[str, dict[str, int]]:
-    """What each stage holds now: received objects, and jobs and deliveries per state."""
+    """What each stage holds now: received objects, completions by signal, jobs and deliveries
+    per state."""
     return {
         "received": index.counts(session),
+        "completed": completion_counts(session),
         "jobs": queue.counts_by_state(session),
         "deliveries": outbox.counts_by_state(session),
     }
@@ -100,6 +103,10 @@ def format_status(report: dict[str, Any]) -> str:
     r = report["received"]
     lines.append(
         f"received: {r['studies']} studies, {r['series']} series, {r['instances']} instances"
+    )
+    lines.append(
+        "study completions: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(report["completed"].items())) or "none")
     )
     lines.append(
         "jobs: " + (", ".join(f"{k} {v}" for k, v in sorted(report["jobs"].items())) or "none")

@@ -4,6 +4,16 @@ from dicom_node.complete.tables import Completion
 from dicom_node.dispatch.tables import Delivery
 from dicom_node.events import Event
 from dicom_node.jobs.tables import Job, Result
-from dicom_node.receive.tables import Instance, Series, Study
+from dicom_node.receive.tables import Instance, ReleasedAssociation, Series, Study
 
-__all__ = ["Completion", "Delivery", "Event", "Instance", "Job", "Result", "Series", "Study"]
+__all__ = [
+    "Completion",
+    "Delivery",
+    "Event",
+    "Instance",
+    "Job",
+    "ReleasedAssociation",
+    "Result",
+    "Series",
+    "Study",
+]

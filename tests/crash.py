@@ -1,7 +1,9 @@
 """The ``kill -9`` campaign, shared by ``tests/test_crash.py`` (a few rounds in CI) and ``bench/crash.py``.
 
-Each round sends one study (three images) from an in-process SCU to the node,
-whose results go to a real Orthanc playing the PACS, and kills the node:
+Each round sends one study (three images) from an in-process SCU to the node
+(in one association, the sender marked ``complete_on_release``: the study
+completes on release unless the kill cut the association), whose results go
+to a real Orthanc playing the PACS, and kills the node:
 
 * ``random`` -- SIGKILL from outside after a random delay in the first
   :data:`RANDOM_WINDOW` seconds: mid-association, during completion,
@@ -115,6 +117,10 @@ class Campaign:
         config["completion"].update(
             series_quiet_seconds=0.5, study_quiet_seconds=1, poll_seconds=0.25
         )
+        # the sender puts each study in one association: completion on its release is the
+        # path a round takes unless the kill cut the association (then the quiet timers)
+        for peer in config["node"]["peers"]:
+            peer["complete_on_release"] = peer["ae_title"] == TEST_AET
         config["dispatch"].update(
             poll_seconds=0.25,
             retry={

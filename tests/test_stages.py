@@ -21,7 +21,7 @@ from dicom_node.dispatch.tables import Delivery, DeliveryState
 from dicom_node.events import Event
 from dicom_node.jobs import queue
 from dicom_node.jobs.tables import Job, JobState
-from dicom_node.receive.index import ReceivedInstance, index_instance
+from dicom_node.receive.index import ReceivedInstance, index_instance, record_release
 from dicom_node.route.router import Router
 from dicom_node.spool import Spool
 
@@ -57,6 +57,7 @@ class World:
         at: float,
         calling: str = "PACS",
         manufacturer: str = "ACME",
+        association: str | None = None,
     ) -> bool:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -84,9 +85,15 @@ class World:
             calling_ae_title=calling,
             source_address="127.0.0.1",
             received_at=self.t0 + timedelta(seconds=at),
+            association=association,
         )
         with transaction(self.sessions) as session:
             return index_instance(session, item)
+
+    def release(self, association: str, at: float) -> None:
+        """A complete_on_release peer released ``association`` (as the SCP records it)."""
+        with transaction(self.sessions) as session:
+            record_release(session, association, "PACS", self.t0 + timedelta(seconds=at))
 
     def poll(self, at: float) -> list[Any]:
         return self.stage.poll(self.t0 + timedelta(seconds=at))
@@ -115,6 +122,33 @@ def test_study_completes_after_quiet_periods_and_routes_each_series(world: World
         ("ct", "ct", ["1.1.2"], ["pacs"], False),
     ]
     assert world.poll(at=120) == []  # nothing new: nothing more
+
+
+def test_a_released_association_completes_its_studies_once_settled(world: World) -> None:
+    """Release after the settle time (0.5 s), not the quiet timers (30 s); an instance of the
+    study from an association not released (or released too recently) holds it back."""
+    world.receive("2.1", "2.1.1", "2.1.1.1", "CT", at=0, association="a1")
+    world.receive("2.1", "2.1.1", "2.1.1.2", "CT", at=1, association="a1")
+    world.receive("2.2", "2.2.1", "2.2.1.1", "DX", at=1, association="a1")
+    world.receive("2.3", "2.3.1", "2.3.1.1", "DX", at=1, association="a2")  # never released
+    world.release("a1", at=1.2)
+    assert world.poll(at=1.5) == [], "released 0.3 s ago: within the settle time"
+    done = world.poll(at=1.8)
+    assert sorted((d.study_instance_uid, d.reason) for d in done) == [
+        ("2.1", "released"),
+        ("2.2", "released"),
+    ]
+    assert [j.series_uids for j in world.jobs()] == [["2.1.1"], ["2.2.1"]]
+    # a late instance in a new association: its own generation, after its own release
+    world.receive("2.1", "2.1.1", "2.1.1.3", "CT", at=5, association="a3")
+    world.receive("2.1", "2.1.9", "2.1.9.1", "CT", at=5, association="a4")
+    world.release("a3", at=5.1)
+    assert world.poll(at=6) == [], "a4 is still open"
+    world.release("a4", at=6)
+    (late,) = world.poll(at=7)
+    assert (late.study_instance_uid, late.generation, late.reason) == ("2.1", 2, "released")
+    (quiet,) = world.poll(at=32)
+    assert (quiet.study_instance_uid, quiet.reason) == ("2.3", "quiet"), "the fallback"
 
 
 def test_force_deadline_completes_a_study_that_never_goes_quiet(world: World) -> None:

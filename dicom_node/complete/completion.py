@@ -7,7 +7,16 @@ DICOM has no "end of study" message, so completeness is a policy
 * a **study** is complete when every series with new instances is quiet and
   nothing arrived for the study for ``study_quiet_seconds``;
 * it is **forced** complete ``force_after_seconds`` after its first new
-  instance arrived, even if instances still trickle in.
+  instance arrived, even if instances still trickle in;
+* it is complete on **release** when every new instance came in an
+  association that a ``complete_on_release`` peer (``node.peers``) released at
+  least ``release_settle_seconds`` ago, and nothing arrived since: a PACS
+  forwarding a study sends it in one association. The receivers wake this
+  stage when they record a release, so such a study is handed on within the
+  settle time, not after the quiet timers.
+
+``Completion.reason`` (and the ``study-complete`` event) says which signal
+completed a study: ``released``, ``quiet`` or ``forced``.
 
 Each hand-over is a :class:`~dicom_node.complete.tables.Completion` row with a
 generation number and the highest instance id it covered. Instances that
@@ -35,6 +44,7 @@ from dicom_node.config import CompletionSection, Config
 from dicom_node.db import transaction, utcnow
 from dicom_node.events import record
 from dicom_node.faults import crash_point
+from dicom_node.receive import index
 from dicom_node.receive.tables import Instance
 
 log = logging.getLogger(__name__)
@@ -172,16 +182,23 @@ class CompletionStage:
             return None
         series_quiet = now - timedelta(seconds=policy.series_quiet_seconds)
         study_quiet = now - timedelta(seconds=policy.study_quiet_seconds)
-        quiet = study_last <= study_quiet and all(at <= series_quiet for _, at in series)
-        forced = first_at <= now - timedelta(seconds=policy.force_after_seconds)
-        if not (quiet or forced):
+        settled = now - timedelta(seconds=policy.release_settle_seconds)
+        if study_last <= settled and index.all_released(
+            session, study_uid, after_id=mark, through_id=last_id, released_before=settled
+        ):
+            reason = "released"
+        elif study_last <= study_quiet and all(at <= series_quiet for _, at in series):
+            reason = "quiet"
+        elif first_at <= now - timedelta(seconds=policy.force_after_seconds):
+            reason = "forced"
+        else:
             return None
         return Completion(
             study_instance_uid=study_uid,
             generation=generation + 1,
             through_instance_id=last_id,
             series_uids=sorted(uid for uid, _ in series),
-            reason="quiet" if quiet else "forced",
+            reason=reason,
             completed_at=now,
         )
 
@@ -194,3 +211,11 @@ def completion_marks(session: Session) -> dict[str, int]:
         )
     ).all()
     return {uid: int(mark) for uid, mark in rows if mark is not None}
+
+
+def completion_counts(session: Session) -> dict[str, int]:
+    """How many study completions each signal made (``released``, ``quiet``, ``forced``)."""
+    rows = session.execute(
+        select(Completion.reason, func.count()).group_by(Completion.reason)
+    ).all()
+    return {reason: int(count) for reason, count in rows}

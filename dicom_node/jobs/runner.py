@@ -62,6 +62,8 @@ class JobRunner:
         self.sessions = sessions
         self.spool = spool
         self.engine: Engine = engine if engine is not None else LocalEngine(config)
+        #: called after a job's results are committed (the node wakes dispatch with it)
+        self.on_done: Callable[[], None] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -180,6 +182,8 @@ class JobRunner:
             queue.fail(self.sessions, job_id, f"{type(exc).__name__}: {exc}")
             return False
         log.info("job %d done in %.1f s (%s)", job_id, time.monotonic() - started, where)
+        if self.on_done is not None:
+            self.on_done()
         return True
 
     def _run(self, job_id: int) -> str:

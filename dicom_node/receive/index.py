@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, select
+from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dicom_node.receive.tables import Instance, Series, Study
+from dicom_node.receive.tables import Instance, ReleasedAssociation, Series, Study
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class ReceivedInstance:
     calling_ae_title: str
     source_address: str | None
     received_at: datetime
+    #: the association it came in (see :func:`record_release`)
+    association: str | None = None
 
 
 @functools.cache
@@ -77,6 +79,7 @@ def _statements(dialect: str) -> tuple[Any, Any, Any]:
             "size": instance.excluded.size,
             "transfer_syntax_uid": instance.excluded.transfer_syntax_uid,
             "received_at": instance.excluded.received_at,
+            "association": instance.excluded.association,
         },
     ).returning(Instance.copies)
     return study, series, instance
@@ -100,6 +103,7 @@ INSTANCE_FIELDS = (
     "calling_ae_title",
     "source_address",
     "received_at",
+    "association",
 )
 
 
@@ -122,7 +126,46 @@ def index_instance(
     return bool(copies == 1)
 
 
+def record_release(
+    connection: Connection | Session, association: str, calling_ae_title: str, at: datetime
+) -> None:
+    """Record that a ``complete_on_release`` peer released ``association`` at ``at``."""
+    connection.execute(
+        insert(ReleasedAssociation).values(
+            association=association, calling_ae_title=calling_ae_title, released_at=at
+        )
+    )
+
+
+def prune_releases(session: Session, before: datetime) -> int:
+    """Forget releases older than ``before`` (their studies completed long ago)."""
+    result = session.execute(
+        delete(ReleasedAssociation).where(ReleasedAssociation.released_at < before)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 # --- read side, used by the completion and jobs stages ------------------------------------
+
+
+def all_released(
+    session: Session, study_uid: str, *, after_id: int, through_id: int, released_before: datetime
+) -> bool:
+    """Whether every instance of a study in ``(after_id, through_id]`` came in an association
+    its peer released before ``released_before`` (the completion stage's release signal)."""
+    open_ones = session.scalar(
+        select(func.count())
+        .select_from(Instance)
+        .outerjoin(ReleasedAssociation, ReleasedAssociation.association == Instance.association)
+        .where(
+            Instance.study_instance_uid == study_uid,
+            Instance.id > after_id,
+            Instance.id <= through_id,
+            (ReleasedAssociation.association.is_(None))
+            | (ReleasedAssociation.released_at >= released_before),
+        )
+    )
+    return not open_ones
 
 
 def series_files(session: Session, series_uids: Sequence[str]) -> dict[str, list[str]]:

@@ -28,7 +28,8 @@ def receiver_main(config_path: str, number: int, parent: int) -> None:
     config = live()
     engine = make_engine(config.storage.database_url)
     spool = Spool(config.storage.spool, fsync=config.storage.fsync)
-    scp = StorageSCP(live, spool, engine)
+    # a released association may complete a study: the main process looks at once
+    scp = StorageSCP(live, spool, engine, on_release=lambda: _wake(parent))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -39,3 +40,11 @@ def receiver_main(config_path: str, number: int, parent: int) -> None:
             break
         live.check()
     scp.stop()
+
+
+def _wake(parent: int) -> None:
+    """Tell the main process that a study may be complete (SIGUSR1: see ``Node.serve``)."""
+    try:
+        os.kill(parent, signal.SIGUSR1)
+    except ProcessLookupError:
+        pass

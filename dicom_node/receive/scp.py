@@ -36,6 +36,7 @@ import os
 import socket
 import tempfile
 import threading
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -62,7 +63,7 @@ from dicom_node.receive.check import (
     plain_text,
     read_header,
 )
-from dicom_node.receive.index import ReceivedInstance, index_instance
+from dicom_node.receive.index import ReceivedInstance, index_instance, record_release
 from dicom_node.spool import UID_PATTERN, InvalidUIDError, Spool, check_uid
 from dicom_node.tls import server_context
 
@@ -111,6 +112,8 @@ class _AssocStats:
     failed: int = 0
     duplicates: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
+    #: the id its instances are indexed with (the completion stage's release signal)
+    association: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class StorageSCP:
@@ -126,10 +129,18 @@ class StorageSCP:
         The index database.
     """
 
-    def __init__(self, config: Callable[[], Config], spool: Spool, engine: Engine) -> None:
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        spool: Spool,
+        engine: Engine,
+        on_release: Callable[[], None] | None = None,
+    ) -> None:
         self._config = config
         self.spool = spool
         self.engine = engine
+        #: called after a ``complete_on_release`` peer's release is recorded (wakes completion)
+        self.on_release = on_release
         #: per association; weak, because pynetdicom ends some associations without an event (a
         #: malformed DIMSE message kills its DUL): their entries go with the association object
         self._stats: weakref.WeakKeyDictionary[Any, _AssocStats] = weakref.WeakKeyDictionary()
@@ -193,6 +204,8 @@ class StorageSCP:
         if stats is None:
             return
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
+        if how == "released" and stats.stored:
+            self._released(event, stats)
         log.info(
             "association from %s at %s %s: %d stored (%d duplicates), %d refused %s",
             requestor.ae_title,
@@ -204,15 +217,37 @@ class StorageSCP:
             {f"0x{k:04X}": v for k, v in stats.statuses.items()} if stats.statuses else "",
         )
 
+    def _released(self, event: evt.Event, stats: _AssocStats) -> None:
+        """Record the release of a peer that sends whole studies, and wake completion.
+
+        Only for a ``complete_on_release`` peer: its studies are complete once
+        the settle time passed. Should this write fail, the quiet timers still
+        complete the studies: nothing waits on it but speed.
+        """
+        requestor = event.assoc.requestor
+        calling = requestor.ae_title.strip()
+        peer = self.config.node.peer(calling, str(requestor.address))
+        if peer is None or not peer.complete_on_release:
+            return
+        try:
+            with self.engine.begin() as connection:
+                record_release(connection, stats.association, calling, utcnow())
+        except Exception as exc:  # noqa: BLE001 - the quiet timers complete the study instead
+            log.warning("association release from %s not recorded: %s", calling, _oneline(exc))
+            return
+        if self.on_release is not None:
+            self.on_release()
+
     # --- C-ECHO / C-STORE ---------------------------------------------------------------
 
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
     def _on_store(self, event: evt.Event) -> int:
-        status, duplicate = self._store(event)
         with self._lock:
             stats = self._stats.get(event.assoc)
+        status, duplicate = self._store(event, stats.association if stats else None)
+        with self._lock:
             if stats is not None:
                 if status == SUCCESS:
                     stats.stored += 1
@@ -222,7 +257,7 @@ class StorageSCP:
                     stats.statuses[status] = stats.statuses.get(status, 0) + 1
         return status
 
-    def _store(self, event: evt.Event) -> tuple[int, bool]:
+    def _store(self, event: evt.Event, association: str | None) -> tuple[int, bool]:
         # the peer's UID, printable: it names the object in the log lines before it is checked
         request_sop = _printable(str(_store_request(event).AffectedSOPInstanceUID or ""))
         calling = event.assoc.requestor.ae_title.strip()
@@ -288,6 +323,7 @@ class StorageSCP:
             calling_ae_title=calling,
             source_address=str(event.assoc.requestor.address),
             received_at=utcnow(),
+            association=association,
         )
         with self._lock:
             known = series in self._known_series

@@ -62,3 +62,20 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     #: how many times this SOP Instance UID was received (duplicates count once as an instance)
     copies: Mapped[int] = mapped_column(Integer, default=1)
+    #: the association its latest copy came in (a random id the receiver gives each association)
+    association: Mapped[str | None] = mapped_column(String(32))
+
+
+class ReleasedAssociation(Base):
+    """An association a ``complete_on_release`` peer released after storing objects.
+
+    The completion stage treats the studies it carried as complete once every
+    new instance of theirs came in a released association (and the settle
+    time passed): the peer said, by releasing, that it sent what it had.
+    """
+
+    __tablename__ = "released_associations"
+
+    association: Mapped[str] = mapped_column(String(32), primary_key=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    released_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
