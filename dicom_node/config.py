@@ -205,6 +205,9 @@ class CompletionSection(_Strict):
     #: after a ``complete_on_release`` peer released its association, wait this long for
     #: another association of the same study before the study is complete
     release_settle_seconds: float = Field(0.5, ge=0)
+    #: after an MPPS step is COMPLETED, how long its listed instances may take to arrive before
+    #: an ``mpps-incomplete`` event names the missing ones (the quiet timers then decide)
+    mpps_timeout_seconds: float = Field(120, gt=0)
     #: how often the completion check runs when nothing wakes it (a safety net: receivers
     #: wake it when an association is released)
     poll_seconds: float = Field(1.0, gt=0)

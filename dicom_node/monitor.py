@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 JOB_STATES = tuple(JobState)
 #: the signals that complete a study (dicom_node.complete.completion)
-COMPLETION_REASONS = ("released", "quiet", "forced")
+COMPLETION_REASONS = ("mpps", "released", "quiet", "forced")
 DELIVERY_STATES = tuple(DeliveryState)
 #: the window of the job latency gauges
 RECENT = timedelta(hours=1)

@@ -185,8 +185,10 @@ class Node:
         if self.completion.poll():
             self.runner.wake()  # the new jobs start now, not at the runner's next look
 
-    def _released(self) -> None:
-        """A receiver recorded a released association (SIGUSR1): look once it has settled."""
+    def _signalled(self) -> None:
+        """A receiver recorded a completion signal (SIGUSR1): look now (a COMPLETED MPPS) and
+        once a released association has settled."""
+        self.completing.wake()
         self.completing.wake(after=self.config.completion.release_settle_seconds + 0.02)
 
     def serve(self) -> None:
@@ -195,7 +197,7 @@ class Node:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload_all())
-        signal.signal(signal.SIGUSR1, lambda *_: self._released())
+        signal.signal(signal.SIGUSR1, lambda *_: self._signalled())
         self.start_monitoring()
         self.start_receivers()
         self.runner.start()

@@ -4,7 +4,13 @@ from dicom_node.complete.tables import Completion
 from dicom_node.dispatch.tables import Delivery
 from dicom_node.events import Event
 from dicom_node.jobs.tables import Job, Result
-from dicom_node.receive.tables import Instance, ReleasedAssociation, Series, Study
+from dicom_node.receive.tables import (
+    Instance,
+    PerformedStep,
+    ReleasedAssociation,
+    Series,
+    Study,
+)
 
 __all__ = [
     "Completion",
@@ -12,6 +18,7 @@ __all__ = [
     "Event",
     "Instance",
     "Job",
+    "PerformedStep",
     "ReleasedAssociation",
     "Result",
     "Series",

@@ -10,6 +10,7 @@ wake, a signal that did not arrive) would leave work waiting for the next one.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -37,7 +38,7 @@ class StageLoop:
         self._work = work
         self._interval = interval
         self._cond = threading.Condition()
-        self._due: float | None = None
+        self._due: list[float] = []  # a heap of monotonic times
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -46,11 +47,9 @@ class StageLoop:
         self._thread.start()
 
     def wake(self, after: float = 0.0) -> None:
-        """Run a pass now, or ``after`` seconds from now (an earlier wake-up wins)."""
-        due = time.monotonic() + after
+        """Run a pass now, or ``after`` seconds from now (each wake-up gets its pass)."""
         with self._cond:
-            if self._due is None or due < self._due:
-                self._due = due
+            heapq.heappush(self._due, time.monotonic() + after)
             self._cond.notify()
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -67,14 +66,15 @@ class StageLoop:
             with self._cond:
                 while not self._stopping:
                     now = time.monotonic()
-                    due = min(next_pass, self._due if self._due is not None else next_pass)
+                    due = min(next_pass, self._due[0]) if self._due else next_pass
                     if due <= now:
                         break
                     self._cond.wait(due - now)
                 if self._stopping:
                     return
-                if self._due is not None and self._due <= time.monotonic():
-                    self._due = None
+                now = time.monotonic()
+                while self._due and self._due[0] <= now:  # one pass serves every wake-up due
+                    heapq.heappop(self._due)
             next_pass = time.monotonic() + self._interval()
             try:
                 self._work()

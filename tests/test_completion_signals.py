@@ -5,7 +5,9 @@
   released and the settle time passed, long before the quiet timers; the
   ``study-complete`` event says ``released``;
 * DCMTK ``storescu`` sending one study in several associations, from a peer
-  not so marked: the quiet timers complete it (the fallback), once.
+  not so marked: the quiet timers complete it (the fallback), once;
+* pynetdicom as a modality's MPPS SCU: the study completes as soon as its step
+  is COMPLETED and every instance it lists has arrived.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityPerformedProcedureStep  # type: ignore[attr-defined]
 
 from pipelines.common.phantoms import write_radiograph_study
 
@@ -114,3 +118,75 @@ def _another_series(path: Path, out: Path) -> Path:
     ds.SeriesNumber = 2
     ds.save_as(out)
     return out
+
+
+def _mpps(study_uid: str, status: str, listed: list[pydicom.Dataset]) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.PerformedProcedureStepStatus = status
+    if status == "IN PROGRESS":
+        scheduled = pydicom.Dataset()
+        scheduled.StudyInstanceUID = study_uid
+        ds.ScheduledStepAttributesSequence = [scheduled]
+        ds.PerformedProcedureStepID = "STEP1"
+    series: dict[str, list[pydicom.Dataset]] = {}
+    for image in listed:
+        series.setdefault(image.SeriesInstanceUID, []).append(image)
+    performed = []
+    for uid, images in series.items():
+        item = pydicom.Dataset()
+        item.SeriesInstanceUID = uid
+        item.ReferencedImageSequence = []
+        for image in images:
+            ref = pydicom.Dataset()
+            ref.ReferencedSOPClassUID = image.SOPClassUID
+            ref.ReferencedSOPInstanceUID = image.SOPInstanceUID
+            item.ReferencedImageSequence.append(ref)
+        performed.append(item)
+    if performed:
+        ds.PerformedSeriesSequence = performed
+    return ds
+
+
+def test_a_modality_s_completed_mpps_completes_its_study_at_once(
+    pacs: Orthanc, node_port: int, tmp_path: Path, database_url: str, demo_card: Path
+) -> None:
+    """pynetdicom as the modality: N-CREATE (IN PROGRESS), C-STORE, N-SET (COMPLETED, listing
+    the instances) in one association; the study completes by MPPS, not the quiet timers."""
+    first = write_radiograph_study(tmp_path / "m", seed=61, index=0, lesion=True)
+    images = [
+        pydicom.dcmread(first.path),
+        pydicom.dcmread(_another_series(first.path, tmp_path / "m2.dcm")),
+    ]
+    study = images[0].StudyInstanceUID
+    ae = AE(ae_title=TEST_AET)
+    ae.add_requested_context(ModalityPerformedProcedureStep)
+    ae.add_requested_context(images[0].SOPClassUID, images[0].file_meta.TransferSyntaxUID)
+    with _node(tmp_path, database_url, node_port, pacs) as node:
+        assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+        assert assoc.is_established
+        step = generate_uid()
+        status, _ = assoc.send_n_create(
+            _mpps(study, "IN PROGRESS", []), ModalityPerformedProcedureStep, step
+        )
+        assert status.Status == 0x0000
+        for image in images:
+            assert assoc.send_c_store(image).Status == 0x0000
+        time.sleep(3)
+        assert node.scalar("SELECT count(*) FROM completions") == 0, "still IN PROGRESS"
+        status, _ = assoc.send_n_set(
+            _mpps(study, "COMPLETED", images), ModalityPerformedProcedureStep, step
+        )
+        assert status.Status == 0x0000
+        done_at = time.monotonic()
+        again, _ = assoc.send_n_set(
+            _mpps(study, "DISCONTINUED", []), ModalityPerformedProcedureStep, step
+        )
+        unknown, _ = assoc.send_n_set(
+            _mpps(study, "COMPLETED", []), ModalityPerformedProcedureStep, generate_uid()
+        )
+        node.wait_for("SELECT reason FROM completions", "mpps", timeout=30)
+        waited = time.monotonic() - done_at
+        assoc.release()
+    assert waited < 5, f"completed {waited:.1f} s after the N-SET (completion polls every 30 s)"
+    assert again.Status == 0xA710, "a COMPLETED step may not be modified"
+    assert unknown.Status == 0x0112, "no such step"

@@ -22,6 +22,7 @@ from dicom_node.events import Event
 from dicom_node.jobs import queue
 from dicom_node.jobs.tables import Job, JobState
 from dicom_node.receive.index import ReceivedInstance, index_instance, record_release
+from dicom_node.receive.tables import PerformedStep
 from dicom_node.route.router import Router
 from dicom_node.spool import Spool
 
@@ -90,6 +91,20 @@ class World:
         with transaction(self.sessions) as session:
             return index_instance(session, item)
 
+    def step(self, uid: str, study: str, status: str, instances: list[str], at: float) -> None:
+        """An MPPS step as the MPPS SCP records it."""
+        with transaction(self.sessions) as session:
+            session.merge(
+                PerformedStep(
+                    sop_instance_uid=uid,
+                    study_instance_uid=study,
+                    status=status,
+                    instances=instances,
+                    calling_ae_title="CT1",
+                    updated_at=self.t0 + timedelta(seconds=at),
+                )
+            )
+
     def release(self, association: str, at: float) -> None:
         """A complete_on_release peer released ``association`` (as the SCP records it)."""
         with transaction(self.sessions) as session:
@@ -149,6 +164,29 @@ def test_a_released_association_completes_its_studies_once_settled(world: World)
     assert (late.study_instance_uid, late.generation, late.reason) == ("2.1", 2, "released")
     (quiet,) = world.poll(at=32)
     assert (quiet.study_instance_uid, quiet.reason) == ("2.3", "quiet"), "the fallback"
+
+
+def test_a_completed_mpps_completes_its_study_once_every_listed_instance_arrived(
+    world: World,
+) -> None:
+    world.step("9.1.step", "9.1", "IN PROGRESS", [], at=0)
+    world.receive("9.1", "9.1.1", "9.1.1.1", "CT", at=0)
+    world.receive("9.1", "9.1.1", "9.1.1.2", "CT", at=1)
+    assert world.poll(at=2) == [], "the step is still in progress"
+    world.step("9.1.step", "9.1", "COMPLETED", ["9.1.1.1", "9.1.1.2", "9.1.1.3"], at=2)
+    assert world.poll(at=2.5) == [], "one listed instance has not arrived"
+    world.receive("9.1", "9.1.1", "9.1.1.3", "CT", at=3)
+    (done,) = world.poll(at=3.1)
+    assert (done.study_instance_uid, done.reason) == ("9.1", "mpps")
+    # a step whose instances never all arrive: named once, then the quiet timers decide
+    world.step("9.2.step", "9.2", "COMPLETED", ["9.2.1.1", "9.2.1.2"], at=10)
+    world.receive("9.2", "9.2.1", "9.2.1.1", "CT", at=10)
+    assert world.poll(at=20) == []
+    (quiet,) = world.poll(at=41)
+    assert (quiet.study_instance_uid, quiet.reason) == ("9.2", "quiet")
+    with world.sessions() as session:
+        events = session.scalars(select(Event).where(Event.kind == "mpps-incomplete")).all()
+    assert [(e.subject, "9.2.1.2" in (e.detail or "")) for e in events] == [("9.2", True)]
 
 
 def test_force_deadline_completes_a_study_that_never_goes_quiet(world: World) -> None:

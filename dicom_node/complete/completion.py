@@ -15,8 +15,14 @@ DICOM has no "end of study" message, so completeness is a policy
   stage when they record a release, so such a study is handed on within the
   settle time, not after the quiet timers.
 
+* it is complete by **MPPS** as soon as a Modality Performed Procedure Step
+  of the study is COMPLETED (none still IN PROGRESS), every new instance is
+  listed by such a step and every listed instance has arrived; when some
+  never do, ``mpps_timeout_seconds`` after the step an ``mpps-incomplete``
+  event names them and the quiet timers take over.
+
 ``Completion.reason`` (and the ``study-complete`` event) says which signal
-completed a study: ``released``, ``quiet`` or ``forced``.
+completed a study: ``mpps``, ``released``, ``quiet`` or ``forced``.
 
 Each hand-over is a :class:`~dicom_node.complete.tables.Completion` row with a
 generation number and the highest instance id it covered. Instances that
@@ -74,6 +80,8 @@ class CompletionStage:
         self.on_complete = on_complete
         #: every instance with an id at or below this is covered by some completion
         self._floor = 0
+        #: (study, MPPS steps) whose missing instances were reported
+        self._reported: set[tuple[str, tuple[str, ...]]] = set()
 
     def poll(self, now: datetime | None = None) -> list[Completion]:
         """Complete every study that is due; return the new completion rows."""
@@ -183,7 +191,10 @@ class CompletionStage:
         series_quiet = now - timedelta(seconds=policy.series_quiet_seconds)
         study_quiet = now - timedelta(seconds=policy.study_quiet_seconds)
         settled = now - timedelta(seconds=policy.release_settle_seconds)
-        if study_last <= settled and index.all_released(
+        steps = index.steps_verdict(session, study_uid, after_id=mark, through_id=last_id)
+        if steps.complete:
+            reason = "mpps"
+        elif study_last <= settled and index.all_released(
             session, study_uid, after_id=mark, through_id=last_id, released_before=settled
         ):
             reason = "released"
@@ -192,7 +203,10 @@ class CompletionStage:
         elif first_at <= now - timedelta(seconds=policy.force_after_seconds):
             reason = "forced"
         else:
+            self._report_missing(session, study_uid, steps, now, policy)
             return None
+        if steps.missing and reason != "mpps":
+            self._report_missing(session, study_uid, steps, now, policy, anyway=True)
         return Completion(
             study_instance_uid=study_uid,
             generation=generation + 1,
@@ -201,6 +215,36 @@ class CompletionStage:
             reason=reason,
             completed_at=now,
         )
+
+    def _report_missing(
+        self,
+        session: Session,
+        study_uid: str,
+        steps: index.StepsVerdict,
+        now: datetime,
+        policy: CompletionSection,
+        *,
+        anyway: bool = False,
+    ) -> None:
+        """Say once which instances a COMPLETED MPPS listed that never arrived.
+
+        After ``mpps_timeout_seconds`` (or when the timers complete the study
+        first); the study is then left to the quiet timers.
+        """
+        if not steps.missing or steps.completed_at is None:
+            return
+        key = (study_uid, tuple(steps.steps))
+        late = steps.completed_at <= now - timedelta(seconds=policy.mpps_timeout_seconds)
+        if key in self._reported or not (late or anyway):
+            return
+        self._reported.add(key)
+        shown = ", ".join(steps.missing[:5]) + (" …" if len(steps.missing) > 5 else "")
+        detail = (
+            f"MPPS {', '.join(steps.steps)} completed but {len(steps.missing)} listed "
+            f"instance(s) did not arrive: {shown}; the quiet timers complete the study"
+        )
+        log.warning("study %s: %s", study_uid, detail)
+        record(session, "complete", "mpps-incomplete", study_uid, detail)
 
 
 def completion_marks(session: Session) -> dict[str, int]:

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from dicom_node.receive.tables import Instance, ReleasedAssociation, Series, Study
+from dicom_node.receive.tables import Instance, PerformedStep, ReleasedAssociation, Series, Study
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,64 @@ def prune_releases(session: Session, before: datetime) -> int:
 
 
 # --- read side, used by the completion and jobs stages ------------------------------------
+
+
+@dataclass(frozen=True)
+class StepsVerdict:
+    """What a study's MPPS steps say about its new instances (see :func:`steps_verdict`)."""
+
+    #: a step is COMPLETED, none IN PROGRESS, every new instance is listed, every listed one here
+    complete: bool
+    #: listed by a COMPLETED step but not (yet) received
+    missing: list[str]
+    #: the COMPLETED steps, and when the last of them was set
+    steps: list[str]
+    completed_at: datetime | None
+
+
+def steps_verdict(
+    session: Session, study_uid: str, *, after_id: int, through_id: int
+) -> StepsVerdict:
+    """The MPPS signal for a study's instances in ``(after_id, through_id]``.
+
+    ``complete`` when no step of the study is still IN PROGRESS, at least one
+    is COMPLETED, every new instance is listed by a COMPLETED step, and every
+    instance those steps list has arrived.
+    """
+    steps = session.execute(
+        select(
+            PerformedStep.sop_instance_uid,
+            PerformedStep.status,
+            PerformedStep.instances,
+            PerformedStep.updated_at,
+        ).where(PerformedStep.study_instance_uid == study_uid)
+    ).all()
+    done = [s for s in steps if s.status == "COMPLETED"]
+    if not done:
+        return StepsVerdict(False, [], [], None)
+    listed = {uid for s in done for uid in s.instances}
+    present = set(
+        session.scalars(
+            select(Instance.sop_instance_uid).where(Instance.study_instance_uid == study_uid)
+        )
+    )
+    new = set(
+        session.scalars(
+            select(Instance.sop_instance_uid).where(
+                Instance.study_instance_uid == study_uid,
+                Instance.id > after_id,
+                Instance.id <= through_id,
+            )
+        )
+    )
+    missing = sorted(listed - present)
+    in_progress = any(s.status == "IN PROGRESS" for s in steps)
+    return StepsVerdict(
+        complete=not in_progress and not missing and new <= listed,
+        missing=missing,
+        steps=[s.sop_instance_uid for s in done],
+        completed_at=max(s.updated_at for s in done),
+    )
 
 
 def all_released(

@@ -28,8 +28,8 @@ def receiver_main(config_path: str, number: int, parent: int) -> None:
     config = live()
     engine = make_engine(config.storage.database_url)
     spool = Spool(config.storage.spool, fsync=config.storage.fsync)
-    # a released association may complete a study: the main process looks at once
-    scp = StorageSCP(live, spool, engine, on_release=lambda: _wake(parent))
+    # a released association or a COMPLETED MPPS may complete a study: the main process looks
+    scp = StorageSCP(live, spool, engine, on_signal=lambda: _wake(parent))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -47,7 +47,10 @@ from typing import Any
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ModalityPerformedProcedureStep,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -64,6 +67,7 @@ from dicom_node.receive.check import (
     read_header,
 )
 from dicom_node.receive.index import ReceivedInstance, index_instance, record_release
+from dicom_node.receive.mpps import MppsSCP
 from dicom_node.spool import UID_PATTERN, InvalidUIDError, Spool, check_uid
 from dicom_node.tls import server_context
 
@@ -134,13 +138,15 @@ class StorageSCP:
         config: Callable[[], Config],
         spool: Spool,
         engine: Engine,
-        on_release: Callable[[], None] | None = None,
+        on_signal: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
         self.spool = spool
         self.engine = engine
-        #: called after a ``complete_on_release`` peer's release is recorded (wakes completion)
-        self.on_release = on_release
+        #: called when a study may be complete: a ``complete_on_release`` peer's release or a
+        #: COMPLETED MPPS was recorded (the receiver process wakes completion with it)
+        self.on_signal = on_signal
+        self.mpps = MppsSCP(engine, on_completed=on_signal)
         #: per association; weak, because pynetdicom ends some associations without an event (a
         #: malformed DIMSE message kills its DUL): their entries go with the association object
         self._stats: weakref.WeakKeyDictionary[Any, _AssocStats] = weakref.WeakKeyDictionary()
@@ -235,8 +241,8 @@ class StorageSCP:
         except Exception as exc:  # noqa: BLE001 - the quiet timers complete the study instead
             log.warning("association release from %s not recorded: %s", calling, _oneline(exc))
             return
-        if self.on_release is not None:
-            self.on_release()
+        if self.on_signal is not None:
+            self.on_signal()
 
     # --- C-ECHO / C-STORE ---------------------------------------------------------------
 
@@ -381,6 +387,7 @@ class StorageSCP:
             if context.abstract_syntax is not None:  # always set in pynetdicom's list
                 ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(ModalityPerformedProcedureStep, ALL_TRANSFER_SYNTAXES)
         return ae
 
     def handlers(self) -> list[evt.EventHandlerType]:
@@ -391,6 +398,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            *self.mpps.handlers(),
         ]
 
     def start(self) -> ThreadedAssociationServer:

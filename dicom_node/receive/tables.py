@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dicom_node.db import Base, UTCDateTime
@@ -79,3 +79,22 @@ class ReleasedAssociation(Base):
     association: Mapped[str] = mapped_column(String(32), primary_key=True)
     calling_ae_title: Mapped[str] = mapped_column(String(16))
     released_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class PerformedStep(Base):
+    """A Modality Performed Procedure Step a peer reported (MPPS N-CREATE / N-SET).
+
+    When its status is COMPLETED, the completion stage treats its study as
+    complete as soon as every instance it lists is indexed.
+    """
+
+    __tablename__ = "performed_steps"
+
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    #: IN PROGRESS, COMPLETED or DISCONTINUED
+    status: Mapped[str] = mapped_column(String(16))
+    #: the SOP Instance UIDs its performed series list (known once COMPLETED)
+    instances: Mapped[list[str]] = mapped_column(JSON, default=list)
+    calling_ae_title: Mapped[str] = mapped_column(String(16))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
