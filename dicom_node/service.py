@@ -71,7 +71,8 @@ class Node:
         self.engine = make_engine(config.storage.database_url)
         self.sessions = session_factory(self.engine)
         self.spool = Spool(config.storage.spool, fsync=config.storage.fsync)
-        self.completion = CompletionStage(self.live, self.sessions, Router(self.spool))
+        router = Router(self.spool)
+        self.completion = CompletionStage(self.live, self.sessions, router, hold=router.hold)
         self.runner = JobRunner(self.live, self.sessions, self.spool, make_engine_for(self.live))
         self.dispatcher = Dispatcher(self.live, self.sessions, self.spool)
         # completion and dispatch run when woken (stage hand-overs), and on their poll timers

@@ -597,3 +597,29 @@ def test_explain_phantom_by_name_withholds_it_and_reports_no_route(tmp_path: Pat
     other = write_dicom(tmp_path / "o.dcm", SeriesInstanceUID="1.2.4", Modality="MR")
     text = format_explanation(explain_paths(EXPLAIN_ROUTES[:2], [other]))
     assert "=> no rule fires: the series is not processed" in text
+
+
+def test_explain_says_what_a_route_requires_of_the_study(tmp_path: Path) -> None:
+    bone = {"series": [{"SeriesDescription": {"regex": "(?i)bone"}}], "when_missing": "discard"}
+    routes = [route("ct", {"Modality": "CT"}, require=bone)]
+    soft = write_dicom(
+        tmp_path / "s" / "1.dcm",
+        StudyInstanceUID="1.2.9",
+        SeriesInstanceUID="1.2.9.1",
+        Modality="CT",
+        SeriesDescription="soft",
+    )
+    text = format_explanation(explain_paths(routes, [soft]))
+    assert (
+        "requires a series with SeriesDescription regex '(?i)bone': not among the files given; "
+        "the node waits for it until the force deadline, then it is discarded"
+    ) in text
+    write_dicom(
+        tmp_path / "s" / "2.dcm",
+        StudyInstanceUID="1.2.9",
+        SeriesInstanceUID="1.2.9.2",
+        Modality="CT",
+        SeriesDescription="Bone 1mm",
+    )
+    text = format_explanation(explain_paths(routes, [tmp_path / "s"]))
+    assert text.count("requires: every required series is among the files given") == 2

@@ -46,7 +46,8 @@ class World:
         migrate(self.engine)
         self.sessions = session_factory(self.engine)
         self.spool = Spool(tmp_path / "spool", fsync=False)
-        self.stage = CompletionStage(lambda: self.config, self.sessions, Router(self.spool))
+        router = Router(self.spool)
+        self.stage = CompletionStage(lambda: self.config, self.sessions, router, hold=router.hold)
         self.t0 = utcnow()
 
     def receive(
@@ -59,6 +60,7 @@ class World:
         calling: str = "PACS",
         manufacturer: str = "ACME",
         association: str | None = None,
+        description: str | None = None,
     ) -> bool:
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -68,6 +70,8 @@ class World:
         ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = study, series, modality
         ds.Manufacturer = manufacturer
+        if description is not None:
+            ds.SeriesDescription = description
         buffer = BytesIO()
         ds.save_as(buffer, enforce_file_format=True)
         relative = self.spool.instance_path(study, series, sop)
@@ -187,6 +191,57 @@ def test_a_completed_mpps_completes_its_study_once_every_listed_instance_arrived
     with world.sessions() as session:
         events = session.scalars(select(Event).where(Event.kind == "mpps-incomplete")).all()
     assert [(e.subject, "9.2.1.2" in (e.detail or "")) for e in events] == [("9.2", True)]
+
+
+REQUIRING = """
+completion: {series_quiet_seconds: 10, study_quiet_seconds: 30, force_after_seconds: 600}
+destinations: {pacs: {ae_title: PACS, host: 127.0.0.1, port: 4242}}
+pipelines: {generic: {card: card.yaml}, ct: {card: ct.yaml}}
+routes:
+  - name: ct
+    match: {Modality: CT}
+    pipeline: ct
+    destinations: [pacs]
+    require: {series: [{SeriesDescription: {regex: "(?i)bone"}}], wait: true}
+  - name: chest
+    match: {Modality: DX}
+    pipeline: generic
+    destinations: [pacs]
+    require: {series: [{SeriesDescription: LAT}], wait: false, when_missing: proceed}
+"""
+
+
+def _events(world: World, kind: str) -> list[tuple[str | None, str | None]]:
+    with world.sessions() as session:
+        rows = session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)).all()
+    return [(e.subject, e.detail) for e in rows]
+
+
+def test_a_route_requiring_series_holds_the_study_for_them_or_discards_or_proceeds(
+    world: World, tmp_path: Path
+) -> None:
+    world.config = parse_config(REQUIRING, tmp_path)
+    world.receive("7.1", "7.1.1", "7.1.1.1", "CT", at=0, description="soft tissue")
+    assert world.poll(at=31) == [] and world.poll(at=40) == [], "held for the bone series"
+    assert [s for s, _ in _events(world, "completion-held")] == ["7.1"], "said once"
+    world.receive("7.1", "7.1.2", "7.1.2.1", "CT", at=45, description="Bone 1mm")
+    (done,) = world.poll(at=76)
+    assert (done.reason, done.series_uids) == ("quiet", ["7.1.1", "7.1.2"])
+    assert [(j.route, j.series_uids) for j in world.jobs()] == [("ct", ["7.1.1", "7.1.2"])]
+    # never comes: the force deadline completes the study, and the route discards
+    world.receive("7.2", "7.2.1", "7.2.1.1", "CT", at=100, description="soft tissue")
+    assert world.poll(at=690) == []
+    (forced,) = world.poll(at=701)
+    assert forced.reason == "forced"
+    assert len(world.jobs()) == 1, "no job for the study without its bone series"
+    ((subject, detail),) = _events(world, "required-missing-discard")
+    assert subject == "7.2" and "SeriesDescription regex '(?i)bone'" in (detail or "")
+    # wait: false and proceed: the study completes on its timers and the job runs anyway
+    world.receive("7.3", "7.3.1", "7.3.1.1", "DX", at=800, description="PA")
+    (chest,) = world.poll(at=831)
+    assert chest.reason == "quiet"
+    assert [j.route for j in world.jobs()] == ["ct", "chest"]
+    assert [s for s, _ in _events(world, "required-missing-proceed")] == ["7.3"]
 
 
 def test_force_deadline_completes_a_study_that_never_goes_quiet(world: World) -> None:

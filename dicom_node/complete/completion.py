@@ -21,6 +21,10 @@ DICOM has no "end of study" message, so completeness is a policy
   never do, ``mpps_timeout_seconds`` after the step an ``mpps-incomplete``
   event names them and the quiet timers take over.
 
+A route with ``require: {wait: true}`` holds a study that looks complete
+(by any signal but the force deadline) until the series it requires have
+arrived: the ``completion-held`` event says which.
+
 ``Completion.reason`` (and the ``study-complete`` event) says which signal
 completed a study: ``mpps``, ``released``, ``quiet`` or ``forced``.
 
@@ -39,7 +43,7 @@ restart) or fully handed on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -57,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: called inside the completion's transaction to route the study and create jobs
 OnComplete = Callable[[Session, Completion, Config], None]
+#: why a study that looks complete should wait (its routes require series not yet here), or None
+Hold = Callable[[Session, str, Sequence[str], Config], str | None]
 
 
 class CompletionStage:
@@ -73,11 +79,18 @@ class CompletionStage:
     """
 
     def __init__(
-        self, config: Callable[[], Config], sessions: sessionmaker[Session], on_complete: OnComplete
+        self,
+        config: Callable[[], Config],
+        sessions: sessionmaker[Session],
+        on_complete: OnComplete,
+        hold: Hold | None = None,
     ) -> None:
         self._config = config
         self.sessions = sessions
         self.on_complete = on_complete
+        self.hold = hold
+        #: studies whose completion waits for required series (said once each)
+        self._held: set[str] = set()
         #: every instance with an id at or below this is covered by some completion
         self._floor = 0
         #: (study, MPPS steps) whose missing instances were reported
@@ -87,7 +100,6 @@ class CompletionStage:
         """Complete every study that is due; return the new completion rows."""
         now = now or utcnow()
         config = self._config()
-        policy = config.completion
         done: list[Completion] = []
         with transaction(self.sessions) as session:
             pending = self._pending(session)
@@ -97,7 +109,7 @@ class CompletionStage:
         for study_uid, (mark, generation, first_at, last_id) in pending.items():
             with transaction(self.sessions) as session:
                 completion = self._decide(
-                    session, study_uid, mark, generation, first_at, last_id, now, policy
+                    session, study_uid, mark, generation, first_at, last_id, now, config
                 )
                 if completion is None:
                     continue
@@ -166,8 +178,9 @@ class CompletionStage:
         first_at: datetime,
         last_id: int,
         now: datetime,
-        policy: CompletionSection,
+        config: Config,
     ) -> Completion | None:
+        policy = config.completion
         new_series = (
             select(Instance.series_instance_uid)
             .where(
@@ -191,6 +204,7 @@ class CompletionStage:
         series_quiet = now - timedelta(seconds=policy.series_quiet_seconds)
         study_quiet = now - timedelta(seconds=policy.study_quiet_seconds)
         settled = now - timedelta(seconds=policy.release_settle_seconds)
+        past_deadline = first_at <= now - timedelta(seconds=policy.force_after_seconds)
         steps = index.steps_verdict(session, study_uid, after_id=mark, through_id=last_id)
         if steps.complete:
             reason = "mpps"
@@ -200,13 +214,24 @@ class CompletionStage:
             reason = "released"
         elif study_last <= study_quiet and all(at <= series_quiet for _, at in series):
             reason = "quiet"
-        elif first_at <= now - timedelta(seconds=policy.force_after_seconds):
+        elif past_deadline:
             reason = "forced"
         else:
             self._report_missing(session, study_uid, steps, now, policy)
             return None
         if steps.missing and reason != "mpps":
             self._report_missing(session, study_uid, steps, now, policy, anyway=True)
+        if reason != "forced" and self.hold is not None:
+            why = self.hold(session, study_uid, [uid for uid, _ in series], config)
+            if why is not None and past_deadline:
+                reason = "forced"  # the deadline ends the wait for required series
+            elif why is not None:
+                if study_uid not in self._held:
+                    self._held.add(study_uid)
+                    log.info("study %s looks complete (%s) but %s", study_uid, reason, why)
+                    record(session, "complete", "completion-held", study_uid, why[:500])
+                return None
+        self._held.discard(study_uid)
         return Completion(
             study_instance_uid=study_uid,
             generation=generation + 1,

@@ -239,6 +239,19 @@ def series_files(session: Session, series_uids: Sequence[str]) -> dict[str, list
     return out
 
 
+def study_series(session: Session, study_uid: str) -> dict[str, str]:
+    """Each series of a study (every generation) → the spool path of its first instance."""
+    first = (
+        select(func.min(Instance.id))
+        .where(Instance.study_instance_uid == study_uid)
+        .group_by(Instance.series_instance_uid)
+    )
+    rows = session.execute(
+        select(Instance.series_instance_uid, Instance.path).where(Instance.id.in_(first))
+    ).all()
+    return {str(uid): str(path) for uid, path in rows}
+
+
 def series_calling_ae(session: Session, series_uid: str) -> str | None:
     """Calling AE title of the latest instance of a series."""
     return session.scalar(

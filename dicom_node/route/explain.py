@@ -25,8 +25,14 @@ from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.route.match import Condition, RuleOutcome, attribute_values, select
-from dicom_node.route.rules import Route
+from dicom_node.route.match import (
+    Condition,
+    RuleOutcome,
+    attribute_values,
+    missing_series,
+    select,
+)
+from dicom_node.route.rules import Requirement, Route
 
 _SUMMARY = ("Modality", "SeriesDescription", "BodyPartExamined")
 
@@ -84,6 +90,8 @@ class FileExplanation:
     summary: tuple[tuple[str, str], ...] = ()
     outcomes: tuple[RuleOutcome, ...] = ()
     note: str | None = None
+    #: for each fired route with ``require:``, the required series the study's files lack
+    missing: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def fired(self) -> list[RuleOutcome]:
@@ -155,6 +163,10 @@ def explain_paths(
             counts[uid] = 0
         counts[uid] += 1
 
+    studies: dict[str, list[Dataset]] = {}
+    for entry in found:
+        if not isinstance(entry, FileExplanation):
+            studies.setdefault(str(entry[2].get("StudyInstanceUID", "")), []).append(entry[2])
     result = []
     for entry in found:
         if isinstance(entry, FileExplanation):
@@ -165,7 +177,13 @@ def explain_paths(
             (kw, "\\".join(values)) for kw in _SUMMARY if (values := attribute_values(ds, kw))
         )
         outcomes = tuple(select(routes, ds, calling_ae))
-        result.append(FileExplanation(path, uid, counts[uid], summary, outcomes))
+        study = studies[str(ds.get("StudyInstanceUID", ""))]
+        missing = tuple(
+            (o.route.name, tuple(missing_series(o.route.require, study)))
+            for o in outcomes
+            if o.fired and o.route.require is not None
+        )
+        result.append(FileExplanation(path, uid, counts[uid], summary, outcomes, missing=missing))
     return result
 
 
@@ -211,6 +229,17 @@ def _outcome(o: RuleOutcome) -> list[str]:
     return [f"  [x] {name}: {text}"]
 
 
+def _requirement(require: Requirement, missing: Sequence[str]) -> str:
+    """What a route's ``require:`` makes of the study's series given."""
+    if not missing:
+        return "requires: every required series is among the files given"
+    wait = "the node waits for it until the force deadline, then it " if require.wait else ""
+    return (
+        f"requires a series with {'; '.join(missing)}: not among the files given; "
+        f"{wait}{'runs anyway' if require.when_missing == 'proceed' else 'is discarded'}"
+    )
+
+
 def format_explanation(explanations: Sequence[FileExplanation]) -> str:
     """Render explanations as the text ``dicom-node route --explain`` prints.
 
@@ -229,8 +258,11 @@ def format_explanation(explanations: Sequence[FileExplanation]) -> str:
         lines.append(f"series {e.series_uid} ({', '.join(info)}) from {e.path}")
         if not e.outcomes:
             lines.append("  no routes configured: the series is not processed")
+        needs = dict(e.missing)
         for o in e.outcomes:
             lines.extend(_outcome(o))
+            if o.route.name in needs and o.route.require is not None:
+                lines.append("        " + _requirement(o.route.require, needs[o.route.name]))
         if e.outcomes and not e.fired:
             lines.append("  => no rule fires: the series is not processed")
         lines.append("")

@@ -44,13 +44,22 @@ from dicom_node.route.rules import (
     PresenceMatch,
     RangeMatch,
     RegexMatch,
+    Requirement,
     Route,
     Scalar,
     _UnknownMatch,
 )
 from imaging.values import Attributes, _text, attribute_values
 
-__all__ = ["Attributes", "Condition", "RuleOutcome", "attribute_values", "evaluate", "select"]
+__all__ = [
+    "Attributes",
+    "Condition",
+    "RuleOutcome",
+    "attribute_values",
+    "evaluate",
+    "missing_series",
+    "select",
+]
 
 CALLING_AE = "calling AE"
 """The pseudo-keyword of the condition on the calling AE title."""
@@ -373,3 +382,18 @@ def _not_tried(out: RuleOutcome, final: str) -> RuleOutcome:
 def fired_routes(routes: Sequence[Route], attrs: Attributes, calling_ae: str | None) -> list[Route]:
     """The rules that fire for one series, in order: the router's whole question."""
     return [o.route for o in select(routes, attrs, calling_ae) if o.fired]
+
+
+def missing_series(requirement: Requirement, series: Sequence[Attributes]) -> list[str]:
+    """The entries of a route's ``require.series`` that no series of the study satisfies.
+
+    Each is described as a person reads it (``SeriesDescription matches /(?i)lat/``), for the
+    log, the events and ``route --explain``.
+    """
+    missing = []
+    for entry in requirement.series:
+        if not any(
+            all(_condition(k, spec, attrs).ok for k, spec in entry.items()) for attrs in series
+        ):
+            missing.append(" and ".join(f"{k} {_describe(spec)}" for k, spec in entry.items()))
+    return missing

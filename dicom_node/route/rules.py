@@ -18,6 +18,10 @@ that sent them, and names the pipeline to run and where to send results::
         shadow: false                      # true: run and keep results locally, send nothing
         fallback: false                    # true: fires only when no other rule matched the series
         final: false                       # true: when it matches, later rules are not tried
+        require:                           # optional: series the study must also hold
+          series: [{SeriesDescription: {regex: "(?i)lat"}}]
+          wait: true                       # hold the study's completion for them (to its force deadline)
+          when_missing: discard            # or proceed: what the route does without them
 
 Rules are tried in order. Every matching non-fallback rule fires (a series may
 feed several pipelines) until a matching rule marked ``final``. Fallback rules
@@ -35,10 +39,12 @@ that YAML would otherwise read as numbers or booleans (``SeriesNumber: "010"``).
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -145,49 +151,70 @@ def _check_derived(keyword: str, spec: Any, allowed: tuple[str, ...]) -> None:
         )
 
 
+def _derived_values(v: Any) -> Any:
+    """Before type validation, so that ``contrast: yes`` (YAML's true) gets this message."""
+    if isinstance(v, dict):
+        for keyword, spec in v.items():
+            if keyword in DERIVED:
+                _check_derived(keyword, spec, DERIVED[keyword].values)
+    return v
+
+
+def _keywords(v: dict[str, Any]) -> dict[str, Any]:
+    for keyword in v:
+        if keyword in DERIVED:
+            continue
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise ValueError(
+                f"{keyword!r} is not a DICOM keyword (use the standard keyword, "
+                "e.g. Modality, BodyPartExamined, SeriesDescription) nor a derived key "
+                f"({', '.join(DERIVED)})"
+            )
+        if dictionary_VR(tag) == "SQ":
+            raise ValueError(f"{keyword!r} is a sequence; rules match plain attributes only")
+    return v
+
+
+#: a ``match`` mapping: DICOM keyword (or derived key) → what its value must be
+Match = Annotated[
+    dict[str, MatchValue], BeforeValidator(_derived_values), AfterValidator(_keywords)
+]
+
+
+class Requirement(_Strict):
+    """``require:``: series the study must hold for the route to fire (mercure's "wait for
+    these series"), and what happens when they are not there.
+
+    Each entry of ``series`` is a ``match`` mapping that some series of the
+    study (any series, not only those the route selects) must satisfy.
+    """
+
+    series: list[Match] = Field(min_length=1)
+    #: hold the study's completion until they arrive (at most until its force deadline)
+    wait: bool = True
+    #: when the study completes without them: ``discard`` (no job, an event says why) or
+    #: ``proceed`` (the job runs on what is there, an event says what was missing)
+    when_missing: Literal["discard", "proceed"] = "discard"
+
+
 class Route(_Strict):
     """One routing rule."""
 
     name: str = Field(min_length=1)
-    match: dict[str, MatchValue] = Field(default_factory=dict)
+    match: Match = Field(default_factory=dict)
     calling_ae: list[str] | None = None
     pipeline: str
     destinations: list[str] = Field(default_factory=list)
     shadow: bool = False
     fallback: bool = False
     final: bool = False
+    require: Requirement | None = None
 
     @field_validator("calling_ae", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
-
-    @field_validator("match", mode="before")
-    @classmethod
-    def _derived_values(cls, v: Any) -> Any:
-        # before type validation, so that `contrast: yes` (YAML's true) gets this message
-        if isinstance(v, dict):
-            for keyword, spec in v.items():
-                if keyword in DERIVED:
-                    _check_derived(keyword, spec, DERIVED[keyword].values)
-        return v
-
-    @field_validator("match")
-    @classmethod
-    def _keywords(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for keyword in v:
-            if keyword in DERIVED:
-                continue
-            tag = tag_for_keyword(keyword)
-            if tag is None:
-                raise ValueError(
-                    f"{keyword!r} is not a DICOM keyword (use the standard keyword, "
-                    "e.g. Modality, BodyPartExamined, SeriesDescription) nor a derived key "
-                    f"({', '.join(DERIVED)})"
-                )
-            if dictionary_VR(tag) == "SQ":
-                raise ValueError(f"{keyword!r} is a sequence; rules match plain attributes only")
-        return v
 
     @model_validator(mode="after")
     def _fallback_has_no_match(self) -> Route:
