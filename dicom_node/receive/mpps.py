@@ -49,6 +49,15 @@ def listed_instances(ds: Dataset) -> list[str]:
     return uids
 
 
+def _step_uid(event: evt.Event) -> str:
+    """The step's SOP Instance UID: N-CREATE's Affected, N-SET's Requested one."""
+    request = event.request
+    if isinstance(request, N_CREATE):
+        return str(request.AffectedSOPInstanceUID or "")
+    assert isinstance(request, N_SET)
+    return str(request.RequestedSOPInstanceUID or "")
+
+
 def _study(ds: Dataset) -> str | None:
     for item in ds.get("ScheduledStepAttributesSequence", []):
         if item.get("StudyInstanceUID"):
@@ -76,10 +85,7 @@ class MppsSCP:
 
     def on_create(self, event: evt.Event) -> tuple[int, Dataset | None]:
         ds = event.attribute_list
-        request = event.request
-        assert isinstance(request, N_CREATE)
-        uid = str(request.AffectedSOPInstanceUID or "")
-        calling = event.assoc.requestor.ae_title.strip()
+        uid, calling = _step_uid(event), event.assoc.requestor.ae_title.strip()
         status = str(ds.get("PerformedProcedureStepStatus", "")).strip()
         if not uid or status != "IN PROGRESS":
             log.error("refused MPPS N-CREATE %s from %s: status %r", uid, calling, status)
@@ -106,10 +112,7 @@ class MppsSCP:
 
     def on_set(self, event: evt.Event) -> tuple[int, Dataset | None]:
         changes = event.modification_list
-        request = event.request
-        assert isinstance(request, N_SET)
-        uid = str(request.RequestedSOPInstanceUID or "")
-        calling = event.assoc.requestor.ae_title.strip()
+        uid, calling = _step_uid(event), event.assoc.requestor.ae_title.strip()
         try:
             with Session(self.engine) as session, session.begin():
                 step = session.get(PerformedStep, uid)
