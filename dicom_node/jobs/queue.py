@@ -168,12 +168,17 @@ def retry(sessions: sessionmaker[Session], job_id: int, reason: str, max_attempt
 
 def fail(sessions: sessionmaker[Session], job_id: int, error: str) -> None:
     with transaction(sessions) as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(state=JobState.FAILED, error=error[:2000], finished_at=utcnow())
-        )
-        record(session, "jobs", "job-failed", str(job_id), error[:500])
+        mark_failed(session, job_id, error)
+
+
+def mark_failed(session: Session, job_id: int, error: str) -> None:
+    """Fail a job for good with ``error``, in the caller's transaction."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(state=JobState.FAILED, error=error[:2000], finished_at=utcnow())
+    )
+    record(session, "jobs", "job-failed", str(job_id), error[:500])
 
 
 def forget_results(session: Session, study_uid: str) -> list[str]:

@@ -35,10 +35,10 @@ from dicom_node.jobs.tables import Job, JobState, Result, ResultKind
 from dicom_node.receive import index
 from dicom_node.results.algorithm import AlgorithmInfo
 from dicom_node.results.sc import build_heatmap_sc, heatmap_series_instance_uid
-from dicom_node.results.sr import build_sr
+from dicom_node.results.sr import build_notice_sr, build_sr
 from dicom_node.spool import Spool
 from pipelines.base import PipelineInputError, PipelineResult, SeriesInput
-from pipelines.card import card_state
+from pipelines.card import card_state, load_card
 
 log = logging.getLogger(__name__)
 
@@ -166,20 +166,29 @@ class JobRunner:
             where = self._run(job_id)
         except PipelineInputError as exc:
             log.warning("job %d: nothing the pipeline can use: %s", job_id, exc)
-            queue.fail(self.sessions, job_id, f"unusable input: {exc}")
+            words = str(exc).split("; check the route", 1)[0]
+            self._not_analysed(job_id, words, fail=f"unusable input: {exc}")
             return False
         except EngineFailure as exc:
-            again = queue.retry(self.sessions, job_id, str(exc), self._config().jobs.max_attempts)
+            attempts = self._config().jobs.max_attempts
+            again = queue.retry(self.sessions, job_id, str(exc), attempts)
             log.warning(
                 "job %d: engine failed (%s); %s",
                 job_id,
                 exc,
                 "queued again" if again else "failed for good after its last attempt",
             )
+            if not again:
+                self._not_analysed(job_id, f"the model could not run ({attempts} attempts)")
             return False
         except Exception as exc:  # noqa: BLE001 - one bad job must not stop the worker
             log.exception("job %d failed", job_id)
-            queue.fail(self.sessions, job_id, f"{type(exc).__name__}: {exc}")
+            self._not_analysed(
+                job_id,
+                f"the analysis failed ({type(exc).__name__}); the node's operators see job "
+                f"{job_id} in its status",
+                fail=f"{type(exc).__name__}: {exc}",
+            )
             return False
         log.info("job %d done in %.1f s (%s)", job_id, time.monotonic() - started, where)
         if self.on_done is not None:
@@ -278,6 +287,76 @@ class JobRunner:
             )
             outputs.append((ResultKind.SC, sc, self._write(job.id, sc)))
         return outputs
+
+    def _not_analysed(self, job_id: int, reason: str, *, fail: str | None = None) -> None:
+        """Send the study an SR saying the AI did not analyse it, and why (never silence).
+
+        With ``fail``, the job is failed with that error in the same
+        transaction. The SR has the UIDs the job's result would have had, so
+        a later successful run replaces it. Without a readable source header
+        there is nothing to attach it to: the job only fails.
+        """
+        with self.sessions() as session:
+            job = session.get(Job, job_id)
+            files = index.series_files(session, job.series_uids) if job else {}
+        notice = None
+        if job is not None:
+            try:
+                notice = self._notice(job, reason, files)
+            except Exception as exc:  # noqa: BLE001 - the job still fails, with its own error
+                log.error("job %d: no not-analysed SR: %s", job_id, exc)
+        with transaction(self.sessions) as session:
+            if notice is not None:
+                ds, relative = notice
+                session.merge(
+                    Result(
+                        sop_instance_uid=ds.SOPInstanceUID,
+                        job_id=job_id,
+                        sop_class_uid=ds.SOPClassUID,
+                        kind=ResultKind.SR,
+                        path=str(relative),
+                        created_at=utcnow(),
+                    )
+                )
+                if job is not None and not job.shadow:
+                    outbox.enqueue(session, job_id, job.destinations)
+                record(session, "jobs", "job-not-analysed", str(job_id), reason[:500])
+            if fail is not None:
+                queue.mark_failed(session, job_id, fail)
+        if notice is not None:
+            log.info("job %d: sent a not-analysed SR (%s)", job_id, reason)
+            if self.on_done is not None:
+                self.on_done()
+
+    def _notice(
+        self, job: Job, reason: str, files: Mapping[str, list[str]]
+    ) -> tuple[Dataset, PurePosixPath] | None:
+        headers = []
+        for paths in files.values():
+            for path in paths:
+                try:
+                    headers.append(dcmread(self.spool.absolute(path), stop_before_pixels=True))
+                except Exception:  # noqa: BLE001 - an unreadable file is not evidence
+                    continue
+        if not headers:
+            return None
+        spec = self._config().pipelines.get(job.pipeline)
+        try:
+            assert spec is not None
+            algorithm = AlgorithmInfo.from_card(load_card(spec.card), __version__)
+        except Exception:  # noqa: BLE001 - a model that cannot load still gets its notice
+            algorithm = AlgorithmInfo(
+                name=job.pipeline[:64],
+                version="unavailable",
+                pipeline=job.pipeline[:64],
+                weights_sha256="0" * 64,
+                for_diagnostic_use=False,
+                software_version=__version__,
+            )
+        ds = build_notice_sr(
+            reason, headers, algorithm, job_key=job.key, series_number=SR_SERIES_NUMBER
+        )
+        return ds, self._write(job.id, ds)
 
     def _write(self, job_id: int, ds: Dataset) -> PurePosixPath:
         relative = self.spool.result_path(job_id, ds.SOPInstanceUID)

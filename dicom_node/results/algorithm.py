@@ -34,7 +34,7 @@ LO_MAX = 64
 #: Appended to every series description of a model not validated for clinical use.
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 
-_KIND_WORDS: dict[str, str] = {"SR": "findings", "SC": "heatmap"}
+_KIND_WORDS: dict[str, str] = {"SR": "findings", "SC": "heatmap", "notice": "NOT ANALYSED"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -150,7 +150,7 @@ class AlgorithmInfo:
         """Software Versions (0018,1020) values: the model version, then the node version."""
         return [self.version, f"dicom-node {self.software_version}"[:LO_MAX]]
 
-    def series_description(self, kind: Literal["SR", "SC"]) -> str:
+    def series_description(self, kind: Literal["SR", "SC", "notice"]) -> str:
         """Series Description (LO, at most 64 characters) for a result series.
 
         Reads like ``"AI generic-demo 0.1.0 heatmap - NOT FOR DIAGNOSTIC USE"``.
@@ -161,8 +161,9 @@ class AlgorithmInfo:
 
         Parameters
         ----------
-        kind : {"SR", "SC"}
-            ``"SR"`` for the findings report, ``"SC"`` for heatmap images.
+        kind : {"SR", "SC", "notice"}
+            ``"SR"`` for the findings report, ``"SC"`` for heatmap images,
+            ``"notice"`` for the SR saying the AI did not analyse the study.
 
         Raises
         ------
@@ -173,7 +174,7 @@ class AlgorithmInfo:
             word = _KIND_WORDS[kind]
         except KeyError:
             raise ValueError(
-                f"series_description(kind) must be 'SR' or 'SC', got {kind!r}"
+                f"series_description(kind) must be 'SR', 'SC' or 'notice', got {kind!r}"
             ) from None
         suffix = "" if self.for_diagnostic_use else f" - {NOT_FOR_DIAGNOSTIC_USE}"
         budget = LO_MAX - len(suffix)

@@ -82,6 +82,7 @@ from pipelines.base import Box, Code, Finding
 
 __all__ = [
     "algorithm_contributing_equipment",
+    "build_notice_sr",
     "build_sr",
     "finding_tracking_uid",
     "sr_series_instance_uid",
@@ -453,7 +454,70 @@ def build_sr(
     if not job_key:
         raise ValueError("build_sr() needs a non-empty job_key: the SR's UIDs derive from it")
     by_uid = _index_sources(sources)
-    algorithm_id = hd.sr.AlgorithmIdentification(
+    algorithm_id = _algorithm_id(algorithm)
+    groups = [
+        _measurement_group(i, f, by_uid, algorithm_id, job_key) for i, f in enumerate(findings)
+    ]
+    sr = _document(groups, by_uid, algorithm, job_key, series_number, instance_number)
+    _identify_local_schemes(sr, findings)
+    return sr
+
+
+def build_notice_sr(
+    reason: str,
+    sources: Sequence[pydicom.Dataset],
+    algorithm: AlgorithmInfo,
+    *,
+    job_key: str,
+    series_number: int,
+) -> pydicom.Dataset:
+    """An SR saying that the AI did **not** analyse these images, and why.
+
+    Silence must never read as a negative: when a routed series cannot be
+    analysed (no usable image, a view the model does not take, a model that
+    cannot run), the study still gets an SR, with the same UIDs a result
+    would have had (a later successful run replaces it). Its one TID 1501
+    group, tracked as "AI analysis not performed", references the images and
+    carries ``reason`` as a DCM 121106 "Comment" (what OHIF shows as the
+    group's label); it has no finding and no certainty, so nothing in it can
+    be read as present or absent.
+
+    Parameters
+    ----------
+    reason : str
+        In words a radiologist reads ("no femoral neck found on the image").
+    sources, algorithm, job_key, series_number
+        As for :func:`build_sr`.
+    """
+    if not job_key:
+        raise ValueError("build_notice_sr() needs a non-empty job_key")
+    by_uid = _index_sources(sources)
+    first = next(iter(by_uid.values()))
+    text = f"AI analysis not performed by {algorithm.name} {algorithm.version}: {reason}"
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=finding_tracking_uid(job_key, 0), identifier="AI analysis not performed"
+        ),
+        algorithm_id=_algorithm_id(algorithm),
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=first.SOPClassUID,
+                referenced_sop_instance_uid=first.SOPInstanceUID,
+            )
+        ],
+    )
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.COMMENT,
+            value=text[:1024],
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return _document([group], by_uid, algorithm, job_key, series_number, 1, notice=True)
+
+
+def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
         name=algorithm.name,
         version=algorithm.version,
         manufacturer=algorithm.manufacturer,
@@ -462,9 +526,22 @@ def build_sr(
             f"weights-sha256={algorithm.weights_sha256}",
         ],
     )
-    groups = [
-        _measurement_group(i, f, by_uid, algorithm_id, job_key) for i, f in enumerate(findings)
-    ]
+
+
+def _document(
+    groups: Sequence[
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ],
+    by_uid: dict[str, pydicom.Dataset],
+    algorithm: AlgorithmInfo,
+    job_key: str,
+    series_number: int,
+    instance_number: int,
+    *,
+    notice: bool = False,
+) -> pydicom.Dataset:
+    """The TID 1500 document around the measurement groups, in the source study."""
     observer = hd.sr.ObserverContext(
         observer_type=hd.sr.CodedConcept.from_code(codes.DEVICE_OBSERVER),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -492,13 +569,12 @@ def build_sr(
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=algorithm.series_description("SR"),
+        series_description=algorithm.series_description("notice" if notice else "SR"),
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.software_versions,
         contributing_equipment=[algorithm_contributing_equipment(algorithm)],
         transfer_syntax_uid=ExplicitVRLittleEndian,
     )
-    _identify_local_schemes(sr, findings)
     # The model's Device UID goes into the Contributing Equipment item only:
     # General Equipment (0018,1002) is Type 3 in current DICOM but unknown to
     # the dicom3tools release we validate with, which would flag the SR as a

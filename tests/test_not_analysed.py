@@ -1,0 +1,95 @@
+"""Silence is never mistaken for a negative: a study the AI could not analyse gets an SR that
+says so, and why, in the PACS.
+
+Tried as a new user would: a pelvis radiograph on which the hip demo finds no femoral neck
+(here a blank image labelled HIP, routed by the shipped ``hip-xr`` rule) used to end as a
+failed job in the node and nothing at all in the PACS.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from pipelines.common.phantoms import write_radiograph_study
+
+from dicom_validation import dciodvfy_errors
+from node import NodeProcess, pacs_node_config
+from peers import Orthanc
+
+pytestmark = pytest.mark.e2e
+
+
+def _blank_hip(tmp_path: Path) -> Path:
+    """A radiograph with nothing on it, labelled as a hip: no femoral neck to find."""
+    source = write_radiograph_study(tmp_path / "src", seed=71, index=0, lesion=False)
+    ds = pydicom.dcmread(source.path)
+    ds.BodyPartExamined = "HIP"
+    pixels = np.full((ds.Rows, ds.Columns), 100, dtype=ds.pixel_array.dtype)
+    ds.PixelData = pixels.tobytes()
+    out = tmp_path / "blank-hip.dcm"
+    ds.save_as(out)
+    return out
+
+
+def _comments(sr: pydicom.Dataset) -> list[str]:
+    """The TEXT items of concept (121106, DCM, "Comment")."""
+
+    def walk(items: pydicom.Sequence) -> list[str]:
+        found = []
+        for item in items:
+            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106":
+                found.append(str(item.TextValue))
+            if "ContentSequence" in item:
+                found += walk(item.ContentSequence)
+        return found
+
+    return walk(sr.ContentSequence)
+
+
+def test_a_study_the_model_cannot_analyse_gets_an_sr_saying_so(
+    pacs: Orthanc, node_port: int, tmp_path: Path, database_url: str, hip_demo_card: Path
+) -> None:
+    image = _blank_hip(tmp_path)
+    workdir = tmp_path / "node"
+    config = pacs_node_config(workdir, database_url, pacs, "hip-xr", port=node_port)
+    for peer in config["node"]["peers"]:
+        peer["complete_on_release"] = peer["ae_title"] == pacs.aet
+    with NodeProcess(workdir, config) as node:
+        pacs.upload(image)
+        study_id = pacs.find_study(pydicom.dcmread(image).StudyInstanceUID)
+        assert study_id is not None
+        assert pacs.store_to_modality("node", [study_id]).get("FailedInstancesCount", 0) == 0
+        pacs.wait_for(
+            lambda: len(pacs.study_instances(study_id)) >= 2,
+            timeout=180,
+            message=f"the not-analysed SR in the PACS\n{node.log_tail()}",
+        )
+        state, error = node.query("SELECT state, error FROM jobs")[0]
+        notices = node.query("SELECT detail FROM events WHERE kind = 'job-not-analysed'")
+    assert state == "failed" and "no femoral neck found" in error, error
+    assert len(notices) == 1
+    objects = [
+        pydicom.dcmread(io.BytesIO(pacs.instance_file(item["ID"])))
+        for item in pacs.study_instances(study_id)
+    ]
+    (sr,) = [ds for ds in objects if ds.Modality == "SR"]
+    assert "NOT ANALYSED" in sr.SeriesDescription and "hip-demo" in sr.SeriesDescription
+    (text,) = _comments(sr)
+    assert text.startswith("AI analysis not performed by hip-demo"), text
+    assert "no femoral neck found" in text and "check the route" not in text, text
+    assert dciodvfy_errors(sr) == []
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    assert report.PreliminaryFlag == "PRELIMINARY"
+    # nothing in it reads as a finding: no certainty, no present / absent
+    assert not [
+        item
+        for item in sr.ContentSequence[-1].ContentSequence[0].ContentSequence
+        if item.ValueType in ("NUM", "CODE")
+        and item.ConceptNameCodeSequence[0].CodeValue in ("111012", "121071")
+    ]
