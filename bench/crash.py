@@ -22,10 +22,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from crash import KINDS, Campaign, CampaignError, summary  # noqa: E402
-
 from bench.ray_cluster import RayCluster  # noqa: E402
 
+from crash import KINDS, Campaign, CampaignError, summary  # noqa: E402
 from node import DEMO_CARD  # noqa: E402
 from peers import Orthanc  # noqa: E402
 

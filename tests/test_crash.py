@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from crash import KINDS, Campaign, summary
 
 pytestmark = pytest.mark.e2e

@@ -29,13 +29,13 @@ from typing import Any
 
 import pydicom
 import pytest
-from crash import KINDS, Campaign, summary
 
 from bench.ray_cluster import RayCluster, replica_pids
 from pipelines.card import load_card
 from pipelines.cxr.synth import write_cxr_dataset
 from pipelines.ich.synth import write_head_ct_series
 
+from crash import KINDS, Campaign, summary
 from dicom_validation import dciodvfy_errors
 from node import NodeProcess, node_config, pacs_node_config
 from peers import Orthanc, free_port, wait_for

@@ -251,18 +251,21 @@ def test_algorithm_info(algorithm: AlgorithmInfo) -> None:
     assert algorithm.series_description("SR") == (
         "AI generic-demo 0.1.0 findings - NOT FOR DIAGNOSTIC USE"
     )
+    assert algorithm.series_description("notice") == (
+        "AI NOT ANALYSED generic-demo 0.1.0 - NOT FOR DIAGNOSTIC USE"
+    )
     clinical = AlgorithmInfo("generic-demo", "0.1.0", "generic", SHA, True, "0.1.0")
     assert clinical.series_description("SR") == "AI generic-demo 0.1.0 findings"
 
     long = AlgorithmInfo(
         "a-very-long-model-card-name-" * 2, "12.34.56", "generic", SHA, False, "0.1.0"
     )
-    for kind in ("SR", "SC"):
+    for kind, head in (("SR", "AI a-very-long"), ("SC", "AI a-very-long"), ("notice", "AI NOT")):
         text = long.series_description(kind)  # type: ignore[arg-type]
         assert len(text) <= 64
         assert text.endswith(" - " + NOT_FOR_DIAGNOSTIC_USE), "the warning is never cut"
-        assert text.startswith("AI a-very-long") and "12.34.56" in text
-    with pytest.raises(ValueError, match="'SR' or 'SC'"):
+        assert text.startswith(head) and "12.34.56" in text
+    with pytest.raises(ValueError, match="'SR', 'SC' or 'notice'"):
         algorithm.series_description("SEG")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="64 hex digits"):
         AlgorithmInfo("m", "1", "p", "abc", False, "0.1.0")

@@ -25,6 +25,7 @@ from PIL import Image
 from pipelines.cxr.synth import write_cxr_dataset
 from pipelines.ich.synth import write_head_ct_series
 
+from inputs import blank_hip
 from node import NodeProcess, pacs_node_config
 from peers import DICOMWEB_PLUGIN, LOOPBACK, NODE_AET, PACS_AET, Orthanc, free_port
 from viewer import ViewerServer, launch_chromium
@@ -71,6 +72,8 @@ class ReadingRoom:
     browser: Any
     cxr_study: str
     ct_study: str
+    #: a study the hip model could not analyse: its SR says so
+    hip_study: str
     #: study UID -> modality -> the objects the PACS holds
     objects: dict[str, dict[str, list[pydicom.Dataset]]]
 
@@ -98,7 +101,10 @@ def _study_objects(pacs: Orthanc, study_uid: str) -> dict[str, list[pydicom.Data
 
 @pytest.fixture(scope="module")
 def room(
-    tmp_path_factory: pytest.TempPathFactory, cxr_demo_card: Path, ich_demo_card: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    cxr_demo_card: Path,
+    ich_demo_card: Path,
+    hip_demo_card: Path,
 ) -> Iterator[ReadingRoom]:
     work = tmp_path_factory.mktemp("reading-room")
     node_port = free_port()
@@ -114,28 +120,42 @@ def room(
     head = write_head_ct_series(
         work / "ct", seed=HELD_OUT_SEED, index=1, hemorrhages=("subdural",), n_slices=12
     )
+    hip = blank_hip(work / "hip")
     config = pacs_node_config(
-        work / "node", f"sqlite:///{work / 'node.db'}", pacs, "chest-xr", "head-ct", port=node_port
+        work / "node",
+        f"sqlite:///{work / 'node.db'}",
+        pacs,
+        "chest-xr",
+        "head-ct",
+        "hip-xr",
+        port=node_port,
     )
     try:
         with NodeProcess(work / "node", config) as node:
             pacs.upload(image.path)
             for s in head:
                 pacs.upload(s.path)
+            pacs.upload(hip)
             cxr_id = pacs.find_study(image.study_instance_uid)
             ct_id = pacs.find_study(head[0].study_instance_uid)
-            pacs.store_to_modality("node", [cxr_id, ct_id])
+            hip_id = pacs.find_study(pydicom.dcmread(hip).StudyInstanceUID)
+            pacs.store_to_modality("node", [cxr_id, ct_id, hip_id])
             pacs.wait_for(
                 lambda: (
                     len(pacs.study_instances(cxr_id)) >= 3
                     and len(pacs.study_instances(ct_id)) >= len(head) + 2
+                    and len(pacs.study_instances(hip_id)) >= 2
                 ),
                 timeout=300,
                 message=f"results back in the PACS\n{node.log_tail()}",
             )
         shutil.rmtree(ARTIFACTS, ignore_errors=True)
         ARTIFACTS.mkdir(parents=True)
-        studies = (image.study_instance_uid, head[0].study_instance_uid)
+        studies = (
+            image.study_instance_uid,
+            head[0].study_instance_uid,
+            str(pydicom.dcmread(hip).StudyInstanceUID),
+        )
         objects = {uid: _study_objects(pacs, uid) for uid in studies}
         with ViewerServer(pacs.http_port) as viewer, launch_chromium() as browser:
             yield ReadingRoom(pacs, viewer, browser, *studies, objects)
@@ -346,4 +366,28 @@ def test_head_ct_sr_places_its_six_labels_and_a_click_opens_the_slice(room: Read
             f"(uid) => {viewport}.getCurrentImageId().includes(uid)", arg=group.image_uid
         )
     page.screenshot(path=ARTIFACTS / "6-head-ct-tracked.png")
+    page.close()
+
+
+def test_a_not_analysed_sr_is_listed_as_such_and_draws_nothing(room: ReadingRoom) -> None:
+    """The study browser names the notice first ("AI NOT ANALYSED ..."); opened, it loads
+    without an error and draws nothing a radiologist could take for a finding."""
+    (sr,) = room.objects[room.hip_study]["SR"]
+    page = room.open(room.hip_study)
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-cy=\"series-description-label\"]').length >= 2"
+    )
+    shown = page.locator('[data-cy="series-description-label"]').all_inner_texts()
+    assert sr.SeriesDescription in shown, shown
+    assert sr.SeriesDescription.startswith("AI NOT ANALYSED hip-demo")
+    page.locator('[data-cy="study-browser-thumbnail-no-image"]').dblclick()
+    page.wait_for_timeout(5_000)
+    page.screenshot(path=ARTIFACTS / "5-not-analysed.png")
+    drawn = page.evaluate(
+        "() => window.cornerstoneTools.annotation.state.getAllAnnotations()"
+        ".filter(a => a.metadata.toolName !== 'ReferenceLines').length"
+    )
+    assert drawn == 0
+    body = page.inner_text("body").lower()
+    assert "error" not in body and "failed" not in body, body[:2000]
     page.close()

@@ -34,7 +34,7 @@ LO_MAX = 64
 #: Appended to every series description of a model not validated for clinical use.
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE"
 
-_KIND_WORDS: dict[str, str] = {"SR": "findings", "SC": "heatmap", "notice": "NOT ANALYSED"}
+_KIND_WORDS: dict[str, str] = {"SR": "findings", "SC": "heatmap", "notice": ""}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -153,7 +153,8 @@ class AlgorithmInfo:
     def series_description(self, kind: Literal["SR", "SC", "notice"]) -> str:
         """Series Description (LO, at most 64 characters) for a result series.
 
-        Reads like ``"AI generic-demo 0.1.0 heatmap - NOT FOR DIAGNOSTIC USE"``.
+        Reads like ``"AI generic-demo 0.1.0 heatmap - NOT FOR DIAGNOSTIC USE"``, or
+        ``"AI NOT ANALYSED hip-demo 0.1.0 - NOT FOR DIAGNOSTIC USE"`` for a notice.
         It is what the radiologist sees in the PACS series list, so it must
         name the model and, for a model not validated for clinical use, carry
         the warning. When too long, the model part is shortened (name first,
@@ -168,7 +169,7 @@ class AlgorithmInfo:
         Raises
         ------
         ValueError
-            If ``kind`` is not ``"SR"`` or ``"SC"``.
+            If ``kind`` is not one of those.
         """
         try:
             word = _KIND_WORDS[kind]
@@ -178,14 +179,16 @@ class AlgorithmInfo:
             ) from None
         suffix = "" if self.for_diagnostic_use else f" - {NOT_FOR_DIAGNOSTIC_USE}"
         budget = LO_MAX - len(suffix)
-        tail = f" {self.version} {word}"
-        model = f"AI {self.name}{tail}"
+        # a notice says so first, where a viewer's narrow series list still shows it
+        head = "AI NOT ANALYSED " if kind == "notice" else "AI "
+        tail = f" {self.version}" + (f" {word}" if word else "")
+        model = f"{head}{self.name}{tail}"
         if len(model) > budget:
             # Shorten the model name first: the version and kind are short and
             # tell the radiologist which result this is.
-            room = budget - len("AI ") - len(tail) - len("..")
+            room = budget - len(head) - len(tail) - len("..")
             if room >= 1:
-                model = f"AI {self.name[:room].rstrip()}..{tail}"
+                model = f"{head}{self.name[:room].rstrip()}..{tail}"
             else:
                 model = model[: budget - 2].rstrip() + ".."
         return model + suffix
