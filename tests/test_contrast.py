@@ -198,7 +198,12 @@ def test_explain_shows_what_decided(tmp_path: Path) -> None:
             ["ct-gb-contrast"],
         ),
         ({"BodyPartExamined": "ABDOMEN", "SeriesDescription": "ABD W/O"}, ["ct-gb-noncontrast"]),
-        ({"BodyPartExamined": "HEAD", "ContrastBolusAgent": "OMNIPAQUE 350"}, ["ich"]),
+        ({"BodyPartExamined": "HEAD"}, ["ich"]),
+        ({"SeriesDescription": "BRAIN 5mm"}, ["ich"]),
+        # the hemorrhage model was trained on non-contrast CT: contrast head CT and CTA get none
+        ({"BodyPartExamined": "HEAD", "ContrastBolusAgent": "OMNIPAQUE 350"}, ["generic"]),
+        ({"BodyPartExamined": "HEAD", "SeriesDescription": "CTA Circle of Willis"}, ["generic"]),
+        ({"SeriesDescription": "CTA HEAD NECK"}, ["generic"]),
         ({"Modality": "DX", "BodyPartExamined": "PELVIS"}, ["hip-osteoporosis"]),
         ({"Modality": "CR", "BodyPartExamined": "HIP"}, ["hip-osteoporosis"]),
         ({"Modality": "DX", "BodyPartExamined": "CHEST"}, ["cxr-findings"]),
@@ -211,3 +216,24 @@ def test_the_shipped_routes_send_each_study_to_its_model(
     config = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
     fired = fired_routes(config.routes, ct(**attrs), "ORTHANC")
     assert [r.pipeline for r in fired] == pipelines
+
+
+def test_route_explain_says_why_a_contrast_head_ct_gets_no_hemorrhage_result(
+    tmp_path: Path,
+) -> None:
+    config = load_config(Path(__file__).resolve().parent.parent / "config.yaml")
+    path = tmp_path / "cta.dcm"
+    ds = ct(BodyPartExamined="HEAD", SeriesDescription="CTA Circle of Willis")
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = (
+        CTImageStorage,
+        generate_uid(),
+        generate_uid(),
+    )
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    text = format_explanation(explain_paths(config.routes, [path], "ORTHANC"))
+    assert (
+        "[x] head-ct: contrast is 'enhanced', not 'unenhanced' "
+        "(SeriesDescription 'CTA Circle of Willis' names a contrast phase)"
+    ) in text, text
