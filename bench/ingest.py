@@ -18,6 +18,7 @@ Run: ``.venv/bin/python -m bench.ingest [--slices 300] [--parallel 4] [--receive
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -91,6 +92,33 @@ def split(files: Sequence[Path], parts: int) -> list[list[Path]]:
     return [list(files[i::parts]) for i in range(parts)]
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process tree: ``root``, its reaped children (a forked
+    storescp's), and every live descendant (the node's receivers)."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            stats[int(entry.name)] = text.rsplit(")", 1)[1].split()
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        tree.add(pid)
+        todo += [p for p, f in stats.items() if int(f[1]) == pid and p not in tree]
+    user = system = 0.0
+    for pid in tree & stats.keys():
+        f = stats[pid]
+        user += int(f[11]) + (int(f[13]) if pid == root else 0)
+        system += int(f[12]) + (int(f[14]) if pid == root else 0)
+    return user / _TICK, system / _TICK
+
+
 def measure(
     name: str,
     send: Callable[[Sequence[Sequence[Path]]], float],
@@ -98,17 +126,36 @@ def measure(
     parallel: int,
     reset: Callable[[], None],
     repeat: int = 1,
+    pid: Callable[[], int] | None = None,
 ) -> dict[str, float]:
-    """Images/s over one and over ``parallel`` associations: the median of ``repeat`` sends."""
+    """Images/s over one and over ``parallel`` associations: the median of ``repeat`` sends.
+
+    With ``pid`` (the receiver's process), also the receiver's CPU per object (user and
+    system, milliseconds; the sender's own CPU not counted), the median over the sends.
+    """
     rates = {}
     for label, groups in (("1 assoc", [files]), (f"{parallel} assoc", split(files, parallel))):
-        runs = []
+        runs, cpu = [], []
         for _ in range(repeat):
             reset()
+            before = cpu_seconds(pid()) if pid else (0.0, 0.0)
             runs.append(len(files) / send(groups))
+            if pid:
+                after = cpu_seconds(pid())
+                cpu.append(
+                    tuple(1000 * (a - b) / len(files) for a, b in zip(after, before, strict=True))
+                )
         rates[label] = statistics.median(runs)
         spread = f" (runs {', '.join(f'{r:.0f}' for r in runs)})" if repeat > 1 else ""
-        print(f"  {name:<10} {label:>8}: {rates[label]:8.1f} img/s{spread}", flush=True)
+        used = ""
+        if cpu:
+            user = statistics.median(c[0] for c in cpu)
+            system = statistics.median(c[1] for c in cpu)
+            rates[f"{label} cpu ms"] = user + system
+            used = (
+                f"; receiver CPU {user + system:.2f} ms/object (user {user:.2f}, sys {system:.2f})"
+            )
+        print(f"  {name:<10} {label:>8}: {rates[label]:8.1f} img/s{spread}{used}", flush=True)
     return rates
 
 
@@ -149,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.parallel,
                 lambda: shutil.rmtree(scp.output_dir, ignore_errors=True) or scp.output_dir.mkdir(),
                 args.repeat,
+                lambda: scp.pid,
             )
         finally:
             scp.stop()
@@ -162,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.parallel,
                 orthanc.delete_all,
                 args.repeat,
+                lambda: orthanc.pid,
             )
         finally:
             orthanc.stop()
@@ -175,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.parallel,
                 lambda: None,
                 args.repeat,
+                lambda: bare.pid,
             )
         finally:
             bare.kill()
@@ -202,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.parallel,
                 fresh_node,
                 args.repeat,
+                lambda: node.process.pid,  # type: ignore[union-attr]
             )
             stored = node.scalar("SELECT count(*) FROM instances")  # type: ignore[union-attr]
             if stored != len(files):
@@ -211,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 node.stop()
 
         print("\nratios (node / baseline):")
-        for label in results["node"]:
+        for label in ("1 assoc", f"{args.parallel} assoc"):
             for base in ("storescp", "orthanc", "pynetdicom"):
                 ratio = results["node"][label] / results[base][label]
                 print(f"  {label:>8}: node/{base} = {ratio:.2f}")

@@ -422,6 +422,12 @@ class Orthanc:
         return f"http://{LOOPBACK}:{self.http_port}"
 
     @property
+    def pid(self) -> int:
+        """The Orthanc process (benchmarks read its CPU time)."""
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    @property
     def is_running(self) -> bool:
         """Whether the Orthanc process is alive."""
         return self._process is not None and self._process.poll() is None
@@ -1119,6 +1125,12 @@ class StoreSCP:
     def is_running(self) -> bool:
         """Whether the storescp process is alive."""
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int:
+        """The storescp process (benchmarks read its CPU time)."""
+        assert self._process is not None, "not started"
+        return self._process.pid
 
     def start(self, timeout: float = 15.0) -> Self:
         """Start storescp and wait until it accepts connections.
