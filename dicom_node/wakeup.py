@@ -61,7 +61,7 @@ class StageLoop:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        next_pass = time.monotonic() + self._interval()
+        next_pass = time.monotonic() + 1.0
         while True:
             with self._cond:
                 while not self._stopping:
@@ -75,7 +75,10 @@ class StageLoop:
                 now = time.monotonic()
                 while self._due and self._due[0] <= now:  # one pass serves every wake-up due
                     heapq.heappop(self._due)
-            next_pass = time.monotonic() + self._interval()
+            try:
+                next_pass = time.monotonic() + self._interval()
+            except Exception:  # noqa: BLE001 - a config in flux: poll again soon
+                next_pass = time.monotonic() + 1.0
             try:
                 self._work()
             except Exception:  # noqa: BLE001 - the index may be down a while; the timer tries again

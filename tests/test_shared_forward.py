@@ -250,3 +250,37 @@ def test_running_jobs_call_for_replicas_within_the_bounds() -> None:
         3,
         3,
     ]
+
+
+def test_the_ray_driver_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
+    """A driver process started from a short-lived thread (an HTTP request's) keeps running
+    after that thread ends (PR_SET_PDEATHSIG would kill it), and says why it cannot run."""
+    from dicom_node.config import LiveConfig
+    from dicom_node.jobs.driver import RayDriver
+
+    from peers import free_port
+
+    token = tmp_path / "token"
+    token.write_text("x" * 32)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"engine: {{kind: ray, address: '127.0.0.1:{free_port()}', token_file: {token}}}\n"
+        "pipelines: {g: {card: card.yaml}}\n"
+    )
+    live = LiveConfig(config)
+    driver = RayDriver(live().engine, live)  # type: ignore[arg-type]
+    answers: list[dict[str, str]] = []
+    request = threading.Thread(target=lambda: answers.append(driver.unavailable(live().pipelines)))
+    request.start()
+    request.join(60)
+    try:
+        assert "cannot be reached" in answers[0]["g"], answers
+        child = driver._child
+        assert child is not None
+        time.sleep(1.5)
+        assert child.process.is_alive(), "the driver died with the thread that started it"
+        assert "cannot be reached" in driver.unavailable(live().pipelines)["g"]
+        assert driver._child is child, "the same driver answers"
+    finally:
+        driver.close()
+    assert not child.process.is_alive()

@@ -93,8 +93,8 @@ class CompletionStage:
         self._held: set[str] = set()
         #: every instance with an id at or below this is covered by some completion
         self._floor = 0
-        #: (study, MPPS steps) whose missing instances were reported
-        self._reported: set[tuple[str, tuple[str, ...]]] = set()
+        #: study -> the MPPS steps whose missing instances were reported (until it completes)
+        self._reported: dict[str, tuple[str, ...]] = {}
 
     def poll(self, now: datetime | None = None) -> list[Completion]:
         """Complete every study that is due; return the new completion rows."""
@@ -232,6 +232,7 @@ class CompletionStage:
                     record(session, "complete", "completion-held", study_uid, why[:500])
                 return None
         self._held.discard(study_uid)
+        self._reported.pop(study_uid, None)
         return Completion(
             study_instance_uid=study_uid,
             generation=generation + 1,
@@ -258,11 +259,10 @@ class CompletionStage:
         """
         if not steps.missing or steps.completed_at is None:
             return
-        key = (study_uid, tuple(steps.steps))
         late = steps.completed_at <= now - timedelta(seconds=policy.mpps_timeout_seconds)
-        if key in self._reported or not (late or anyway):
+        if self._reported.get(study_uid) == tuple(steps.steps) or not (late or anyway):
             return
-        self._reported.add(key)
+        self._reported[study_uid] = tuple(steps.steps)
         shown = ", ".join(steps.missing[:5]) + (" …" if len(steps.missing) > 5 else "")
         detail = (
             f"MPPS {', '.join(steps.steps)} completed but {len(steps.missing)} listed "

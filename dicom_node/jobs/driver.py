@@ -35,7 +35,6 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from dicom_node.children import die_with_parent
 from dicom_node.config import LiveConfig, PipelineConfig, RayEngineSettings
 from dicom_node.jobs.engine import EngineFailure, Inference
 from dicom_node.logs import setup_logging
@@ -82,6 +81,10 @@ class _Child:
             try:
                 call_id, ok, value = self.conn.recv()
             except (EOFError, OSError):
+                break
+            except Exception:  # noqa: BLE001 - an answer the node cannot read: start afresh
+                log.exception("unreadable answer from the Ray driver process; stopping it")
+                self.process.kill()
                 break
             with self.lock:
                 future = self.calls.pop(call_id, None)
@@ -169,7 +172,9 @@ class RayDriver:
     def _short_timeout(self) -> float:
         return self.settings.connect_timeout_seconds + 5.0
 
-    def _call_on(self, child: _Child, method: str, args: tuple[Any, ...], timeout: float) -> Any:
+    def _call_on(
+        self, child: _Child, method: str, args: tuple[Any, ...], timeout: float | None
+    ) -> Any:
         with self._lock:
             self._next_id += 1
             call_id = self._next_id
@@ -177,24 +182,27 @@ class RayDriver:
         try:
             value = future.result(timeout)
         except FutureTimeout:
+            with child.lock:
+                child.calls.pop(call_id, None)
             self._stuck(child)
             raise EngineFailure(
-                f"the Ray driver process did not answer {method} within {timeout:g} s"
+                f"the Ray driver process did not answer {method} within {timeout} s"
             ) from None
         self._answered_at = time.monotonic()
         return value
 
-    def _call(self, method: str, *args: Any, timeout: float) -> Any:
+    def _call(self, method: str, *args: Any, timeout: float | None) -> Any:
         return self._call_on(self._current(), method, args, timeout)
 
     def _call_shared(self, method: str, *args: Any) -> Any:
         """Ask once for all callers at a time (``/health`` and claims ask the same)."""
         child = self._current()
+        key = f"{method}{sorted(args[0]) if args else ''}"
         with self._lock:
-            future = self._shared.get(method)
+            future = self._shared.get(key)
             if future is None or future.done():
                 future = Future()
-                self._shared[method] = future
+                self._shared[key] = future
                 mine = True
             else:
                 mine = False
@@ -220,9 +228,9 @@ class RayDriver:
     def infer(
         self, job_id: int, name: str, spec: PipelineConfig, inputs: Sequence[SeriesInput]
     ) -> Inference:
-        # the driver bounds every Ray call by call_timeout_seconds; this bounds the whole job
-        timeout = 2 * self.settings.call_timeout_seconds + 60.0
-        result: Inference = self._call("infer", job_id, name, spec, inputs, timeout=timeout)
+        # no bound here: the driver bounds each of its Ray calls by call_timeout_seconds, and
+        # a driver that stops answering is stopped (_stuck), which fails this call
+        result: Inference = self._call("infer", job_id, name, spec, inputs, timeout=None)
         return result
 
     def unavailable(self, pipelines: Mapping[str, PipelineConfig]) -> dict[str, str]:
@@ -270,7 +278,11 @@ class RayDriver:
 
 def driver_main(config_path: str, conn: Connection, parent: int) -> None:
     """Entry point of the driver process: answer the node's calls until it says close."""
-    die_with_parent(parent)
+    # Not PR_SET_PDEATHSIG: Linux sends it when the *thread* that started this process ends,
+    # and a new driver may be started from a short-lived thread (an HTTP request's). The
+    # node's death ends the pipe (EOF below), and a watch on the parent backs that up.
+    if os.getppid() != parent:
+        os._exit(1)
     # the node decides when this process stops (close, or its own death)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -289,14 +301,21 @@ def driver_main(config_path: str, conn: Connection, parent: int) -> None:
         except Exception as exc:  # noqa: BLE001 - the node re-raises it
             reply = (call_id, False, _portable(exc))
         with send_lock:
-            conn.send(reply)
+            try:
+                conn.send(reply)
+            except (OSError, EOFError):
+                return  # the node is gone
+            except Exception as exc:  # noqa: BLE001 - an answer that cannot be pickled
+                conn.send((call_id, False, EngineFailure(f"unsendable answer: {exc}")))
 
-    def watch_config() -> None:
+    def watch() -> None:
         while True:
             time.sleep(CONFIG_CHECK_SECONDS)
+            if os.getppid() != parent:
+                os._exit(1)
             live.check()
 
-    threading.Thread(target=watch_config, name="config-watch", daemon=True).start()
+    threading.Thread(target=watch, name="watch", daemon=True).start()
     while True:
         try:
             call_id, method, args = conn.recv()

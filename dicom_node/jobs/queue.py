@@ -143,16 +143,26 @@ def recover(sessions: sessionmaker[Session]) -> int:
     return count
 
 
-def retry(sessions: sessionmaker[Session], job_id: int, reason: str, max_attempts: int) -> bool:
+def retry(
+    sessions: sessionmaker[Session],
+    job_id: int,
+    reason: str,
+    max_attempts: int,
+    *,
+    fail_last: bool = True,
+) -> bool:
     """Queue a job again after its engine failed, or fail it once it had ``max_attempts``.
 
     Returns True when the job was queued again. Its ``error`` keeps the
     reason either way, so ``status`` shows why a pending job is on its
-    second attempt.
+    second attempt. With ``fail_last=False`` a job out of attempts is left
+    as it is, for the caller to fail (with its notice, in one transaction).
     """
     with transaction(sessions) as session:
         job = session.get(Job, job_id)
         if job is None:
+            return False
+        if job.attempts >= max_attempts and not fail_last:
             return False
         if job.attempts >= max_attempts:
             job.state = JobState.FAILED

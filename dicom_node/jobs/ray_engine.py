@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import socket
 import threading
 import time
@@ -107,6 +108,8 @@ class _Replica:
     down_since: float | None = None
     #: started above ``replicas`` while busy: it takes jobs once loaded, and stops when idle
     extra: bool = False
+    #: an extra replica that never answered (no node could place it, or its model failed)
+    load_failed: bool = False
     last_used: float = field(default_factory=time.monotonic)
 
 
@@ -325,6 +328,7 @@ class RayEngine:
                 replica.last_used = time.monotonic()  # idle from when it can take jobs
             except Exception as exc:  # noqa: BLE001 - it stays out of the jobs' way
                 log.error("pipeline %s: replica %d did not start: %s", name, number, exc)
+                replica.load_failed = True  # stopped after idle_seconds, like an idle one
 
         threading.Thread(target=load, name="ray-scale", daemon=True).start()
 
@@ -339,9 +343,16 @@ class RayEngine:
                 spec = pipelines.get(name)
                 idle_seconds = spec.ray.idle_seconds if spec else 0.0
                 for replica in [r for r in group.replicas if r.extra and not r.busy]:
+                    # one that is loading, or down and being revived, is not idle
+                    settled = bool(replica.info) or replica.load_failed
+                    if not settled or replica.down_since is not None:
+                        continue
                     if now - replica.last_used >= idle_seconds:
+                        try:
+                            ray.kill(replica.handle)
+                        except Exception as exc:  # noqa: BLE001 - gone already, or the cluster is
+                            log.warning("pipeline %s: replica %d: %s", name, replica.number, exc)
                         group.replicas.remove(replica)
-                        ray.kill(replica.handle)
                         log.info(
                             "pipeline %s: stopped replica %d, idle for %.0f s (%d left)",
                             name,
@@ -365,7 +376,10 @@ class RayEngine:
 
         for group in [g for g in self._retired if not g.busy]:
             for replica in group.replicas:
-                ray.kill(replica.handle)
+                try:
+                    ray.kill(replica.handle)
+                except Exception as exc:  # noqa: BLE001 - dead already, or the cluster is gone
+                    log.warning("pipeline %s: replica %d: %s", group.name, replica.number, exc)
             self._retired.remove(group)
             log.info(
                 "pipeline %s: stopped the replicas of sha256 %s…", group.name, group.sha256[:12]
@@ -396,7 +410,7 @@ class RayEngine:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def _send(self, replica: _Replica, job_id: int, inputs: Sequence[SeriesInput]) -> Layout:
+    def _send(self, replica: _Replica, transfer: str, inputs: Sequence[SeriesInput]) -> Layout:
         """Send a job's files to ``replica`` in chunks of about ``chunk_mb``, one call each.
 
         Each chunk is in the object store only while its call runs, and the
@@ -413,12 +427,14 @@ class RayEngine:
         for path in (path for s in inputs for path in s.files):
             data = path.read_bytes()
             if chunk and size + len(data) > limit:
-                sent = ray.get(replica.handle.receive.remote(job_id, sent, chunk), timeout=timeout)
+                sent = ray.get(
+                    replica.handle.receive.remote(transfer, sent, chunk), timeout=timeout
+                )
                 chunk, size = [], 0
             chunk.append(data)
             size += len(data)
         if chunk or not sent:
-            ray.get(replica.handle.receive.remote(job_id, sent, chunk), timeout=timeout)
+            ray.get(replica.handle.receive.remote(transfer, sent, chunk), timeout=timeout)
         return [(s.series_instance_uid, len(s.files)) for s in inputs]
 
     def infer(
@@ -443,8 +459,9 @@ class RayEngine:
                 self._describe(name, replica)
             call = None
             try:
-                layout = self._send(replica, job_id, inputs)
-                call = replica.handle.infer.remote(job_id, layout)
+                transfer = f"{job_id}.{secrets.token_hex(4)}"  # this attempt's own files
+                layout = self._send(replica, transfer, inputs)
+                call = replica.handle.infer.remote(transfer, layout)
                 result, stats = ray.get(call, timeout=self.settings.call_timeout_seconds)
             except rx.GetTimeoutError as exc:
                 if call is not None:
@@ -507,10 +524,17 @@ class RayEngine:
             except rx.GetTimeoutError:
                 continue  # restarting: loading its model, or waiting for a node to host it
             except rx.ActorDiedError as exc:
-                log.error("pipeline %s: replica %d cannot restart: %s", name, replica.number, exc)
                 with self._lock:
+                    if replica not in group.replicas:
+                        return  # stopped on purpose (scaled down)
+                    log.error(
+                        "pipeline %s: replica %d cannot restart: %s", name, replica.number, exc
+                    )
                     if self._groups.get(name) is group:
+                        # new replicas for the next job; the others stop once idle
                         del self._groups[name]
+                        self._retired.append(group)
+                        self._reap()
                 return
             except rx.RayError:
                 time.sleep(1.0)  # unavailable for a moment while Ray restarts it

@@ -112,14 +112,15 @@ class ModelReplica:
             "peak_rss_mb": _peak_rss_mb(),
         }
 
-    def receive(self, job_id: int, first: int, files: list[bytes]) -> int:
-        """Store files ``first``, ``first + 1``, ... of a job; return how many it has now.
+    def receive(self, transfer: str, first: int, files: list[bytes]) -> int:
+        """Store files ``first``, ``first + 1``, ... of a transfer; return how many it has now.
 
         The node sends a series chunk by chunk, one call each, so the object
-        store holds one chunk of it at a time however long the series. A job
-        sent again (a retry) starts afresh at ``first == 0``.
+        store holds one chunk of it at a time however long the series. Each
+        attempt at a job is a transfer of its own (``<job id>.<random>``), so
+        an attempt the node gave up on never touches its retry's files.
         """
-        folder = self.jobs / str(job_id)
+        folder = self.jobs / _safe(transfer)
         if first == 0:
             shutil.rmtree(folder, ignore_errors=True)
             self._sweep()
@@ -137,7 +138,7 @@ class ModelReplica:
             except OSError:
                 continue
 
-    def infer(self, job_id: int, layout: Layout) -> tuple[PipelineResult, BatchStats]:
+    def infer(self, transfer: str, layout: Layout) -> tuple[PipelineResult, BatchStats]:
         """Run one job on the files :meth:`receive` stored for it, then remove them.
 
         Raises
@@ -146,12 +147,12 @@ class ModelReplica:
             If the files are not all here (this process restarted meanwhile): the node
             sends the job again.
         """
-        folder = self.jobs / str(job_id)
+        folder = self.jobs / _safe(transfer)
         try:
             expected = sum(count for _, count in layout)
             found = len(list(folder.glob("*.dcm"))) if folder.is_dir() else 0
             if found != expected:
-                raise IncompleteTransfer(f"job {job_id}: {found} of {expected} files arrived")
+                raise IncompleteTransfer(f"job {transfer}: {found} of {expected} files arrived")
             series, first = [], 0
             for uid, count in layout:
                 files = tuple(folder / file_name(i) for i in range(first, first + count))
@@ -168,3 +169,10 @@ class ModelReplica:
 
     def __del__(self) -> None:
         shutil.rmtree(getattr(self, "folder", ""), ignore_errors=True)
+
+
+def _safe(transfer: str) -> str:
+    """A transfer key as a folder name (the node makes them; refuse anything else)."""
+    if not transfer or not all(c.isalnum() or c in "._-" for c in transfer) or ".." in transfer:
+        raise ValueError(f"not a transfer key: {transfer!r}")
+    return transfer

@@ -170,8 +170,13 @@ class JobRunner:
             self._not_analysed(job_id, words, fail=f"unusable input: {exc}")
             return False
         except EngineFailure as exc:
+            if self._stop.is_set():
+                # the stop closed the engine under it: not the job's attempt; left running,
+                # it is queued again at the next start (queue.recover)
+                log.info("job %d: cut off by the stop; it runs again at the next start", job_id)
+                return False
             attempts = self._config().jobs.max_attempts
-            again = queue.retry(self.sessions, job_id, str(exc), attempts)
+            again = queue.retry(self.sessions, job_id, str(exc), attempts, fail_last=False)
             log.warning(
                 "job %d: engine failed (%s); %s",
                 job_id,
@@ -179,7 +184,11 @@ class JobRunner:
                 "queued again" if again else "failed for good after its last attempt",
             )
             if not again:
-                self._not_analysed(job_id, f"the model could not run ({attempts} attempts)")
+                self._not_analysed(
+                    job_id,
+                    f"the model could not run ({attempts} attempts)",
+                    fail=f"{exc} (gave up after {attempts} attempts)",
+                )
             return False
         except Exception as exc:  # noqa: BLE001 - one bad job must not stop the worker
             log.exception("job %d failed", job_id)
