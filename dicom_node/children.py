@@ -1,4 +1,8 @@
-"""The node's child processes (receivers, the Ray driver) never outlive it."""
+"""The node's receiver processes never outlive it.
+
+(Not the Ray driver: see :func:`dicom_node.jobs.driver.driver_main` for why it does not use
+PR_SET_PDEATHSIG.)
+"""
 
 from __future__ import annotations
 

@@ -283,7 +283,8 @@ def completion_marks(session: Session) -> dict[str, int]:
 
 
 def completion_counts(session: Session) -> dict[str, int]:
-    """How many study completions each signal made (``released``, ``quiet``, ``forced``)."""
+    """How many study completions each signal made (``mpps``, ``released``, ``quiet``,
+    ``forced``)."""
     rows = session.execute(
         select(Completion.reason, func.count()).group_by(Completion.reason)
     ).all()

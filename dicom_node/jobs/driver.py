@@ -155,11 +155,19 @@ class RayDriver:
             ).start()
             log.info("started the Ray driver process (pid %s)", process.pid)
         if self._preloaded is not None:  # a new driver warms what the last one had
-            try:
-                self._call_on(child, "preload", (self._preloaded,), self._short_timeout)
-            except EngineFailure as exc:
-                log.error("Ray replicas not started yet: %s (they start with the first job)", exc)
+            self._warm(child, self._preloaded, self._short_timeout)
         return child
+
+    def _warm(
+        self, child: _Child, pipelines: dict[str, PipelineConfig], timeout: float
+    ) -> dict[str, str]:
+        """Have the driver start every pipeline's replicas; the ones that failed, with why."""
+        try:
+            failed: dict[str, str] = self._call_on(child, "preload", (pipelines,), timeout)
+        except EngineFailure as exc:
+            log.error("Ray replicas not started yet: %s (they start with the first job)", exc)
+            return {}
+        return failed
 
     def _exited(self, child: _Child, reason: str) -> None:
         with self._lock:
@@ -242,8 +250,8 @@ class RayDriver:
 
     def preload(self, pipelines: Mapping[str, PipelineConfig]) -> dict[str, str]:
         try:
-            failed: dict[str, str] = self._call("preload", dict(pipelines), timeout=30.0)
-        except EngineFailure as exc:
+            failed = self._warm(self._current(), dict(pipelines), 30.0)
+        except EngineFailure as exc:  # no driver now (restarting): it warms them when it starts
             log.error("Ray replicas not started yet: %s (they start with the first job)", exc)
             failed = {}
         self._preloaded = dict(pipelines)

@@ -334,7 +334,6 @@ class RayEngine:
 
     def _scale_down(self) -> None:
         """Stop replicas above ``replicas`` that ran no job for ``idle_seconds``."""
-        import ray
 
         pipelines = self._config().pipelines
         now = time.monotonic()
@@ -348,10 +347,7 @@ class RayEngine:
                     if not settled or replica.down_since is not None:
                         continue
                     if now - replica.last_used >= idle_seconds:
-                        try:
-                            ray.kill(replica.handle)
-                        except Exception as exc:  # noqa: BLE001 - gone already, or the cluster is
-                            log.warning("pipeline %s: replica %d: %s", name, replica.number, exc)
+                        _kill(name, replica)
                         group.replicas.remove(replica)
                         log.info(
                             "pipeline %s: stopped replica %d, idle for %.0f s (%d left)",
@@ -372,14 +368,10 @@ class RayEngine:
 
     def _reap(self) -> None:
         """Stop the replicas of retired card versions that have no job left."""
-        import ray
 
         for group in [g for g in self._retired if not g.busy]:
             for replica in group.replicas:
-                try:
-                    ray.kill(replica.handle)
-                except Exception as exc:  # noqa: BLE001 - dead already, or the cluster is gone
-                    log.warning("pipeline %s: replica %d: %s", group.name, replica.number, exc)
+                _kill(group.name, replica)
             self._retired.remove(group)
             log.info(
                 "pipeline %s: stopped the replicas of sha256 %s…", group.name, group.sha256[:12]
@@ -553,6 +545,16 @@ class RayEngine:
             self._retired.clear()
             ray.shutdown()
             self._connected = False
+
+
+def _kill(name: str, replica: _Replica) -> None:
+    """Stop a replica's actor; one already dead (or a cluster gone) is only logged."""
+    import ray
+
+    try:
+        ray.kill(replica.handle)
+    except Exception as exc:  # noqa: BLE001 - dead already, or the cluster is gone
+        log.warning("pipeline %s: replica %d: %s", name, replica.number, exc)
 
 
 def _log_where(name: str, replica: _Replica, what: str) -> None:

@@ -52,7 +52,7 @@ class Router:
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
         #: the first header of recently seen series (series attributes do not change)
-        self._heads: OrderedDict[str, Dataset | None] = OrderedDict()
+        self._heads: OrderedDict[str, Dataset] = OrderedDict()
 
     def __call__(self, session: Session, completion: Completion, config: Config) -> None:
         selected = self._fired(session, completion.series_uids, config, explain=True)
@@ -94,21 +94,22 @@ class Router:
     def _missing(self, session: Session, study_uid: str, route: Route) -> list[str]:
         if route.require is None:
             return []
-        heads = [
-            head
-            for uid, path in index.study_series(session, study_uid).items()
-            if (head := self._head(uid, path)) is not None and not is_own_result(head)
-        ]
+        heads = []
+        for uid, path in index.study_series(session, study_uid).items():
+            try:
+                head = self._head(uid, path)
+            except Exception:  # noqa: BLE001 - reported by _fired when the series is routed
+                continue
+            if not is_own_result(head):
+                heads.append(head)
         return missing_series(route.require, heads)
 
-    def _head(self, series_uid: str, path: str) -> Dataset | None:
+    def _head(self, series_uid: str, path: str) -> Dataset:
+        """The header of a series' first instance, read once (a failed read is not kept)."""
         if series_uid in self._heads:
             self._heads.move_to_end(series_uid)
             return self._heads[series_uid]
-        try:
-            head = dcmread(self.spool.absolute(path), stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - reported by _fired when the series is routed
-            head = None
+        head = dcmread(self.spool.absolute(path), stop_before_pixels=True)
         self._heads[series_uid] = head
         if len(self._heads) > HEADS_KEPT:
             self._heads.popitem(last=False)
@@ -132,7 +133,7 @@ class Router:
             if not paths:
                 continue
             try:
-                header = dcmread(self.spool.absolute(paths[0]), stop_before_pixels=True)
+                header = self._head(series_uid, paths[0])
             except Exception as exc:  # noqa: BLE001 - an unreadable file must not block the study
                 if explain:
                     log.error("series %s not routed: cannot read %s: %s", series_uid, paths[0], exc)
