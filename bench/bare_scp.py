@@ -8,11 +8,18 @@ the kernel wrote any of it to disk, so this is a receiver with no disk work,
 no parsing and no index: what the node adds to a C-STORE shows as the gap
 between it and this one.
 
-Run: ``python -m bench.bare_scp PORT [AE_TITLE [TMP_FOLDER]]``; it serves until killed.
+With ``PROCESSES`` above 1 it runs that many such processes on one shared
+listening socket, as the node's receivers do: the floor under the node's
+receivers for parallel associations, each process with its own GIL.
+
+Run: ``python -m bench.bare_scp PORT [AE_TITLE [TMP_FOLDER [PROCESSES]]]``; it serves until killed.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -20,10 +27,17 @@ from collections.abc import Sequence
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 
+from dicom_node.receive.scp import ReusePortServer, SharedSocketServer, listening_socket
+
 AE_TITLE = "BARE_SCP"
 
 
-def serve(port: int, ae_title: str = AE_TITLE, tmp: str | None = None) -> None:
+def serve(
+    port: int,
+    ae_title: str = AE_TITLE,
+    tmp: str | None = None,
+    listener: socket.socket | None = None,
+) -> None:
     _config.STORE_RECV_CHUNKED_DATASET = True
     if tmp is not None:
         tempfile.tempdir = tmp
@@ -31,14 +45,31 @@ def serve(port: int, ae_title: str = AE_TITLE, tmp: str | None = None) -> None:
     ae.maximum_pdu_size = 1 << 20
     for context in AllStoragePresentationContexts:
         ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    ae.start_server(
-        ("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)]
+    server = ae.make_server(
+        ("127.0.0.1", port),
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)],
+        server_class=(
+            functools.partial(SharedSocketServer, listener=listener)
+            if listener is not None
+            else ReusePortServer
+        ),
     )
+    server.serve_forever()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    serve(int(args[0]), *args[1:3])
+    port = int(args[0])
+    ae_title = args[1] if len(args) > 1 else AE_TITLE
+    tmp = args[2] if len(args) > 2 else None
+    processes = int(args[3]) if len(args) > 3 else 1
+    # several processes share one listening socket, as the node's receivers do
+    listener = listening_socket("127.0.0.1", port) if processes > 1 else None
+    for _ in range(processes - 1):
+        if os.fork() == 0:  # children serve the same socket; killing the group ends them all
+            serve(port, ae_title, tmp, listener)
+            os._exit(0)
+    serve(port, ae_title, tmp, listener)
     return 0
 
 

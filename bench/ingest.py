@@ -3,23 +3,31 @@
 Sends the same synthetic CT series (default 300 slices of 512×512, 16-bit)
 with DCMTK ``storescu`` — over one association, then split over N parallel
 associations — to each receiver, and prints images/s and the node's ratio
-to each baseline. storescp writes without fsync; Orthanc fsyncs each file
-and keeps a durable index; the node fsyncs every object and its index
-before answering Success. A fourth baseline, pynetdicom with a handler that
-does nothing (:mod:`bench.bare_scp`), is the floor under the node: on one
-association storescu waits for each answer, so every millisecond of the
-path adds up, and this shows how much of it is the library's own.
+to each baseline. storescp writes without fsync; Orthanc fdatasyncs each
+file; the node fsyncs each object with its receipt before answering Success
+(its index row follows, in groups: :mod:`dicom_node.receive.indexer`). Two
+more baselines, pynetdicom with a handler that does nothing
+(:mod:`bench.bare_scp`), in one process and in as many processes as the
+node has receivers, are the floor under the node: on one association
+storescu waits for each answer, so every millisecond of the path adds up,
+and this shows how much of it is the library's own.
 
-Run: ``.venv/bin/python -m bench.ingest [--slices 300] [--parallel 4] [--receivers 4] [--repeat 3]``
-(``--repeat`` sends each case that many times and reports the median;
-``--smoke`` sends a few slices only: CI runs it so the benchmark cannot rot).
+Every receiver runs from the start; the sends take turns, receiver after
+receiver, round after round, so that the machine's drift falls on all of
+them alike, and each ratio is the median of the rounds' ratios.
+
+Run: ``.venv/bin/python -m bench.ingest [--slices 300] [--parallel 4] [--receivers 2] [--repeat 3]``
+(``--repeat``: rounds; ``--smoke`` sends a few slices only: CI runs it so the
+benchmark cannot rot).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -27,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -119,63 +128,146 @@ def cpu_seconds(root: int) -> tuple[float, float]:
     return user / _TICK, system / _TICK
 
 
+@dataclass
+class Receiver:
+    """One receiver under test: how to send to it, to empty it, and whose CPU to count."""
+
+    name: str
+    send: Callable[[Sequence[Sequence[Path]]], float]
+    reset: Callable[[], None]
+    pid: Callable[[], int]
+    runs: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
 def measure(
-    name: str,
-    send: Callable[[Sequence[Sequence[Path]]], float],
+    receivers: Sequence[Receiver],
     files: Sequence[Path],
     parallel: int,
-    reset: Callable[[], None],
     repeat: int = 1,
-    pid: Callable[[], int] | None = None,
-) -> dict[str, float]:
-    """Images/s over one and over ``parallel`` associations: the median of ``repeat`` sends.
+) -> None:
+    """Send the series to every receiver, over one and over ``parallel`` associations,
+    ``repeat`` rounds, the receivers taking turns within each round (in a rotating order).
 
-    With ``pid`` (the receiver's process), also the receiver's CPU per object (user and
-    system, milliseconds; the sender's own CPU not counted), the median over the sends.
+    Interleaved, so that the machine's drift (a shared VM varies by a third over minutes)
+    falls on every receiver alike: each round's ratios compare sends made minutes apart at
+    most. Records each send's images/s and the receiver's CPU per object (its process
+    tree's user and system time over the send, milliseconds; the sender's not counted).
     """
-    rates = {}
     for label, groups in (("1 assoc", [files]), (f"{parallel} assoc", split(files, parallel))):
-        runs, cpu = [], []
-        for _ in range(repeat):
-            reset()
-            before = cpu_seconds(pid()) if pid else (0.0, 0.0)
-            runs.append(len(files) / send(groups))
-            if pid:
-                after = cpu_seconds(pid())
-                cpu.append(
-                    tuple(1000 * (a - b) / len(files) for a, b in zip(after, before, strict=True))
+        for round_ in range(repeat):
+            turn = round_ % len(receivers)
+            for receiver in [*receivers[turn:], *receivers[:turn]]:
+                receiver.reset()
+                before = cpu_seconds(receiver.pid())
+                receiver.runs.setdefault(label, []).append(len(files) / receiver.send(groups))
+                after = cpu_seconds(receiver.pid())
+                receiver.cpu.setdefault(label, []).append(
+                    tuple(1000 * (a - b) / len(files) for a, b in zip(after, before, strict=True))  # type: ignore[arg-type]
                 )
-        rates[label] = statistics.median(runs)
-        spread = f" (runs {', '.join(f'{r:.0f}' for r in runs)})" if repeat > 1 else ""
-        used = ""
-        if cpu:
-            user = statistics.median(c[0] for c in cpu)
-            system = statistics.median(c[1] for c in cpu)
-            rates[f"{label} cpu ms"] = user + system
-            used = (
-                f"; receiver CPU {user + system:.2f} ms/object (user {user:.2f}, sys {system:.2f})"
+        for receiver in receivers:
+            runs = receiver.runs[label]
+            user = statistics.median(c[0] for c in receiver.cpu[label])
+            system = statistics.median(c[1] for c in receiver.cpu[label])
+            spread = f" (runs {', '.join(f'{r:.0f}' for r in runs)})" if repeat > 1 else ""
+            print(
+                f"  {receiver.name:<12} {label:>8}: {statistics.median(runs):8.1f} img/s{spread}; "
+                f"receiver CPU {user + system:.2f} ms/object (user {user:.2f}, sys {system:.2f})",
+                flush=True,
             )
-        print(f"  {name:<10} {label:>8}: {rates[label]:8.1f} img/s{spread}{used}", flush=True)
-    return rates
 
 
-def bare_pynetdicom(work: Path, aet: str = "BARE_SCP") -> tuple[subprocess.Popen[bytes], int]:
-    """Start :mod:`bench.bare_scp` in its own process; return it and its port."""
+def ratios(node: Receiver, base: Receiver, label: str) -> tuple[float, list[float]]:
+    """node / base: the median of the rounds' ratios, and each round's."""
+    each = [n / b for n, b in zip(node.runs[label], base.runs[label], strict=True)]
+    return statistics.median(each), each
+
+
+def bare_pynetdicom(
+    work: Path, aet: str = "BARE_SCP", processes: int = 1
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start :mod:`bench.bare_scp` (``processes`` of them on one port, in a process group of
+    their own); return the first and the port."""
     port = free_port()
     (work / "bare-tmp").mkdir(exist_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.bare_scp", str(port), aet, str(work / "bare-tmp")],
+        [
+            sys.executable,
+            "-m",
+            "bench.bare_scp",
+            str(port),
+            aet,
+            str(work / "bare-tmp"),
+            str(processes),
+        ],
         cwd=Path(__file__).resolve().parent.parent,
+        start_new_session=True,
     )
     wait_for_port(port)
     return process, port
+
+
+def _empty(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+class _FreshNode:
+    """The node under test, started afresh (new spool and index) before each of its sends."""
+
+    def __init__(self, work: Path, receivers: int) -> None:
+        self.work = work
+        self.receivers = receivers
+        self.node: NodeProcess | None = None
+        self.count = 0
+
+    def reset(self) -> None:
+        self.stop()
+        folder = self.work / f"node{self.count}"
+        self.count += 1
+        config = node_config(folder, f"sqlite:///{folder}/index.db", routes=[])
+        config["pipelines"] = {}
+        config["node"]["receiver_processes"] = self.receivers
+        config["storage"]["min_free_disk_mb"] = 0
+        self.node = NodeProcess(folder, config).start()
+
+    def _running(self) -> NodeProcess:
+        if self.node is None or self.node.process is None:
+            raise RuntimeError("the node is not running: reset() first")
+        return self.node
+
+    def send(self, groups: Sequence[Sequence[Path]]) -> float:
+        return timed_send(self._running().port, NODE_AET, TEST_AET, groups)
+
+    def pid(self) -> int:
+        process = self._running().process
+        assert process is not None
+        return process.pid
+
+    def check(self, expected: int) -> None:
+        """The last send was indexed whole: a fast node that lost objects is no result."""
+        stored = self._running().scalar("SELECT count(*) FROM instances")
+        if stored != expected:
+            raise RuntimeError(f"node indexed {stored} of {expected} instances")
+
+    def stop(self) -> None:
+        if self.node is not None:
+            self.node.stop()
+            self.node = None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--parallel", type=int, default=4)
-    parser.add_argument("--receivers", type=int, default=4, help="node receiver processes")
+    parser.add_argument(
+        "--receivers", type=int, default=2, help="node receiver processes (the shipped config: 2)"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="sends per case; the median counts")
     parser.add_argument("--smoke", action="store_true", help="a few slices, to check it runs")
     args = parser.parse_args(argv)
@@ -185,89 +277,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = write_ct_series(work / "series", slices)
         mb = sum(p.stat().st_size for p in files) / 1e6
         print(f"{slices} CT slices, {mb:.0f} MB, storescu with TCP_NODELAY=1", flush=True)
-        results: dict[str, dict[str, float]] = {}
+        many = f"pynetdicom×{args.receivers}"  # as many processes as the node's receivers
+        with contextlib.ExitStack() as stack:
+            scp = StoreSCP(work / "storescp", extra_args=["--fork"]).start()
+            stack.callback(scp.stop)
+            orthanc = Orthanc(work / "orthanc").start()
+            stack.callback(orthanc.stop)
+            bare, bare_port = bare_pynetdicom(work, "BARE_SCP", 1)
+            stack.callback(_kill_group, bare)
+            bares, bares_port = bare_pynetdicom(work, "BARE_SCP", args.receivers)
+            stack.callback(_kill_group, bares)
+            nodes = _FreshNode(work, args.receivers)
+            stack.callback(nodes.stop)
+            receivers = [
+                Receiver(
+                    "storescp",
+                    lambda g: timed_send(scp.port, scp.aet, "STORESCU", g),
+                    lambda: _empty(scp.output_dir),
+                    lambda: scp.pid,
+                ),
+                Receiver(
+                    "orthanc",
+                    lambda g: timed_send(orthanc.dicom_port, orthanc.aet, "STORESCU", g),
+                    orthanc.delete_all,
+                    lambda: orthanc.pid,
+                ),
+                Receiver(
+                    "pynetdicom",
+                    lambda g: timed_send(bare_port, "BARE_SCP", "STORESCU", g),
+                    lambda: None,
+                    lambda: bare.pid,
+                ),
+                Receiver(
+                    many,
+                    lambda g: timed_send(bares_port, "BARE_SCP", "STORESCU", g),
+                    lambda: None,
+                    lambda: bares.pid,
+                ),
+                Receiver("dicom-node", nodes.send, nodes.reset, nodes.pid),
+            ]
+            measure(receivers, files, args.parallel, args.repeat)
+            nodes.check(len(files))
 
-        scp = StoreSCP(work / "storescp", extra_args=["--fork"]).start()
-        try:
-            results["storescp"] = measure(
-                "storescp",
-                lambda g: timed_send(scp.port, scp.aet, "STORESCU", g),
-                files,
-                args.parallel,
-                lambda: shutil.rmtree(scp.output_dir, ignore_errors=True) or scp.output_dir.mkdir(),
-                args.repeat,
-                lambda: scp.pid,
-            )
-        finally:
-            scp.stop()
-
-        orthanc = Orthanc(work / "orthanc").start()
-        try:
-            results["orthanc"] = measure(
-                "orthanc",
-                lambda g: timed_send(orthanc.dicom_port, orthanc.aet, "STORESCU", g),
-                files,
-                args.parallel,
-                orthanc.delete_all,
-                args.repeat,
-                lambda: orthanc.pid,
-            )
-        finally:
-            orthanc.stop()
-
-        bare, bare_port = bare_pynetdicom(work)
-        try:
-            results["pynetdicom"] = measure(
-                "pynetdicom",
-                lambda g: timed_send(bare_port, "BARE_SCP", "STORESCU", g),
-                files,
-                args.parallel,
-                lambda: None,
-                args.repeat,
-                lambda: bare.pid,
-            )
-        finally:
-            bare.kill()
-            bare.wait()
-
-        runs = iter(range(100))
-
-        def fresh_node() -> None:
-            nonlocal node
-            if node is not None:
-                node.stop()
-            folder = work / f"node{next(runs)}"
-            config = node_config(folder, f"sqlite:///{folder}/index.db", routes=[])
-            config["pipelines"] = {}
-            config["node"]["receiver_processes"] = args.receivers
-            config["storage"]["min_free_disk_mb"] = 0
-            node = NodeProcess(folder, config).start()
-
-        node: NodeProcess | None = None
-        try:
-            results["node"] = measure(
-                "dicom-node",
-                lambda g: timed_send(node.port, NODE_AET, TEST_AET, g),  # type: ignore[union-attr]
-                files,
-                args.parallel,
-                fresh_node,
-                args.repeat,
-                lambda: node.process.pid,  # type: ignore[union-attr]
-            )
-            stored = node.scalar("SELECT count(*) FROM instances")  # type: ignore[union-attr]
-            if stored != len(files):
-                raise RuntimeError(f"node indexed {stored} of {len(files)} instances")
-        finally:
-            if node is not None:
-                node.stop()
-
-        print("\nratios (node / baseline):")
+        node = receivers[-1]
+        print("\nratios (node / baseline; the median of the rounds' ratios, each round's):")
         for label in ("1 assoc", f"{args.parallel} assoc"):
-            for base in ("storescp", "orthanc", "pynetdicom"):
-                ratio = results["node"][label] / results[base][label]
-                print(f"  {label:>8}: node/{base} = {ratio:.2f}")
-        one, many = results["node"]["1 assoc"], results["node"][f"{args.parallel} assoc"]
-        print(f"  node {args.parallel} assoc / 1 assoc = {many / one:.2f}")
+            for base in receivers[:-1]:
+                median, each = ratios(node, base, label)
+                rounds = ", ".join(f"{r:.2f}" for r in each)
+                print(f"  {label:>8}: node/{base.name} = {median:.2f} ({rounds})")
+        one = statistics.median(node.runs["1 assoc"])
+        many_rate = statistics.median(node.runs[f"{args.parallel} assoc"])
+        print(f"  node {args.parallel} assoc / 1 assoc = {many_rate / one:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -216,6 +216,51 @@ def cmd_resend(args: argparse.Namespace) -> int:
     return EXIT_OK if count else EXIT_FAILED
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    """Console accounts: ``add``, ``list``, ``passwd``, ``remove`` (recorded as the command line)."""
+    from dicom_node.console import accounts
+    from dicom_node.db import make_engine, migrate, session_factory, transaction
+
+    config = load_config(args.config)
+    engine = make_engine(config.storage.database_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    try:
+        with transaction(sessions) as session:
+            if args.users_command == "list":
+                for name, role in accounts.list_users(session):
+                    print(f"{name}\t{role.value}")
+            elif args.users_command == "add":
+                accounts.add_user(session, args.name, args.role, _new_password(args), actor=None)
+                print(f"user {args.name} added as {args.role}")
+            elif args.users_command == "passwd":
+                accounts.set_password(session, args.name, _new_password(args), actor=None)
+                print(f"password of {args.name} changed; their sessions ended")
+            else:
+                accounts.remove_user(session, args.name, actor=None)
+                print(f"user {args.name} removed")
+    except accounts.AccountError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        engine.dispose()
+    return EXIT_OK
+
+
+def _new_password(args: argparse.Namespace) -> str:
+    """The password from standard input (``--password-stdin``, one line) or asked twice."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    import getpass
+
+    first = getpass.getpass(f"password for {args.name}: ")
+    if getpass.getpass("again: ") != first:
+        from dicom_node.console.accounts import AccountError
+
+        raise AccountError("the two passwords differ")
+    return first
+
+
 # --- parser -------------------------------------------------------------------------------
 
 
@@ -270,6 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-delivered", action="store_true", help="also resend deliveries that succeeded"
     )
     p.set_defaults(func=cmd_resend)
+
+    users = sub.add_parser("users", help="web console accounts")
+    usub = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    with_config(usub.add_parser("list", help="every account and its role"))
+    for action, text in (("add", "create an account"), ("passwd", "change a password")):
+        p = with_config(usub.add_parser(action, help=text))
+        p.add_argument("name")
+        if action == "add":
+            p.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+        p.add_argument(
+            "--password-stdin", action="store_true", help="read the password from standard input"
+        )
+    with_config(usub.add_parser("remove", help="delete an account")).add_argument("name")
+    users.set_defaults(func=cmd_users)
 
     synth = sub.add_parser(
         "synth", help="generate synthetic phantoms as real DICOM (not patient data)"

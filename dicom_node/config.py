@@ -143,7 +143,7 @@ class NodeSection(_Strict):
     port: int = Field(11112, ge=1, le=65535)
     #: associations at once, per receiver process
     max_associations: int = Field(16, ge=1)
-    #: SCP processes sharing the port (SO_REUSEPORT); associations are threads under one GIL
+    #: SCP processes sharing one listening socket; associations are threads under one GIL
     receiver_processes: int = Field(1, ge=1, le=64)
     peers: list[Peer] = Field(default_factory=list)
     #: largest PDU we accept, bytes (0 = unlimited); large PDUs cut per-PDU overhead
@@ -189,6 +189,9 @@ class StorageSection(_Strict):
     min_free_disk_mb: int = Field(1024, ge=0)
     #: fsync each received object before answering Success (turn off only for benchmarks)
     fsync: bool = True
+    #: also fsync the folders a received object's names go in: only for a spool on a file
+    #: system that does not commit a file's names with its data (ext4, XFS and btrfs do)
+    fsync_folders: bool = False
     retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
 
     @property
@@ -377,16 +380,20 @@ class LoggingSection(_Strict):
 
 
 class MonitoringSection(_Strict):
-    """The HTTP endpoints for operators: ``/health``, ``/metrics`` (Prometheus), ``/status``.
+    """Where the web console listens, with the open ``/health`` and ``/metrics`` (Prometheus).
 
     Off unless ``port`` is set (the shipped config.yaml sets it). Read at start:
-    a change needs a restart. The endpoints show counts and UIDs, never
-    patient data, and take no input; bind them to the loopback or a
-    management network, not to the modality network.
+    a change needs a restart. ``/health`` and ``/metrics`` show counts and UIDs,
+    never patient data, and need no login; every other page does
+    (:mod:`dicom_node.console`). Bind it to the loopback or a management
+    network, not to the modality network.
     """
 
     host: str = "127.0.0.1"
     port: int | None = Field(None, ge=1, le=65535)
+    #: the console roles shown a study's patient name and ID (each showing is audited);
+    #: empty: nobody, UIDs and accession numbers only
+    patient_data_roles: list[Literal["viewer", "operator", "admin"]] = Field(default_factory=list)
 
 
 class Config(_Strict):

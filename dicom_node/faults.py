@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 #: Every crash point, in the order data flows through the node.
 CRASH_POINTS: tuple[str, ...] = (
-    "stored-before-index",  # receiver: object renamed into the spool, not yet indexed
+    "stored-before-index",  # receiver: object and receipt in the spool, not yet answered
+    "answered-before-index",  # receiver: objects answered Success, their index rows not committed
     "completion-before-commit",  # completion row and jobs written, transaction not committed
     "inference-done",  # the pipeline returned; nothing of the results written yet
     "results-before-commit",  # SR/SC files in the spool, their rows not committed
@@ -33,10 +35,15 @@ if _TARGET is not None and _TARGET not in CRASH_POINTS:
     )
 
 
-def crash_point(name: str) -> None:
-    """Die here, as ``kill -9`` of the whole node would, if ``DICOM_NODE_CRASH_AT`` names ``name``."""
+def crash_point(name: str, *, delay: float = 0.0) -> None:
+    """Die here, as ``kill -9`` of the whole node would, if ``DICOM_NODE_CRASH_AT`` names ``name``.
+
+    ``delay`` seconds pass first: a point on a thread of its own (the indexer)
+    lets the answers it races with reach the peer.
+    """
     if _TARGET != name:
         return
+    time.sleep(delay)
     main = int(os.environ.get(MAIN_PID_ENV, os.getpid()))
     os.kill(main, signal.SIGKILL)  # receivers follow through PR_SET_PDEATHSIG
     os.kill(os.getpid(), signal.SIGKILL)

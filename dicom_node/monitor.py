@@ -1,4 +1,6 @@
-"""The operators' HTTP endpoints: health, Prometheus metrics and status.
+"""What the monitoring endpoints answer: the health checks and the Prometheus metrics.
+
+Served by the console (:mod:`dicom_node.console`), open to the monitoring network:
 
 ==============  ===========================================================
 ``/health``     200 ``{"status": "ok", "checks": {...}}`` when the index
@@ -7,32 +9,28 @@
                 run every pipeline; 503 with the failing checks
                 named otherwise (for a load balancer, systemd or a probe)
 ``/metrics``    Prometheus text format (see :class:`NodeCollector`)
-``/status``     the JSON of ``dicom-node status --json``
 ==============  ===========================================================
+
+``/status`` (the JSON of ``dicom-node status --json``) needs a signed-in user.
 
 Every number is read from the index and the spool when it is asked for,
 not kept in counters of one process: the receivers run in processes of
 their own, and a restart or a ``kill -9`` loses nothing. The endpoints take
-no input and show counts and UIDs only, never patient data. They run in the
-main process, on ``monitoring.host`` / ``monitoring.port`` (off when no port
-is set; bind them to the loopback or a management network).
+no input and show counts and UIDs only, never patient data.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
 
 from dicom_node.config import Config
 from dicom_node.db import session_factory, utcnow
@@ -41,7 +39,7 @@ from dicom_node.dispatch.tables import DeliveryState
 from dicom_node.jobs import queue
 from dicom_node.jobs.tables import JobState
 from dicom_node.spool import Spool
-from dicom_node.status import collect, stage_counts
+from dicom_node.status import stage_counts
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +139,9 @@ class NodeCollector(Collector):
         yield from families
 
     def _from_index(self) -> list[Metric]:
-        now = utcnow()
         with self._sessions() as session:
-            counts = stage_counts(session)
-            oldest_job = queue.oldest_pending_since(session)
-            oldest_delivery = outbox.oldest_waiting_since(session)
-            recent = queue.finished_since(session, now - RECENT)
+            work = work_figures(session, utcnow())
+        counts = work.counts
         indexed = GaugeMetricFamily(
             "dicom_node_indexed", "Objects held in the index", labels=["object"]
         )
@@ -159,14 +154,13 @@ class NodeCollector(Collector):
         )
         for reason in COMPLETION_REASONS:
             completions.add_metric([reason], counts["completed"].get(reason, 0))
-        latencies = [(finished - created).total_seconds() for created, finished in recent]
         latency = GaugeMetricFamily(
             "dicom_node_job_latency_seconds_last_hour",
             "Seconds from queued to finished of the jobs finished in the last hour",
             labels=["stat"],
         )
-        latency.add_metric(["mean"], sum(latencies) / len(latencies) if latencies else 0.0)
-        latency.add_metric(["max"], max(latencies, default=0.0))
+        latency.add_metric(["mean"], work.latency_mean or 0.0)
+        latency.add_metric(["max"], work.latency_max or 0.0)
         return [
             indexed,
             completions,
@@ -180,16 +174,51 @@ class NodeCollector(Collector):
             _gauge(
                 "oldest_pending_job_age_seconds",
                 "Seconds the oldest pending job has waited (0 when none)",
-                _age(now, oldest_job),
+                work.oldest_job_age or 0.0,
             ),
             _gauge(
                 "oldest_pending_delivery_age_seconds",
                 "Seconds since the oldest undelivered delivery was queued (0 when none)",
-                _age(now, oldest_delivery),
+                work.oldest_delivery_age or 0.0,
             ),
-            _gauge("jobs_finished_last_hour", "Jobs done or failed in the last hour", len(recent)),
+            _gauge(
+                "jobs_finished_last_hour",
+                "Jobs done or failed in the last hour",
+                work.finished_last_hour,
+            ),
             latency,
         ]
+
+
+@dataclass(frozen=True)
+class WorkFigures:
+    """What the stages hold and how fast work goes: for ``/metrics`` and the dashboard."""
+
+    counts: dict[str, dict[str, int]]
+    #: seconds the oldest pending job / undelivered delivery has waited; None when none waits
+    oldest_job_age: float | None
+    oldest_delivery_age: float | None
+    finished_last_hour: int
+    #: queued to finished, of the jobs finished in the last hour; None when none finished
+    latency_mean: float | None
+    latency_max: float | None
+
+
+def work_figures(session: Session, now: datetime) -> WorkFigures:
+    """Read :class:`WorkFigures` from the index."""
+    counts = stage_counts(session)
+    oldest_job = queue.oldest_pending_since(session)
+    oldest_delivery = outbox.oldest_waiting_since(session)
+    recent = queue.finished_since(session, now - RECENT)
+    latencies = [(finished - created).total_seconds() for created, finished in recent]
+    return WorkFigures(
+        counts=counts,
+        oldest_job_age=_age(now, oldest_job),
+        oldest_delivery_age=_age(now, oldest_delivery),
+        finished_last_hour=len(recent),
+        latency_mean=sum(latencies) / len(latencies) if latencies else None,
+        latency_max=max(latencies, default=None),
+    )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -206,8 +235,8 @@ def _by_state(
     return family
 
 
-def _age(now: datetime, since: datetime | None) -> float:
-    return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
+def _age(now: datetime, since: datetime | None) -> float | None:
+    return max(0.0, (now - since).total_seconds()) if since is not None else None
 
 
 def health(
@@ -233,74 +262,3 @@ def health(
     checks["inference"] = inference()
     ok = all(check["ok"] for check in checks.values())
     return ok, {"status": "ok" if ok else "failing", "checks": checks}
-
-
-class MonitoringServer:
-    """``/health``, ``/metrics`` and ``/status`` on a thread of the main process.
-
-    Raises
-    ------
-    OSError
-        From :meth:`start` when the address cannot be bound (port in use).
-    """
-
-    def __init__(self, view: NodeView) -> None:
-        self._view = view
-        self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(NodeCollector(view))
-        self._server: ThreadingHTTPServer | None = None
-
-    @property
-    def port(self) -> int | None:
-        return self._server.server_address[1] if self._server is not None else None
-
-    def start(self, host: str, port: int) -> None:
-        monitor = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "dicom-node"
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                monitor._answer(self)
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-                log.debug("monitoring %s: " + format, self.client_address[0], *args)
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="monitoring", daemon=True).start()
-        log.info("monitoring on http://%s:%d/ (health, metrics, status)", host, self.port)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def _answer(self, request: BaseHTTPRequestHandler) -> None:
-        path = request.path.split("?", 1)[0].rstrip("/") or "/"
-        view = self._view
-        config = view.config()
-        if path == "/health":
-            ok, body = health(config, view.engine, view.spool, view.receivers, view.inference)
-            _send(request, 200 if ok else 503, _json(body), "application/json")
-        elif path == "/metrics":
-            _send(request, 200, generate_latest(self._registry), "text/plain; version=0.0.4")
-        elif path == "/status":
-            _send(request, 200, _json(collect(config, engine=view.engine)), "application/json")
-        else:
-            body = {"error": f"no endpoint {path}", "endpoints": ["/health", "/metrics", "/status"]}
-            _send(request, 404, _json(body), "application/json")
-
-
-def _json(body: Any) -> bytes:
-    return json.dumps(body, indent=2, default=str).encode()
-
-
-def _send(request: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
-    request.send_response(status)
-    request.send_header("Content-Type", content_type)
-    request.send_header("Content-Length", str(len(body)))
-    request.send_header("Cache-Control", "no-store")
-    request.end_headers()
-    request.wfile.write(body)

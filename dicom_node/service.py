@@ -3,12 +3,12 @@
 Process layout::
 
     main process (worker)                      receiver processes (node.receiver_processes)
-    ├─ completion poll   (APScheduler)         └─ Storage SCP on the shared port (SO_REUSEPORT):
-    ├─ job runner        (jobs.in_flight threads) C-ECHO, C-STORE → spool + index
+    ├─ completion poll   (APScheduler)         └─ Storage SCP on the main's listening socket:
+    ├─ job runner        (jobs.in_flight threads) C-ECHO, C-STORE → spool + receipt; indexer
     │    └─ engine: models in this process, or replicas on a Ray cluster
     ├─ dispatcher        (APScheduler)
     ├─ retention         (APScheduler)
-    ├─ monitoring        (HTTP: /health, /metrics, /status)
+    ├─ console           (HTTP: /health, /metrics open; the web console signed in)
     └─ config watcher, receiver supervisor
 
 Receiving runs in its own processes so that inference (which holds the GIL
@@ -16,8 +16,9 @@ in places) never slows the SCP down, and several receivers scale with
 parallel associations. Receivers die with the main process (``PR_SET_PDEATHSIG``)
 so a ``kill -9`` leaves no orphan holding the port. Everything a stage needs
 to resume lives in the database and the spool: on start the node migrates
-the schema, removes partial spool writes, and queues again the jobs and
-deliveries a crash cut off.
+the schema, removes partial spool writes, indexes what a crash left with a
+receipt but no index row, and queues again the jobs and deliveries a crash
+cut off.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.complete.completion import CompletionStage
 from dicom_node.config import Config, ConfigError, LiveConfig
+from dicom_node.console.server import ConsoleServer
 from dicom_node.db import make_engine, migrate, session_factory, transaction
 from dicom_node.dispatch import outbox
 from dicom_node.dispatch.dispatcher import Dispatcher
@@ -42,8 +45,10 @@ from dicom_node.faults import MAIN_PID_ENV
 from dicom_node.jobs import queue
 from dicom_node.jobs.engine import Engine, LocalEngine
 from dicom_node.jobs.runner import JobRunner
-from dicom_node.monitor import MonitoringServer, NodeView
+from dicom_node.monitor import NodeView
+from dicom_node.receive.indexer import recover
 from dicom_node.receive.process import CONFIG_CHECK_SECONDS, receiver_main
+from dicom_node.receive.scp import listening_socket
 from dicom_node.retention import Retention
 from dicom_node.route.router import Router
 from dicom_node.spool import Spool
@@ -70,7 +75,11 @@ class Node:
         config = self.live()
         self.engine = make_engine(config.storage.database_url)
         self.sessions = session_factory(self.engine)
-        self.spool = Spool(config.storage.spool, fsync=config.storage.fsync)
+        self.spool = Spool(
+            config.storage.spool,
+            fsync=config.storage.fsync,
+            fsync_folders=config.storage.fsync_folders,
+        )
         router = Router(self.spool)
         self.completion = CompletionStage(self.live, self.sessions, router, hold=router.hold)
         self.runner = JobRunner(self.live, self.sessions, self.spool, make_engine_for(self.live))
@@ -88,14 +97,20 @@ class Node:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
         self.receivers: list[multiprocessing.process.BaseProcess] = []
-        self.monitoring = MonitoringServer(
+        self._listener: socket.socket | None = None
+        self.monitoring = ConsoleServer(
             NodeView(
                 self.live,
                 self.engine,
                 self.spool,
                 self._receiver_count,
                 self.runner.inference_health,
-            )
+            ),
+            config_path=self.live.path,
+            reload=self._reload_all,
+            wake_jobs=self.runner.wake,
+            wake_dispatch=self.dispatching.wake,
+            try_model=lambda name, spec, inputs: self.runner.engine.infer(0, name, spec, inputs),
         )
         self._stop = threading.Event()
         self.live.listeners.append(self._on_reload)
@@ -119,6 +134,8 @@ class Node:
         removed = self.spool.clean_tmp()
         if removed:
             log.warning("removed %d partial spool writes left by a stop", removed)
+        for folder in sorted(self.spool.unindexed.glob("*")):  # every receiver's, past and present
+            recover(self.spool, self.engine, folder)
         queue.recover(self.sessions)
         outbox.recover(self.sessions)
         self._check_pipelines()
@@ -135,6 +152,16 @@ class Node:
 
     def start_receivers(self) -> None:
         os.environ[MAIN_PID_ENV] = str(os.getpid())  # for crash points in the receivers
+        node = self.config.node
+        # one listening socket for every receiver, opened here: associations spread by load
+        # (SharedSocketServer), and a receiver restarted after a crash listens at once
+        try:
+            self._listener = listening_socket(node.host, node.port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for DICOM on {node.host}:{node.port}: {exc.strerror}; is another "
+                "node (or PACS) on that port? Set node.port to a free one"
+            ) from exc
         ctx = multiprocessing.get_context("spawn")
         for number in range(self.config.node.receiver_processes):
             self.receivers.append(self._spawn(ctx, number))
@@ -144,7 +171,7 @@ class Node:
     ) -> multiprocessing.process.BaseProcess:
         proc = ctx.Process(
             target=receiver_main,
-            args=(str(self.live.path), number, os.getpid()),
+            args=(str(self.live.path), number, os.getpid(), self._listener),
             name=f"receiver-{number}",
             daemon=True,
         )
@@ -238,4 +265,6 @@ class Node:
             proc.join(max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
+        if self._listener is not None:
+            self._listener.close()
         self.engine.dispose()

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from dicom_node.complete.completion import completion_counts
 from dicom_node.config import Config
 from dicom_node.db import make_engine, session_factory
 from dicom_node.dispatch import outbox
-from dicom_node.events import Event
+from dicom_node.events import latest
 from dicom_node.jobs import queue
 from dicom_node.receive import index
 from dicom_node.spool import Spool
@@ -73,8 +73,9 @@ def collect(config: Config, *, events: int = 15, engine: Engine | None = None) -
                     "kind": e.kind,
                     "subject": e.subject,
                     "detail": e.detail,
+                    "by": e.actor,
                 }
-                for e in session.scalars(select(Event).order_by(Event.id.desc()).limit(events))
+                for e in latest(session, limit=events)
             ]
     except Exception as exc:  # noqa: BLE001 - report an unreachable or empty index instead of a trace
         report["error"] = f"index not readable: {str(exc).splitlines()[0]}"
@@ -126,8 +127,11 @@ def format_status(report: dict[str, Any]) -> str:
     if report["events"]:
         lines.append("latest events:")
         for e in report["events"]:
+            detail = (e["detail"] or "").splitlines()  # a configuration edit's is its diff
+            shown = detail[0] + (" ..." if len(detail) > 1 else "") if detail else ""
             lines.append(
-                f"  {e['at']} {e['stage']}/{e['kind']} {e['subject'] or ''} {e['detail'] or ''}".rstrip()
+                f"  {e['at']} {e['stage']}/{e['kind']} {e['subject'] or ''} {shown}".rstrip()
+                + (f" (by {e['by']})" if e.get("by") else "")
             )
     return "\n".join(lines)
 

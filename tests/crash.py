@@ -13,8 +13,9 @@ to a real Orthanc playing the PACS, and kills the node:
   the spool but not in the index, an uncommitted completion or job result,
   half of a delivery sent.
 
-Then it checks, before the restart, that every instance answered Success is
-in the index and its file in the spool; restarts the node, resends what the
+Then it restarts the node, checks that every instance answered Success is in
+the index and its file in the spool (a row not yet committed at the kill is
+indexed at start from the object's receipt), resends what the
 SCU never saw confirmed (as a PACS retries), waits until nothing is
 outstanding, and checks that every study was analysed and every result of
 every job is in the PACS exactly once: the PACS holds exactly the result
@@ -160,9 +161,10 @@ class Campaign:
             died_after = self._wait_for_death(kind, t0)
         self.node.kill()
         sender.join(30)
-        self._check_acknowledged_are_stored(acknowledged)
         phase = self._phase(study[0].StudyInstanceUID, len(acknowledged))
         self.node.start(START_TIMEOUT)
+        # what was answered but not yet indexed at the kill is indexed at start, from its receipt
+        self._check_acknowledged_are_stored(acknowledged)
         unconfirmed = [ds for ds in study if ds.SOPInstanceUID not in acknowledged]
         if unconfirmed:
             retried: set[str] = set()

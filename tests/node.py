@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any, Self
@@ -285,14 +286,51 @@ class NodeProcess:
         rows = self.query(sql, **params)
         return rows[0][0] if rows else None
 
-    def get(self, path: str) -> tuple[int, bytes]:
-        """GET ``path`` from the node's monitoring endpoints: (HTTP status, body), errors included."""
+    def get(
+        self, path: str, *, opener: urllib.request.OpenerDirector | None = None
+    ) -> tuple[int, bytes]:
+        """GET ``path`` from the node's console (``opener``: signed in, from :meth:`sign_in`):
+        (HTTP status, body), errors included."""
         url = f"http://127.0.0.1:{self.config['monitoring']['port']}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=10) as answer:
+            with (opener or urllib.request.build_opener()).open(url, timeout=10) as answer:
                 return answer.status, answer.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
+
+    def add_user(self, name: str, role: str, password: str = "correct horse battery") -> None:
+        """A console account, made as an admin would (``dicom-node users add``)."""
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dicom_node",
+                "users",
+                "add",
+                name,
+                "--role",
+                role,
+                "--password-stdin",
+                "--config",
+                str(self.config_path),
+            ],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
+    def sign_in(
+        self, name: str, password: str = "correct horse battery"
+    ) -> urllib.request.OpenerDirector:
+        """An opener holding a console session of ``name`` (see :meth:`get`)."""
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        form = urllib.parse.urlencode({"name": name, "password": password}).encode()
+        url = f"http://127.0.0.1:{self.config['monitoring']['port']}/login"
+        with opener.open(url, data=form, timeout=30) as answer:
+            assert answer.status == 200, answer.status  # the dashboard, after the redirect
+        return opener
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run ``dicom-node ARGS --config <this node's config>``."""

@@ -31,6 +31,11 @@ def test_kill_9_at_random_moments_and_at_every_crash_point(
     # the crash points landed where they should: e.g. nothing confirmed when storing kills
     by_kind = {r.kind: r for r in campaign.rounds}
     assert by_kind["stored-before-index"].acknowledged == 0
+    # answered Success, no row committed: the restart indexed them from their receipts
+    answered = by_kind["answered-before-index"]
+    assert answered.acknowledged >= 1 and answered.phase.startswith("receiving (0 indexed"), (
+        answered
+    )
     assert by_kind["mid-dispatch"].phase == "delivery queued"
     assert by_kind["inference-done"].phase == "inference"
     assert by_kind["results-before-commit"].phase == "inference"

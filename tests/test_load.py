@@ -89,3 +89,57 @@ def test_32_parallel_associations_all_stored(tmp_path: Path, database_url: str) 
     growth = {pid: after[pid] - before.get(pid, after[pid]) for pid in after}
     print(f"RSS MiB before {sorted(before.values())} after {sorted(after.values())}")
     assert max(growth.values()) < 150, (before, after)
+
+
+def test_associations_spread_over_the_receivers_and_a_dead_one_refuses_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The receivers share one listening socket: associations go to whichever is free, and
+    while a killed receiver restarts the others take every connection."""
+    import os
+    import signal
+    import time
+
+    (tmp_path / "in").mkdir()
+    batches = _write_batches(tmp_path / "in")
+    workdir = tmp_path / "node"
+    config = node_config(
+        workdir,
+        database_url,
+        peers=[
+            {"ae_title": "STORESCU", "host": "127.0.0.1"},
+            {"ae_title": TEST_AET, "host": "127.0.0.1"},
+        ],
+    )
+    config["node"]["receiver_processes"] = 2
+    with NodeProcess(workdir, config) as node:
+        assert node.process is not None
+
+        def send(batch: list[Path]) -> subprocess.CompletedProcess[str]:
+            return storescu("127.0.0.1", node.port, batch, called_ae="DICOM_NODE", timeout=180)
+
+        with ThreadPoolExecutor(8) as pool:
+            assert all(r.returncode == 0 for r in pool.map(send, batches[:8]))
+        log = node.log_text()
+        served = {
+            n for n in (0, 1) if f"receiver-{n} dicom_node.receive.scp: association from" in log
+        }
+        assert served == {0, 1}, "one receiver took every association"
+
+        receivers = [
+            pid
+            for pid in _children(node.process.pid)
+            if "resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_text()
+            and "multiprocessing" in Path(f"/proc/{pid}/cmdline").read_text()
+        ]
+        assert len(receivers) == 2
+        os.kill(receivers[0], signal.SIGKILL)
+        # at once, before the supervisor restarts it: the other receiver answers every one
+        assert all(node.echo() for _ in range(10))
+        deadline = time.monotonic() + 30
+        while "starting it again" not in node.log_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "starting it again" in node.log_text()
+        with ThreadPoolExecutor(8) as pool:
+            assert all(r.returncode == 0 for r in pool.map(send, batches[8:16]))
+        assert node.scalar("SELECT count(*) FROM instances") == 16 * FILES_EACH

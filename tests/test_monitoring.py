@@ -90,17 +90,20 @@ def test_health_metrics_and_status_follow_a_study_through_the_node(
             > after[("dicom_node_spool_min_free_bytes", ())]
         )
 
-        status, body = node.get("/status")
+        # /status needs a signed-in user; /health and /metrics are open to the monitoring network
+        assert node.get("/status")[0] == 401
+        node.add_user("watcher", "viewer")
+        opener = node.sign_in("watcher")
+        status, body = node.get("/status", opener=opener)
         assert status == 200
         report = json.loads(body)
         assert report["received"]["instances"] == 3
         assert report["jobs"] == {"done": 3}
 
-        status, body = node.get("/nothing-here")
-        assert status == 404 and "/metrics" in json.loads(body)["endpoints"]
+        assert node.get("/nothing-here")[0] == 404
         # counts and UIDs only: the patient names (PHANTOM^<index>) are in no answer
         for path in ("/health", "/metrics", "/status"):
-            assert b"PHANTOM" not in node.get(path)[1].upper()
+            assert b"PHANTOM" not in node.get(path, opener=opener)[1].upper()
 
 
 def test_health_fails_and_names_the_spool_when_the_disk_is_below_the_watermark(

@@ -1,12 +1,15 @@
 """The Storage SCP in process, over real DICOM on loopback: statuses for what it cannot keep.
 
-Success only after the spool write and the index; out-of-resources when the disk
-is below the watermark or the index is unavailable; data-set errors for objects
+Success only once the object is durable in the spool with its receipt (its index
+row follows, and a crash before it is repaired from the receipt); out-of-resources
+when the disk is below the watermark or the index is unavailable; data-set errors for objects
 whose UIDs are missing, malformed or would name a path outside the spool.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,10 +142,84 @@ def test_disk_below_watermark_is_out_of_resources(tmp_path: Path, database_url: 
         r.scp.stop()
 
 
-def test_index_unavailable_is_out_of_resources_never_success(receiver: Receiver) -> None:
+def test_index_unavailable_keeps_what_was_answered_and_refuses_the_rest(receiver: Receiver) -> None:
+    """Success means durable with a receipt; the row follows. While the index fails, what was
+    answered waits with its receipt, new objects are refused (0xA700), and once the index
+    answers again the waiting ones are indexed by themselves."""
+    from dicom_node.receive.tables import Instance
+
     with receiver.engine.begin() as conn:
         conn.execute(text("DROP TABLE instances"))
-    assert receiver.store(ct()) == 0xA700
+    first, second = ct(), ct(SOPInstanceUID="1.2.826.0.1.3680043.2.1125.77.1")
+    assert receiver.store(first) == 0x0000  # answered before the row's commit failed
+    assert receiver.store(second) == 0xA700  # the index failed meanwhile: refused
+    receipts = list(receiver.scp.receipts.iterdir())
+    assert len(receipts) == 1 and receipts[0].stat().st_nlink == 2  # the file, kept twice
+    assert [p.name for p in receiver.files()] == [f"{first.SOPInstanceUID}.dcm"]
+    with receiver.engine.begin() as conn:
+        Instance.__table__.create(conn)
+    deadline = time.monotonic() + 30
+    while receiver.count() < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert receiver.count() == 1
+    assert not list(receiver.scp.receipts.iterdir())
+    assert receiver.store(second) == 0x0000  # the peer's retry
+    assert receiver.count() == 2
+
+
+def test_a_crash_before_the_index_commit_is_repaired_from_the_receipt(
+    tmp_path: Path, database_url: str
+) -> None:
+    """What a stop left unindexed (a receipt, the rename perhaps lost) is indexed at start."""
+    from dicom_node.receive.indexer import read_receipt_name
+
+    r = Receiver(tmp_path, database_url)
+    try:
+        ds = ct()
+        assert r.store(ds) == 0x0000
+        (path,) = r.files()
+        with r.engine.connect() as conn:
+            association = conn.execute(text("SELECT association FROM instances")).scalar_one()
+    finally:
+        r.scp.stop()
+    # as a kill -9 before the commit leaves it: the receipt, no row; and as a power loss
+    # that kept the receipt but not the rename: no file at its name either
+    receipt = (
+        r.spool.receipts(0)
+        / f"1765000000000000_{association}_{b'MODALITY'.hex()}_{b'127.0.0.1'.hex()}_0.dcm"
+    )
+    os.link(path, receipt)
+    path.unlink()
+    with r.engine.begin() as conn:
+        conn.execute(text("DELETE FROM instances"))
+    again = StorageSCP(lambda: r.config, r.spool, r.engine)
+    again.start()
+    try:
+        assert r.count() == 1
+        with r.engine.connect() as conn:
+            row = conn.execute(
+                text("SELECT calling_ae_title, association, path FROM instances")
+            ).one()
+        assert row == ("MODALITY", association, str(path.relative_to(r.spool.root)))
+        assert pydicom.dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+        assert not receipt.exists()
+    finally:
+        again.stop()
+        r.engine.dispose()
+    at, _, calling, address = read_receipt_name(receipt.name)
+    assert (at.year, calling, address) == (2025, "MODALITY", "127.0.0.1")
+
+
+def test_receipt_names_keep_any_ae_title_in_one_path_component() -> None:
+    from dicom_node.db import utcnow
+    from dicom_node.receive.indexer import read_receipt_name, receipt_name
+
+    now = utcnow()
+    name = receipt_name(now, None, "../ODD_AE é", None)
+    assert "/" not in name
+    at, association, calling, address = read_receipt_name(name)
+    assert abs((at - now).total_seconds()) < 1e-5
+    assert (association, calling, address) == (None, "../ODD_AE é", None)
 
 
 def test_unknown_calling_ae_is_rejected_at_association(receiver: Receiver) -> None:

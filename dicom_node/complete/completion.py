@@ -289,3 +289,14 @@ def completion_counts(session: Session) -> dict[str, int]:
         select(Completion.reason, func.count()).group_by(Completion.reason)
     ).all()
     return {reason: int(count) for reason, count in rows}
+
+
+def completions_of(session: Session, study_uid: str) -> list[Completion]:
+    """A study's completions (its generations), oldest first."""
+    return list(
+        session.scalars(
+            select(Completion)
+            .where(Completion.study_instance_uid == study_uid)
+            .order_by(Completion.generation)
+        )
+    )

@@ -149,8 +149,11 @@ def resend(
     delivery_ids: Sequence[int] = (),
     *,
     include_delivered: bool = False,
+    actor: str | None = None,
 ) -> int:
-    """Queue dead-lettered deliveries again (all, or the given ids); return how many."""
+    """Queue dead-lettered deliveries again (all, or the given ids); return how many.
+
+    ``actor``: the console user who asked (recorded in the audit trail)."""
     states = [DeliveryState.DEAD]
     if include_delivered:
         states.append(DeliveryState.DONE)
@@ -164,7 +167,15 @@ def resend(
             )
         )
         if count:
-            record(session, "dispatch", "resend", None, f"{count} deliveries queued again")
+            subject = ",".join(str(i) for i in delivery_ids) if delivery_ids else None
+            record(
+                session,
+                "dispatch",
+                "resend",
+                subject,
+                f"{count} deliveries queued again",
+                actor=actor,
+            )
     return count
 
 
@@ -188,6 +199,29 @@ def dead_letters(session: Session) -> list[Delivery]:
     return list(
         session.scalars(
             select(Delivery).where(Delivery.state == DeliveryState.DEAD).order_by(Delivery.id)
+        )
+    )
+
+
+def deliveries_of(session: Session, job_ids: Sequence[int]) -> list[Delivery]:
+    """The deliveries of these jobs, by job."""
+    if not job_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Delivery).where(Delivery.job_id.in_(list(job_ids))).order_by(Delivery.id)
+        )
+    )
+
+
+def waiting(session: Session, limit: int = 200) -> list[Delivery]:
+    """Deliveries not yet acknowledged (pending or sending), oldest first."""
+    return list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]))
+            .order_by(Delivery.id)
+            .limit(limit)
         )
     )
 

@@ -176,6 +176,81 @@ def retry(
         return True
 
 
+def jobs_of(session: Session, study_uid: str) -> list[Job]:
+    """A study's jobs, oldest first."""
+    return list(
+        session.scalars(select(Job).where(Job.study_instance_uid == study_uid).order_by(Job.id))
+    )
+
+
+def studies_routed(session: Session, route: str, limit: int = 1000) -> list[str]:
+    """The studies with a job on ``route``, newest job first."""
+    rows = session.execute(
+        select(Job.study_instance_uid, func.max(Job.id))
+        .where(Job.route == route)
+        .group_by(Job.study_instance_uid)
+        .order_by(func.max(Job.id).desc())
+        .limit(limit)
+    )
+    return [uid for uid, _ in rows]
+
+
+def results_of(session: Session, job_ids: Collection[int]) -> list[Result]:
+    """The results of these jobs (SR and SC objects), by job."""
+    if not job_ids:
+        return []
+    return list(
+        session.scalars(
+            select(Result).where(Result.job_id.in_(list(job_ids))).order_by(Result.job_id)
+        )
+    )
+
+
+def pipeline_of(session: Session, job_id: int) -> str | None:
+    """The pipeline a job ran (or runs)."""
+    return session.scalar(select(Job.pipeline).where(Job.id == job_id))
+
+
+def result(session: Session, sop_instance_uid: str) -> Result | None:
+    """One result object by its SOP Instance UID."""
+    return session.get(Result, sop_instance_uid)
+
+
+def job_times(
+    session: Session, since: datetime
+) -> list[tuple[datetime, datetime | None, datetime | None]]:
+    """(queued, started, finished) of every job queued since ``since`` or not finished by then:
+    enough to chart the queue's depth and the jobs' latency over time."""
+    rows = session.execute(
+        select(Job.created_at, Job.started_at, Job.finished_at).where(
+            (Job.created_at >= since) | (Job.finished_at.is_(None)) | (Job.finished_at >= since)
+        )
+    )
+    return [(created, started, finished) for created, started, finished in rows]
+
+
+def failed_jobs(session: Session, limit: int = 200) -> list[Job]:
+    """The failed jobs, newest first (the console lists them with a retry button)."""
+    return list(
+        session.scalars(
+            select(Job).where(Job.state == JobState.FAILED).order_by(Job.id.desc()).limit(limit)
+        )
+    )
+
+
+def requeue_failed(session: Session, job_id: int, *, actor: str | None) -> bool:
+    """Queue a failed job again with fresh attempts; False when it is not (or no longer) failed."""
+    job = session.get(Job, job_id)
+    if job is None or job.state != JobState.FAILED:
+        return False
+    job.state = JobState.PENDING
+    job.attempts = 0
+    job.finished_at = None
+    job.error = f"queued again by {actor or 'an operator'} after: {job.error or 'failure'}"[:2000]
+    record(session, "jobs", "job-requeued", str(job_id), None, actor=actor)
+    return True
+
+
 def fail(sessions: sessionmaker[Session], job_id: int, error: str) -> None:
     with transaction(sessions) as session:
         mark_failed(session, job_id, error)

@@ -7,11 +7,10 @@ once, and its file in the spool is the latest copy.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select
@@ -40,11 +39,12 @@ class ReceivedInstance:
     received_at: datetime
     #: the association it came in (see :func:`record_release`)
     association: str | None = None
+    accession_number: str | None = None
 
 
 @functools.cache
 def _statements(dialect: str) -> tuple[Any, Any, Any]:
-    """The three upserts, built once per dialect with bind parameters.
+    """The three upserts, built once per dialect with bind parameters (and run as executemany).
 
     Building an insert and its ON CONFLICT clause costs more than running it
     (~2 ms per object here); built once, execution only looks up the cached
@@ -61,6 +61,7 @@ def _statements(dialect: str) -> tuple[Any, Any, Any]:
     study = insert(Study).values(
         study_instance_uid=bindparam("study_instance_uid"),
         first_received_at=bindparam("received_at"),
+        accession_number=bindparam("accession_number"),
     )
     study = study.on_conflict_do_nothing(index_elements=[Study.study_instance_uid])
     series = insert(Series).values(
@@ -81,7 +82,7 @@ def _statements(dialect: str) -> tuple[Any, Any, Any]:
             "received_at": instance.excluded.received_at,
             "association": instance.excluded.association,
         },
-    ).returning(Instance.copies)
+    )
     return study, series, instance
 
 
@@ -107,23 +108,66 @@ INSTANCE_FIELDS = (
 )
 
 
-def index_instance(
-    connection: Connection | Session, item: ReceivedInstance, *, series_known: bool = False
-) -> bool:
-    """Upsert the instance (and its study and series rows); return True if the instance is new.
+def index_instances(
+    connection: Connection | Session,
+    items: Sequence[ReceivedInstance],
+    *,
+    known_series: Container[str] = (),
+) -> list[bool]:
+    """Upsert a group of instances (and their study and series rows); whether each is new.
 
-    Runs inside the caller's transaction. ``series_known`` skips the study and
-    series upserts when the caller knows it indexed this series before: the
-    hot path of a series arriving is then a single statement.
+    Runs inside the caller's transaction, one statement per table for the
+    whole group (the receiver's indexer commits what queued together): one
+    SELECT finds the copies of instances indexed before, then the study and
+    series rows of series not in ``known_series`` (series this process
+    indexed before need none), then the instance rows. A SOP Instance UID
+    twice in the group goes into a later statement, because one statement
+    may not update a row twice; the later copy's file and arrival win.
     """
+    if not items:
+        return []
     bind = connection.get_bind() if isinstance(connection, Session) else connection
     study, series, instance = _statements(bind.dialect.name)
-    params = dataclasses.asdict(item)  # each statement takes the names it binds
-    if not series_known:
-        connection.execute(study, params)
-        connection.execute(series, params)
-    copies = connection.execute(instance, params).scalar_one()
-    return bool(copies == 1)
+    uids = {item.sop_instance_uid for item in items}
+    present = set(
+        connection.scalars(
+            select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(uids))
+        )
+    )
+    unknown: dict[str, ReceivedInstance] = {}
+    for item in items:
+        if item.series_instance_uid not in known_series:
+            unknown.setdefault(item.series_instance_uid, item)
+    if unknown:
+        studies = {item.study_instance_uid: item for item in reversed(unknown.values())}
+        connection.execute(study, [vars(item) for item in studies.values()])
+        connection.execute(series, [vars(item) for item in unknown.values()])
+    rounds: list[list[dict[str, Any]]] = []
+    seen: dict[str, int] = {}
+    new = []
+    for item in items:
+        copy = seen.get(item.sop_instance_uid, 0)
+        seen[item.sop_instance_uid] = copy + 1
+        if copy == len(rounds):
+            rounds.append([])
+        rounds[copy].append(vars(item))  # each statement takes the names it binds
+        new.append(copy == 0 and item.sop_instance_uid not in present)
+    for params in rounds:
+        connection.execute(instance, params)
+    return new
+
+
+def index_instance(connection: Connection | Session, item: ReceivedInstance) -> bool:
+    """Upsert one instance (and its study and series rows); True if the instance is new."""
+    return index_instances(connection, [item])[0]
+
+
+def is_indexed(connection: Connection | Session, sop_instance_uid: str) -> bool:
+    """Whether an instance with this SOP Instance UID has a row."""
+    found = connection.execute(
+        select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
+    ).first()
+    return found is not None
 
 
 def record_release(
@@ -301,6 +345,98 @@ def counts(session: Session) -> dict[str, int]:
         "series": session.scalar(select(func.count()).select_from(Series)) or 0,
         "instances": session.scalar(select(func.count()).select_from(Instance)) or 0,
     }
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """A series as the console lists it: UIDs and the header text the router reads."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    modality: str | None
+    series_description: str | None
+    instances: int
+    first_received_at: datetime
+
+
+def recent_series(session: Session, limit: int = 20) -> list[SeriesSummary]:
+    """The series received last, newest first, with their instance counts."""
+    return _summaries(session, None, Series.first_received_at.desc(), limit)
+
+
+def _summaries(
+    session: Session, study_uid: str | None, order: Any, limit: int | None
+) -> list[SeriesSummary]:
+    """Series (of one study, or all) with their instance counts, in ``order``."""
+    counting = select(Instance.series_instance_uid, func.count().label("instances"))
+    if study_uid is not None:
+        counting = counting.where(Instance.study_instance_uid == study_uid)
+    counted = counting.group_by(Instance.series_instance_uid).subquery()
+    query = (
+        select(
+            Series.series_instance_uid,
+            Series.study_instance_uid,
+            Series.modality,
+            Series.series_description,
+            func.coalesce(counted.c.instances, 0),
+            Series.first_received_at,
+        )
+        .outerjoin(counted, counted.c.series_instance_uid == Series.series_instance_uid)
+        .order_by(order)
+        .limit(limit)
+    )
+    if study_uid is not None:
+        query = query.where(Series.study_instance_uid == study_uid)
+    return [SeriesSummary(*row) for row in session.execute(query).all()]
+
+
+def find_studies(
+    session: Session,
+    *,
+    uid: str | None = None,
+    day: date | None = None,
+    studies: Sequence[str] | None = None,
+    accession: str | None = None,
+    limit: int = 100,
+) -> list[tuple[str, datetime]]:
+    """(Study Instance UID, first received) of the studies matching every filter given,
+    newest first: ``uid`` a study, series or SOP Instance UID (or the start of one), ``day``
+    the UTC day the study was first received, ``studies`` a set of study UIDs, ``accession``
+    its Accession Number."""
+    query = select(Study.study_instance_uid, Study.first_received_at)
+    if accession:
+        query = query.where(Study.accession_number == accession)
+    if uid:
+        like = uid.replace("%", "").replace("_", "") + "%"
+        query = query.where(
+            Study.study_instance_uid.like(like)
+            | Study.study_instance_uid.in_(
+                select(Instance.study_instance_uid).where(
+                    Instance.series_instance_uid.like(like) | Instance.sop_instance_uid.like(like)
+                )
+            )
+        )
+    if day is not None:
+        start = datetime.combine(day, datetime.min.time(), tzinfo=UTC)
+        query = query.where(
+            Study.first_received_at >= start, Study.first_received_at < start + timedelta(days=1)
+        )
+    if studies is not None:
+        query = query.where(Study.study_instance_uid.in_(list(studies)))
+    rows = session.execute(query.order_by(Study.first_received_at.desc()).limit(limit)).all()
+    return [(uid_, at) for uid_, at in rows]
+
+
+def studies_first_received_since(session: Session, since: datetime) -> list[datetime]:
+    """When each study first received since ``since`` arrived."""
+    return list(
+        session.scalars(select(Study.first_received_at).where(Study.first_received_at >= since))
+    )
+
+
+def series_of_study(session: Session, study_uid: str) -> list[SeriesSummary]:
+    """A study's series with their instance counts, in order of arrival."""
+    return _summaries(session, study_uid, Series.first_received_at, None)
 
 
 def study_extents(session: Session) -> list[tuple[str, int, datetime]]:

@@ -5,17 +5,22 @@ exactly as the peer sent them into a temporary file in the spool's ``tmp/``
 (chunked receiving); the handler walks the data set's structure (tags and
 lengths: is it whole, well-formed, are its Pixel Data as described?
 :mod:`dicom_node.receive.check`), keeps only the header elements it indexes,
-fsyncs the file, renames it into place atomically, fsyncs the folder, indexes
-it, and only then answers Success. Every failure becomes a named DICOM status
-and one log line naming UIDs only; nothing raises into pynetdicom. A transfer
-cut off by an abort leaves no partial file behind.
+leaves a receipt, renames the file into place atomically and fsyncs it (one
+sync: :meth:`dicom_node.spool.Spool.receive`), and then answers Success; its
+index row is committed a few milliseconds later, in a group, by the
+receiver's :class:`~dicom_node.receive.indexer.Indexer`, and a crash before
+that is repaired at start-up from the receipt. Every failure becomes a named
+DICOM status and one log line naming UIDs only; nothing raises into
+pynetdicom. A transfer cut off by an abort leaves no partial file behind.
 
 Statuses (PS3.4 Annex B.2.3):
 
 ==========  =========================================================
 ``0x0000``  Success
 ``0xA700``  Refused: Out of Resources — disk below the watermark, spool
-            write failed, or index unavailable. The peer should retry.
+            write failed, or the index is unavailable or too far behind
+            (the objects already answered wait with their receipts). The
+            peer should retry.
 ``0xA900``  Error: Data Set does not match SOP Class — a UID is missing
             or malformed, the header disagrees with the request (SOP
             Instance or SOP Class UID, presentation context), or the Pixel
@@ -31,6 +36,7 @@ Statuses (PS3.4 Annex B.2.3):
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -38,7 +44,6 @@ import tempfile
 import threading
 import uuid
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +51,7 @@ from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ModalityPerformedProcedureStep,
@@ -53,7 +59,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 
 from dicom_node.config import Config
 from dicom_node.db import utcnow
@@ -63,12 +68,19 @@ from dicom_node.receive.check import (
     DataSetMismatchError,
     MalformedDataSetError,
     check_pixels,
-    plain_text,
     read_header,
 )
-from dicom_node.receive.index import ReceivedInstance, index_instance, record_release
+from dicom_node.receive.index import record_release
+from dicom_node.receive.indexer import HEADER_TAGS as INDEXED_TAGS
+from dicom_node.receive.indexer import (
+    Indexer,
+    identify,
+    receipt_name,
+    received_instance,
+    recover,
+)
 from dicom_node.receive.mpps import MppsSCP
-from dicom_node.spool import UID_PATTERN, InvalidUIDError, Spool, check_uid
+from dicom_node.spool import UID_PATTERN, InvalidUIDError, Spool
 from dicom_node.tls import server_context
 
 log = logging.getLogger(__name__)
@@ -78,21 +90,11 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 
-#: how many series UIDs each receiver remembers as already indexed
-KNOWN_SERIES = 4096
-
 #: elements kept from each received header (everything else is only walked over)
-HEADER_TAGS = [
-    "SpecificCharacterSet",
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "BodyPartExamined",
-    "SeriesDescription",
-    *PIXEL_KEYWORDS,
-]
+HEADER_TAGS = [*INDEXED_TAGS, *PIXEL_KEYWORDS]
+#: seconds a closing association waits for its rows to be committed (a release completes
+#: only what is indexed)
+FLUSH_SECONDS = 10.0
 
 
 class ReusePortServer(ThreadedAssociationServer):
@@ -108,6 +110,47 @@ class ReusePortServer(ThreadedAssociationServer):
         if hasattr(socket, "SO_REUSEPORT"):
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+
+class SharedSocketServer(ThreadedAssociationServer):
+    """An association server on a listening socket the main process opened for all receivers.
+
+    Why not ``SO_REUSEPORT``: the kernel then picks a receiver by a hash of the
+    peer's address and port, blind to load; 4 associations on 2 processes land
+    3 or 4 on one process in 10 cases of 16, which then runs them on one GIL
+    while the other idles (measured: one run in three at about half the rate).
+    On one shared socket every receiver's accept thread competes for the next
+    connection, and one busy with associations (its GIL taken) is slower to
+    win it: associations spread by load. The socket is non-blocking, so a
+    receiver that lost the race goes back to waiting, and stops promptly.
+    """
+
+    def __init__(self, *args: Any, listener: socket.socket, **kwargs: Any) -> None:
+        self._listener = listener
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        if self.socket is not None:
+            self.socket.close()  # the one TCPServer made: the shared one serves instead
+        self.socket = self._listener
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # already listening: the main process did it
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = super().get_request()
+        # blocking, as pynetdicom's own server hands them over (its DUL keeps the timeouts);
+        # a socket with a timeout would poll before every recv
+        client.setblocking(True)
+        return client, address
+
+
+def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
+    """The receivers' shared listening socket (see :class:`SharedSocketServer`)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
 
 
 @dataclass
@@ -131,6 +174,10 @@ class StorageSCP:
         Where objects are written.
     engine : Engine
         The index database.
+    on_signal : callable, optional
+        Called when a study may be complete (see below).
+    receiver : int
+        This receiver's number: its receipts live in ``spool/unindexed/<receiver>/``.
     """
 
     def __init__(
@@ -139,10 +186,13 @@ class StorageSCP:
         spool: Spool,
         engine: Engine,
         on_signal: Callable[[], None] | None = None,
+        receiver: int = 0,
     ) -> None:
         self._config = config
         self.spool = spool
         self.engine = engine
+        self.receipts = spool.receipts(receiver)
+        self.indexer = Indexer(engine)
         #: called when a study may be complete: a ``complete_on_release`` peer's release or a
         #: COMPLETED MPPS was recorded (the receiver process wakes completion with it)
         self.on_signal = on_signal
@@ -151,8 +201,6 @@ class StorageSCP:
         #: malformed DIMSE message kills its DUL): their entries go with the association object
         self._stats: weakref.WeakKeyDictionary[Any, _AssocStats] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
-        #: series this process indexed (study and series rows exist): their instances need one statement
-        self._known_series: OrderedDict[str, None] = OrderedDict()
         self.server: ThreadedAssociationServer | None = None
 
     @property
@@ -195,6 +243,23 @@ class StorageSCP:
                 ),
             )
 
+    def _on_acse(self, event: evt.Event) -> None:
+        """A peer asks to release: commit its objects' rows before the answer goes out.
+
+        pynetdicom answers an A-RELEASE-RQ right after this notification, so a
+        peer whose release returned (and the completion stage, which sees the
+        release) finds every object of the association indexed. Bounded: an
+        index that fails or lags lets the release go, the rows wait with
+        their receipts.
+        """
+        primitive = getattr(event, "primitive", None)
+        if not isinstance(primitive, A_RELEASE) or primitive.result is not None:
+            return
+        with self._lock:
+            stats = self._stats.get(event.assoc)
+        if stats is not None and stats.stored:
+            self.indexer.flush(FLUSH_SECONDS)
+
     def _on_closed(self, event: evt.Event) -> None:
         requestor = event.assoc.requestor
         cut_off = _discard_partial(event.assoc)
@@ -209,8 +274,10 @@ class StorageSCP:
             stats = self._stats.pop(event.assoc, None)
         if stats is None:
             return
+        # its rows first: the duplicates are counted, and a release completes only what is indexed
+        flushed = not stats.stored or self.indexer.flush(FLUSH_SECONDS)
         how = "released" if event.event is evt.EVT_RELEASED else "aborted"
-        if how == "released" and stats.stored:
+        if how == "released" and stats.stored and flushed:
             self._released(event, stats)
         log.info(
             "association from %s at %s %s: %d stored (%d duplicates), %d refused %s",
@@ -227,8 +294,9 @@ class StorageSCP:
         """Record the release of a peer that sends whole studies, and wake completion.
 
         Only for a ``complete_on_release`` peer: its studies are complete once
-        the settle time passed. Should this write fail, the quiet timers still
-        complete the studies: nothing waits on it but speed.
+        the settle time passed. Should this write fail (or the association's
+        rows not be committed in time), the quiet timers still complete the
+        studies: nothing waits on it but speed.
         """
         requestor = event.assoc.requestor
         calling = requestor.ae_title.strip()
@@ -252,18 +320,29 @@ class StorageSCP:
     def _on_store(self, event: evt.Event) -> int:
         with self._lock:
             stats = self._stats.get(event.assoc)
-        status, duplicate = self._store(event, stats.association if stats else None)
+        status = self._store(event, stats)
         with self._lock:
             if stats is not None:
                 if status == SUCCESS:
                     stats.stored += 1
-                    stats.duplicates += duplicate
                 else:
                     stats.failed += 1
                     stats.statuses[status] = stats.statuses.get(status, 0) + 1
         return status
 
-    def _store(self, event: evt.Event, association: str | None) -> tuple[int, bool]:
+    def _counted(self, stats: _AssocStats | None) -> Callable[[bool], None] | None:
+        """What the indexer calls with whether an instance was new: copies are counted."""
+        if stats is None:
+            return None
+
+        def indexed(new: bool) -> None:
+            if not new:
+                with self._lock:
+                    stats.duplicates += 1
+
+        return indexed
+
+    def _store(self, event: evt.Event, stats: _AssocStats | None) -> int:
         # the peer's UID, printable: it names the object in the log lines before it is checked
         request_sop = _printable(str(_store_request(event).AffectedSOPInstanceUID or ""))
         calling = event.assoc.requestor.ae_title.strip()
@@ -277,35 +356,34 @@ class StorageSCP:
                 free,
                 node.min_free_disk_mb,
             )
-            return OUT_OF_RESOURCES, False
+            return OUT_OF_RESOURCES
+        trouble = self.indexer.trouble()
+        if trouble is not None:
+            log.error("refused %s from %s: %s", request_sop, calling, trouble)
+            return OUT_OF_RESOURCES
         # pynetdicom wrote the object, as received, to a file in the spool's tmp/; a C-STORE
         # request whose command says no data set follows has none (dataset_path is None)
         path = event.dataset_path
         if path is None:
             log.error("refused %s from %s: the request has no data set", request_sop, calling)
-            return CANNOT_UNDERSTAND, False
+            return CANNOT_UNDERSTAND
         received = Path(path)
+        self.spool.start_writing(received)  # the disk works while the checks run
         syntax = event.context.transfer_syntax
         try:
             header = read_header(received, syntax, HEADER_TAGS)
             size = received.stat().st_size
-            sop_class = check_uid(header.text("SOPClassUID"), "SOP Class UID")
-            sop = check_uid(header.text("SOPInstanceUID"), "SOP Instance UID")
-            study = check_uid(header.text("StudyInstanceUID"), "Study Instance UID")
-            series = check_uid(header.text("SeriesInstanceUID"), "Series Instance UID")
-            mismatch = _request_mismatch(event, sop_class, sop)
+            identity = identify(header)
+            mismatch = _request_mismatch(event, identity.sop_class_uid, identity.sop_instance_uid)
             if mismatch:
                 raise InvalidUIDError(mismatch)
-            check_pixels(header, sop_class, syntax)
-            modality = _text(plain_text(header, "Modality"), 16)
-            body_part = _text(plain_text(header, "BodyPartExamined"), 64)
-            description = _text(plain_text(header, "SeriesDescription"), 64)
+            check_pixels(header, identity.sop_class_uid, syntax)
         except (InvalidUIDError, DataSetMismatchError) as exc:
             log.error("refused %s from %s: %s", request_sop, calling, exc)
-            return DATASET_MISMATCH, False
+            return DATASET_MISMATCH
         except MalformedDataSetError as exc:
             log.error("refused %s from %s: %s", request_sop, calling, exc)
-            return CANNOT_UNDERSTAND, False
+            return CANNOT_UNDERSTAND
         except Exception as exc:  # noqa: BLE001 - any other parse failure
             log.error(
                 "refused %s from %s: data set cannot be parsed: %s",
@@ -313,64 +391,33 @@ class StorageSCP:
                 calling,
                 _oneline(exc),
             )
-            return CANNOT_UNDERSTAND, False
-        relative = self.spool.instance_path(study, series, sop)
-        item = ReceivedInstance(
-            sop_instance_uid=sop,
-            sop_class_uid=sop_class,
-            series_instance_uid=series,
-            study_instance_uid=study,
-            transfer_syntax_uid=str(syntax),
-            modality=modality,
-            body_part_examined=body_part,
-            series_description=description,
-            path=str(relative),
+            return CANNOT_UNDERSTAND
+        association = stats.association if stats is not None else None
+        address = str(event.assoc.requestor.address)
+        at = utcnow()
+        item = received_instance(
+            identity,
+            spool=self.spool,
+            syntax=str(syntax),
             size=size,
             calling_ae_title=calling,
-            source_address=str(event.assoc.requestor.address),
-            received_at=utcnow(),
+            source_address=address,
+            received_at=at,
             association=association,
         )
-        with self._lock:
-            known = series in self._known_series
+        sop = identity.sop_instance_uid
+        receipt = self.receipts / receipt_name(at, association, calling, address)
         try:
-            self.spool.adopt(received, relative)
+            self.spool.receive(received, item.path, receipt)
         except OSError as exc:
             log.error(
                 "refused %s from %s: spool write failed: %s", sop, calling, exc.strerror or exc
             )
-            return OUT_OF_RESOURCES, False
+            return OUT_OF_RESOURCES
         crash_point("stored-before-index")
-        try:
-            new = self._index(item, known)
-        except Exception as exc:  # noqa: BLE001 - any database failure is out of resources
-            log.error("refused %s from %s: index unavailable: %s", sop, calling, _oneline(exc))
-            return OUT_OF_RESOURCES, False
-        if not known:
-            with self._lock:
-                self._known_series[series] = None
-                if len(self._known_series) > KNOWN_SERIES:
-                    self._known_series.popitem(last=False)
-        log.debug("stored %s (series %s) from %s", sop, series, calling)
-        return SUCCESS, not new
-
-    def _index(self, item: ReceivedInstance, known: bool) -> bool:
-        """Index one instance; True if it is new.
-
-        A series this process indexed before needs only the instance row;
-        if that fails because retention has since removed the series row,
-        the series is forgotten and the full upsert tried once more.
-        """
-        try:
-            with self.engine.begin() as connection:
-                return index_instance(connection, item, series_known=known)
-        except IntegrityError:
-            if not known:
-                raise
-        with self._lock:
-            self._known_series.pop(item.series_instance_uid, None)
-        with self.engine.begin() as connection:
-            return index_instance(connection, item)
+        self.indexer.submit(item, receipt, self._counted(stats))
+        log.debug("stored %s (series %s) from %s", sop, item.series_instance_uid, calling)
+        return SUCCESS
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -394,6 +441,7 @@ class StorageSCP:
         return [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_ACSE_RECV, self._on_acse),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -401,8 +449,12 @@ class StorageSCP:
             *self.mpps.handlers(),
         ]
 
-    def start(self) -> ThreadedAssociationServer:
+    def start(self, listener: socket.socket | None = None) -> ThreadedAssociationServer:
         """Listen in a background thread; return the server.
+
+        ``listener``: a listening socket shared with sibling receiver processes
+        (:class:`SharedSocketServer`); without one, this process binds the port
+        itself with ``SO_REUSEPORT``.
 
         Switches this process's pynetdicom to chunked receiving
         (``STORE_RECV_CHUNKED_DATASET``) with temporary files in the spool's
@@ -413,6 +465,8 @@ class StorageSCP:
         restores them.
         """
         node = self.config.node
+        recover(self.spool, self.engine, self.receipts)  # what this receiver's last run left
+        self.indexer.start()
         self._saved = (_config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir)
         _config.STORE_RECV_CHUNKED_DATASET = True
         tempfile.tempdir = str(self.spool.tmp)
@@ -420,7 +474,11 @@ class StorageSCP:
         server = ae.make_server(
             (node.host, node.port),
             evt_handlers=self.handlers(),
-            server_class=ReusePortServer,
+            server_class=(
+                functools.partial(SharedSocketServer, listener=listener)  # type: ignore[arg-type]
+                if listener is not None
+                else ReusePortServer
+            ),
             ssl_context=server_context(node.tls) if node.tls is not None else None,
         )
         ae._servers.append(server)  # as AE.start_server does, so AE.shutdown() finds it
@@ -443,13 +501,7 @@ class StorageSCP:
             self.server.server_close()
             self.server = None
             _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir = self._saved
-
-
-def _text(value: Any, limit: int) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text[:limit] or None
+        self.indexer.stop()
 
 
 def _oneline(exc: BaseException) -> str:

@@ -22,6 +22,8 @@ class Study(Base):
 
     study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
     first_received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    #: the first instance's Accession Number (operators search by it; not patient identity)
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
 
 
 class Series(Base):
