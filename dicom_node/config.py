@@ -379,6 +379,29 @@ class LoggingSection(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class OidcSettings(_Strict):
+    """Single sign-on for the console: an OpenID Connect provider (Keycloak, Entra ID, ...).
+
+    A user signs in at the provider; the console reads their name from
+    ``name_claim`` and their groups (or roles) from ``roles_claim``, and gives
+    them the highest console role whose groups they are in (``roles``). A user
+    in none of them is refused. The client secret comes from a file, never
+    from this configuration.
+    """
+
+    #: the provider's issuer URL (its ``/.well-known/openid-configuration`` is read at start)
+    issuer: str = Field(pattern=r"^https?://")
+    client_id: str = Field(min_length=1)
+    client_secret_file: Path
+    #: what the sign-in button says
+    label: str = "single sign-on"
+    name_claim: str = "preferred_username"
+    roles_claim: str = "groups"
+    #: console role → the provider's groups that grant it
+    roles: dict[Literal["viewer", "operator", "admin"], list[str]] = Field(min_length=1)
+    scope: str = "openid profile email"
+
+
 class MonitoringSection(_Strict):
     """Where the web console listens, with the open ``/health`` and ``/metrics`` (Prometheus).
 
@@ -394,6 +417,8 @@ class MonitoringSection(_Strict):
     #: the console roles shown a study's patient name and ID (each showing is audited);
     #: empty: nobody, UIDs and accession numbers only
     patient_data_roles: list[Literal["viewer", "operator", "admin"]] = Field(default_factory=list)
+    #: single sign-on with an OpenID Connect provider, besides the local accounts (off: none)
+    oidc: OidcSettings | None = None
 
 
 class Config(_Strict):

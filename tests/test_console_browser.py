@@ -92,8 +92,11 @@ def test_an_operator_resends_a_dead_letter_from_the_page_and_it_reaches_orthanc(
             page.screenshot(path=str(ARTIFACTS / "result.png"), full_page=True)
             page.go_back()
             page.locator(".results tr", has_text="SC").locator("a").click()
-            size = page.locator("img.heatmap").evaluate("img => img.naturalWidth")
-            assert size > 0  # the heatmap decoded in the browser
+            page.wait_for_function(  # the heatmap loaded and decoded in the browser
+                "() => { const img = document.querySelector('img.heatmap');"
+                " return img !== null && img.complete && img.naturalWidth > 0; }",
+                timeout=30_000,
+            )
         node.wait_for("SELECT count(*) FROM deliveries WHERE state = 'done'", 1, timeout=120)
         assert node.scalar("SELECT actor FROM events WHERE kind = 'resend'") == "otto"
     study = pydicom.dcmread(image.path, stop_before_pixels=True).StudyInstanceUID

@@ -121,10 +121,13 @@ def test_associations_spread_over_the_receivers_and_a_dead_one_refuses_nothing(
         with ThreadPoolExecutor(8) as pool:
             assert all(r.returncode == 0 for r in pool.map(send, batches[:8]))
         log = node.log_text()
-        served = {
-            n for n in (0, 1) if f"receiver-{n} dicom_node.receive.scp: association from" in log
-        }
-        assert served == {0, 1}, "one receiver took every association"
+        served = [
+            log.count(f"receiver-{n} dicom_node.receive.scp: association from STORESCU")
+            for n in (0, 1)
+        ]
+        print(f"associations per receiver: {served}")
+        # a burst of 8 connections: the least busy receiver takes each (not all in one)
+        assert sum(served) == 8 and min(served) >= 2, served
 
         receivers = [
             pid
@@ -136,10 +139,23 @@ def test_associations_spread_over_the_receivers_and_a_dead_one_refuses_nothing(
         os.kill(receivers[0], signal.SIGKILL)
         # at once, before the supervisor restarts it: the other receiver answers every one
         assert all(node.echo() for _ in range(10))
-        deadline = time.monotonic() + 30
-        while "starting it again" not in node.log_text() and time.monotonic() < deadline:
+        # the supervisor restarts it, and it serves again on the same socket
+        deadline = time.monotonic() + 60
+
+        def listening() -> int:  # two at the start, one more after the restart
+            return node.log_text().count("dicom_node.receive.scp: listening as")
+
+        while listening() < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert "starting it again" in node.log_text()
+        assert "starting it again" in node.log_text() and listening() == 3
         with ThreadPoolExecutor(8) as pool:
-            assert all(r.returncode == 0 for r in pool.map(send, batches[8:16]))
+            results = list(pool.map(send, batches[8:16]))
+        failed = [
+            line
+            for r in results
+            if r.returncode != 0
+            for line in (r.stdout + r.stderr).splitlines()
+            if "Reject" in line or "Reason" in line or "F:" in line
+        ]
+        assert not failed, (failed, node.log_tail(200))
         assert node.scalar("SELECT count(*) FROM instances") == 16 * FILES_EACH

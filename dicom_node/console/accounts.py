@@ -127,6 +127,12 @@ def sign_in(session: Session, name: str, password: str) -> str | None:
         return None
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
+    record(session, "console", "signed-in", user.name, None, actor=user.name)
+    return start_session(session, user)
+
+
+def start_session(session: Session, user: ConsoleUser) -> str:
+    """A new session for ``user``; returns the token for its cookie."""
     token = secrets.token_urlsafe(32)
     now = utcnow()
     session.add(
@@ -138,8 +144,32 @@ def sign_in(session: Session, name: str, password: str) -> str | None:
             last_seen_at=now,
         )
     )
-    record(session, "console", "signed-in", user.name, None, actor=user.name)
     return token
+
+
+#: the password hash of an account that signs in only through the identity provider
+SSO_ONLY = "!sso"
+
+
+def sso_user(session: Session, name: str, role: Role) -> ConsoleUser:
+    """The account of a user the identity provider vouched for, created or given the role
+    the provider's groups grant now; it has no password here."""
+    user = session.scalar(select(ConsoleUser).where(ConsoleUser.name == name))
+    if user is not None and user.password_hash != SSO_ONLY:
+        raise AccountError(
+            f"a local account named {name!r} exists: the identity provider cannot sign it in "
+            "(remove the local account, or have the provider send another name)"
+        )
+    if user is None:
+        user = ConsoleUser(name=name, role=role.value, password_hash=SSO_ONLY, created_at=utcnow())
+        session.add(user)
+        session.flush()
+        record(session, "console", "user-added", name, f"role {role.value}, single sign-on")
+    elif user.role != role.value:
+        record(session, "console", "role-changed", name, f"{user.role} -> {role.value} (groups)")
+        user.role = role.value
+    record(session, "console", "signed-in", name, "single sign-on", actor=name)
+    return user
 
 
 def signed_in(session: Session, token: str | None) -> SignedIn | None:

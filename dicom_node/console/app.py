@@ -84,6 +84,7 @@ def make_app(
         wake_dispatch=wake_dispatch,
         try_model=try_model,
         card=CardCache(),
+        sso_label=oidc.label if (oidc := view.config().monitoring.oidc) is not None else None,
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BaseHTTPMiddleware, dispatch=_security_headers)
@@ -95,6 +96,11 @@ def make_app(
     app.post("/login")(login)
     for module in (pages, studies, routes, models, trying):
         app.include_router(module.router)
+    oidc = view.config().monitoring.oidc
+    if oidc is not None:
+        from dicom_node.console.sso import add_sso
+
+        add_sso(app, oidc)
     return app
 
 
@@ -140,7 +146,9 @@ def metrics(console: Console) -> Response:
 
 def login_page(request: Request, console: Console, next: str = "/") -> Response:  # noqa: A002
     return console.templates.TemplateResponse(
-        request, "login.html", {"next": _local(next), "error": None, "user": None}
+        request,
+        "login.html",
+        {"next": _local(next), "error": None, "user": None, "sso": console.sso_label},
     )
 
 
@@ -168,7 +176,7 @@ def login(
         return console.templates.TemplateResponse(
             request,
             "login.html",
-            {"next": _local(next), "error": error, "user": None},
+            {"next": _local(next), "error": error, "user": None, "sso": console.sso_label},
             status_code=status,
         )
     response = RedirectResponse(_local(next), status_code=303)

@@ -54,6 +54,8 @@ class ConsoleState:
     try_model: Callable[[str, PipelineConfig, Sequence[SeriesInput]], Inference] | None = None
     #: read a model card (the Try page shows its validation)
     card: Callable[[Path], ModelCard] | None = None
+    #: the single sign-on button's words (None: no single sign-on)
+    sso_label: str | None = None
 
 
 class NotSignedIn(Exception):

@@ -42,8 +42,10 @@ import os
 import socket
 import tempfile
 import threading
+import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,13 +122,15 @@ class SharedSocketServer(ThreadedAssociationServer):
     3 or 4 on one process in 10 cases of 16, which then runs them on one GIL
     while the other idles (measured: one run in three at about half the rate).
     On one shared socket every receiver's accept thread competes for the next
-    connection, and one busy with associations (its GIL taken) is slower to
-    win it: associations spread by load. The socket is non-blocking, so a
-    receiver that lost the race goes back to waiting, and stops promptly.
+    connection, and one with associations running waits a little per
+    association before it tries (:data:`BUSY_DELAY`): the least busy wins, in
+    a burst too. The socket is non-blocking, so a receiver that lost the race
+    goes back to waiting, and stops promptly.
     """
 
     def __init__(self, *args: Any, listener: socket.socket, **kwargs: Any) -> None:
         self._listener = listener
+        self._accepted: deque[float] = deque()
         super().__init__(*args, **kwargs)
 
     def server_bind(self) -> None:
@@ -140,11 +144,29 @@ class SharedSocketServer(ThreadedAssociationServer):
         pass  # already listening: the main process did it
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        # Who accepts first wins. In a burst of connections every receiver is idle, and the
+        # first to wake would take them all: a receiver with associations running waits a
+        # little per association before it tries, so the one with fewest wins.
+        # (an association starts its thread a moment after the accept: count recent accepts)
+        now = time.monotonic()
+        while self._accepted and now - self._accepted[0] > RECENT_ACCEPT_SECONDS:
+            self._accepted.popleft()
+        busy = max(len(self.ae.active_associations), len(self._accepted))
+        if busy:
+            time.sleep(min(BUSY_DELAY_MAX, BUSY_DELAY * busy))
         client, address = super().get_request()
+        self._accepted.append(time.monotonic())
         # blocking, as pynetdicom's own server hands them over (its DUL keeps the timeouts);
         # a socket with a timeout would poll before every recv
         client.setblocking(True)
         return client, address
+
+
+#: seconds a receiver waits per running association before it takes a new one (at most the
+#: second figure): long enough for an idle sibling's accept to win, short against an association
+BUSY_DELAY, BUSY_DELAY_MAX = 0.005, 0.05
+#: an accept counts as a running association this long (its thread is not yet listed)
+RECENT_ACCEPT_SECONDS = 0.5
 
 
 def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
