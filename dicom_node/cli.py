@@ -349,9 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="model management")
     # the pipeline packages add their own synth kinds, dataset tools, trainers and evaluators,
     # and the demo builder its models command
+    model_actions = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     add_commands(
         CommandGroups(
-            models=models.add_subparsers(dest="models_command", required=True, metavar="ACTION"),
+            models=model_actions,
             synth=ssub,
             dataset=dataset.add_subparsers(dest="dataset_command", required=True, metavar="ACTION"),
             train=train.add_subparsers(dest="train_kind", required=True, metavar="PIPELINE"),
@@ -360,8 +361,36 @@ def build_parser() -> argparse.ArgumentParser:
             ),
         )
     )
+    p = model_actions.add_parser(
+        "table", help="the cards' performance as Markdown tables (what the README shows)"
+    )
+    p.add_argument("cards", nargs="+", type=Path, help="card.yaml files or model folders")
+    p.add_argument(
+        "--split",
+        action="append",
+        choices=["held_out_test", "cross_validation", "validation"],
+        help="splits to show (repeatable; default held_out_test)",
+    )
+    p.set_defaults(func=cmd_models_table)
 
     return parser
+
+
+def cmd_models_table(args: argparse.Namespace) -> int:
+    """``dicom-node models table``: Markdown tables generated from the cards."""
+    from pipelines.card import CARD_FILE, load_card
+    from pipelines.cardtable import cards_tables
+
+    try:
+        cards = [
+            load_card(path / CARD_FILE if path.is_dir() else path, verify_weights=False)
+            for path in args.cards
+        ]
+    except CardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(cards_tables(cards, splits=args.split or ["held_out_test"]), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

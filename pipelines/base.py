@@ -37,7 +37,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, final
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, final, get_args
 
 import numpy as np
 
@@ -48,6 +48,12 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+
+#: What one finding, and so the metric that says how far to trust it, is about:
+#: a CT slice, a radiograph, a series, a whole study, a detected box, or one
+#: femoral neck (one side of a hip radiograph).
+Unit = Literal["slice", "image", "series", "study", "box", "femoral neck"]
+UNITS: tuple[str, ...] = get_args(Unit)
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,13 @@ class Finding:
         Optional region on one of the source images.
     laterality : Code or None
         Optional laterality of the finding site (SCT 24028007 right, 7771000 left).
+    unit : str or None
+        What the finding is about (one of :data:`UNITS`): the SR quotes the
+        card's held-out metrics counted in this unit. ``None``: unknown, and
+        the SR says the card has no metrics for it.
+    advice : str
+        What to do about a present finding (the card label's ``advice``),
+        written into the result as a recommendation; empty for none.
     """
 
     label: str
@@ -128,10 +141,16 @@ class Finding:
     source_sop_instance_uids: tuple[str, ...] = ()
     box: Box | None = None
     laterality: Code | None = None
+    unit: Unit | None = None
+    advice: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, str) or not self.label:
             raise ValueError(f"Finding.label must be the card's label name, got {self.label!r}")
+        if self.unit is not None and self.unit not in UNITS:
+            raise ValueError(
+                f"Finding.unit must be one of {', '.join(UNITS)} (or None), got {self.unit!r}"
+            )
         if not 0.0 <= self.probability <= 1.0:
             raise ValueError(f"Finding.probability must be in [0, 1], got {self.probability!r}")
         if not isinstance(self.source_sop_instance_uids, tuple) or not all(
@@ -346,6 +365,9 @@ class Pipeline(abc.ABC, Generic[UnitT, RefT, DataT, OutT]):
     """
 
     name: ClassVar[str]
+    #: What one finding is about (unless :meth:`finding` is told otherwise, e.g. a
+    #: detector's box): the unit whose held-out metrics the SR quotes next to it.
+    reports: ClassVar[Unit] = "image"
     #: What a usable input is, for the error of a job that has none; ``{card}``
     #: is replaced by the card's name, e.g. "an axial CT slice that {card} can read".
     accepts: ClassVar[str] = "an image that {card} can read"
@@ -393,22 +415,27 @@ class Pipeline(abc.ABC, Generic[UnitT, RefT, DataT, OutT]):
         present: bool | None = None,
         box: Box | None = None,
         laterality: Code | None = None,
+        unit: Unit | None = None,
     ) -> Finding:
         """A finding for one of the card's labels: its code, site and threshold decision.
 
         ``probability`` is clipped to [0, 1]; ``present`` defaults to the
-        label's threshold decision on it.
+        label's threshold decision on it; ``unit`` to :attr:`reports`. A
+        present finding carries the label's ``advice``.
         """
         p = min(max(float(probability), 0.0), 1.0)
+        present = p >= label.threshold if present is None else present
         return Finding(
             label=label.name,
             code=label.code.to_code(),
             probability=p,
-            present=p >= label.threshold if present is None else present,
+            present=present,
             finding_site=label.finding_site.to_code() if label.finding_site else None,
             source_sop_instance_uids=tuple(sources),
             box=box,
             laterality=laterality,
+            unit=unit or self.reports,
+            advice=label.advice if present else "",
         )
 
     @staticmethod

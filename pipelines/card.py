@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipelines.base import Code
+from pipelines.base import Code, Unit
 
 #: File names of a model folder: ``models/<name>/card.yaml`` and the weights it names.
 CARD_FILE = "card.yaml"
@@ -62,6 +62,9 @@ class LabelSpec(_Strict):
     #: False for a background / "normal" class that is not reported as a finding
     report: bool = True
     finding_site: CodeSpec | None = None
+    #: what the result says to do when the finding is present, in words a clinician reads
+    #: (e.g. seed 003: "Osteoporosis suspected; DEXA of the hip recommended to confirm.")
+    advice: str = Field("", max_length=1024)
 
 
 class WindowSpec(_Strict):
@@ -139,6 +142,83 @@ class Provenance(_Strict):
     code_path: dict[str, str] | None = None
 
 
+#: Which data a metric was measured on: the held-out test split, the
+#: validation split (used to pick thresholds or epochs, so optimistic), or
+#: cross-validation folds on the training data.
+Split = Literal["held_out_test", "cross_validation", "validation"]
+#: The headline metrics a card may quote per label (the SR shows them by these names).
+MetricName = Literal[
+    "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy", "roc_auc", "ap50"
+]
+#: How the SR and the heatmap footer write each metric.
+METRIC_TITLES: dict[str, str] = {
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "ppv": "PPV",
+    "npv": "NPV",
+    "f1": "F1",
+    "accuracy": "accuracy",
+    "roc_auc": "ROC AUC",
+    "ap50": "AP50",
+}
+#: Splits in the order a result prefers to quote them (held-out data first).
+SPLIT_PREFERENCE: tuple[str, ...] = ("held_out_test", "cross_validation", "validation")
+
+
+class Estimate(_Strict):
+    """One metric's value with its confidence interval (``None``: undefined on these data)."""
+
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    @property
+    def has_ci(self) -> bool:
+        return self.value is not None and self.ci_low is not None and self.ci_high is not None
+
+
+class LabelPerformance(_Strict):
+    """How well the model did for one label, on one split, counted in one unit.
+
+    The node quotes these next to every finding of ``label`` reported in
+    ``unit`` (the SR's content tree, the heatmap's footer), so a radiologist
+    reads how far to trust a finding in the unit it is reported in: a
+    per-study finding next to per-study sensitivity, a box next to AP50 per box.
+    """
+
+    label: str
+    unit: Unit
+    split: Split
+    #: units evaluated (studies, images, boxes...) and how many of them were positive
+    n: int = Field(ge=1)
+    n_positive: int | None = Field(None, ge=0)
+    #: the decision threshold the metrics were computed at (None: threshold-free, e.g. AP50)
+    threshold: float | None = None
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    ci_method: str = ""
+    metrics: dict[MetricName, Estimate] = Field(min_length=1)
+
+    def describe(self) -> str:
+        """One line a radiologist reads: split, unit and n, then each metric with its CI."""
+        where = self.split.replace("_", " ").replace("held out", "held-out")
+        count = f"n={self.n}" + (
+            f", {self.n_positive} positive" if self.n_positive is not None else ""
+        )
+        parts = []
+        for name, est in self.metrics.items():
+            title = METRIC_TITLES[name]
+            if est.value is None:
+                parts.append(f"{title} undefined")
+            elif est.has_ci:
+                parts.append(
+                    f"{title} {est.value:.2f} ({self.confidence:.0%} CI "
+                    f"{est.ci_low:.2f}-{est.ci_high:.2f})"
+                )
+            else:
+                parts.append(f"{title} {est.value:.2f} (no CI)")
+        return f"{where}, per {self.unit} ({count}): " + ", ".join(parts)
+
+
 class ModelCard(_Strict):
     """The parsed contents of a ``card.yaml``."""
 
@@ -152,12 +232,51 @@ class ModelCard(_Strict):
     explainer: ExplainerSpec = Field(default_factory=ExplainerSpec)
     weights: WeightsSpec
     provenance: Provenance
+    #: the detailed reports of the training run (each study's own shape); read by people
     metrics: dict[str, Any] = Field(default_factory=dict)
+    #: the headline metrics per label, each naming its unit and split: what results quote
+    performance: list[LabelPerformance] = Field(default_factory=list)
     #: pipeline-specific settings (documented by each pipeline)
     options: dict[str, Any] = Field(default_factory=dict)
 
     #: folder the card was loaded from (weights resolve against it); not part of the YAML
     folder: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _performance_fits(self) -> ModelCard:
+        names = {label.name for label in self.labels}
+        unknown = sorted({p.label for p in self.performance} - names)
+        if unknown:
+            raise ValueError(
+                f"performance names label(s) {', '.join(unknown)} that are not among the card's "
+                f"labels ({', '.join(sorted(names))})"
+            )
+        if self.provenance.clinical_use:
+            missing = [
+                label.name
+                for label in self.labels
+                if label.report
+                and not any(
+                    p.label == label.name
+                    and p.split != "validation"
+                    and all(e.has_ci for e in p.metrics.values())
+                    for p in self.performance
+                )
+            ]
+            if missing:
+                raise ValueError(
+                    "provenance.clinical_use is true, but label(s) "
+                    f"{', '.join(missing)} have no performance entry measured on held-out data "
+                    "(split held_out_test or cross_validation) with n and a "
+                    "confidence interval for every metric; evaluate the model on the hospital's "
+                    "held-out data and write those entries, or set clinical_use: false"
+                )
+        return self
+
+    def performance_for(self, label: str, unit: str | None) -> list[LabelPerformance]:
+        """The card's metrics of ``label`` counted in ``unit``, held-out data first."""
+        chosen = [p for p in self.performance if p.label == label and p.unit == unit]
+        return sorted(chosen, key=lambda p: SPLIT_PREFERENCE.index(p.split))
 
     @property
     def weights_path(self) -> Path:

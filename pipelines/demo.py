@@ -146,13 +146,21 @@ def build_demo(
     keys = (
         {n: buildcache.build_key(n, seed=seed, code_path=code_path) for n in names} if cache else {}
     )
+    stale: set[str] = set()
     if cache and not force:
         for name in names:
-            if not (models_dir / name / CARD_FILE).is_file():
-                models_dir.mkdir(parents=True, exist_ok=True)
-                buildcache.restore(name, keys[name], models_dir / name)
+            folder = models_dir / name
+            if (folder / CARD_FILE).is_file() and buildcache.built_key(folder) == keys[name]:
+                continue
+            # missing, or built by other code (an edit since, another seed or code path)
+            models_dir.mkdir(parents=True, exist_ok=True)
+            if not buildcache.restore(name, keys[name], folder) and (folder / CARD_FILE).is_file():
+                logger.info("%s: its code changed since it was built; building it again", name)
+                stale.add(name)
     cards = {name: models_dir / name / CARD_FILE for name in names}
-    to_build = [name for name in names if not existing_card(cards[name], force=force)]
+    to_build = [
+        name for name in names if not existing_card(cards[name], force=force or name in stale)
+    ]
     for name in names:  # jobs for the models to build wait instead of failing (card_state)
         if name in to_build:
             mark_building(cards[name], os.getpid())
@@ -163,12 +171,13 @@ def build_demo(
         cards[name] = card
         unmark_building(card)
         if cache:
+            buildcache.mark_built(card.parent, keys[name])
             buildcache.store(name, keys[name], card.parent)
 
     try:
         if to_build and codepath.in_effect(code_path) and (jobs <= 1 or len(to_build) <= 1):
             for name in build_order(to_build, 1):
-                finished(name, _build_one(name, models_dir, seed, force, progress))
+                finished(name, _build_one(name, models_dir, seed, force or name in stale, progress))
         elif to_build:
             # spawn: a forked child would inherit the parent's torch thread pool and locks, and
             # the libraries' CPU dispatch, which only a new process chooses afresh from its
@@ -182,7 +191,9 @@ def build_demo(
                 ) as pool,
             ):
                 futures = {
-                    pool.submit(_build_one, name, models_dir, seed, force, progress): name
+                    pool.submit(
+                        _build_one, name, models_dir, seed, force or name in stale, progress
+                    ): name
                     for name in build_order(to_build, workers)
                 }
                 for future in as_completed(futures):

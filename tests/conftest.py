@@ -295,9 +295,20 @@ def _demo(name: str) -> Path:
     pytest); built here if missing, else verified (sha256) and reused. The builds are
     deterministic on one machine, so every run here tests the same weights; other machines
     build others, which is why the quality bars come from a measured spread (``bars.py``)."""
+    from pipelines.card import CARD_FILE, CardError, load_card
+    from pipelines.common import codepath
     from pipelines.demo import build_demo
 
-    (card,) = build_demo(demo_models_dir(), seed=0, progress=False, only=[name])
+    # the code path the demos were built under (scripts/run-tests exports it), else the one the
+    # existing card records: a build under another path would train every demo again
+    chosen = os.environ.get(codepath.ENV_VAR)
+    if not chosen:
+        with contextlib.suppress(CardError, KeyError, TypeError):
+            recorded = load_card(demo_models_dir() / name / CARD_FILE, verify_weights=False)
+            chosen = (recorded.provenance.code_path or {})["name"]
+    (card,) = build_demo(
+        demo_models_dir(), seed=0, progress=False, only=[name], code_path=chosen or None
+    )
     return card
 
 

@@ -149,6 +149,41 @@ def test_a_cached_build_is_copied_not_trained(
         build_demo(tmp_path / "seed1", seed=1, only=[name], code_path="native", progress=False)
 
 
+def test_a_model_folder_built_by_other_code_is_built_again_not_reused(
+    ct_noncontrast_demo_card: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card in the models folder whose recorded build key is not today's (the code changed
+    since) is not used as it is: restored from the cache when today's build is there, else
+    trained; one without any recorded key likewise."""
+    import shutil
+
+    import pipelines.demo as demo
+
+    monkeypatch.setenv(buildcache.CACHE_ENV, str(tmp_path / "cache"))
+    name = "ct-gb-noncontrast-demo"
+    built_under = "native"  # in effect in this process: a build would run here, not in a child
+    folder = tmp_path / "models" / name
+    shutil.copytree(ct_noncontrast_demo_card.parent, folder)
+    buildcache.mark_built(folder, "0" * 24)  # built by code that no longer exists
+    trained: list[str] = []
+
+    def training(models_dir: Path, **kwargs: object) -> Path:
+        trained.append(str(kwargs.get("force")))
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(demo, "builder", lambda _name: training)
+    with pytest.raises(RuntimeError, match="trained"):
+        build_demo(tmp_path / "models", only=[name], code_path=built_under, progress=False, jobs=1)
+    assert trained == ["True"], "the builder was asked to rebuild over the stale card"
+    # today's build in the cache: copied over the stale folder, nothing trains
+    key = buildcache.build_key(name, seed=0, code_path=built_under)
+    buildcache.store(name, key, ct_noncontrast_demo_card.parent)
+    (card,) = build_demo(
+        tmp_path / "models", only=[name], code_path=built_under, progress=False, jobs=1
+    )
+    assert buildcache.built_key(card.parent) == key and len(trained) == 1
+
+
 def test_a_cached_build_that_does_not_verify_is_dropped(
     ct_noncontrast_demo_card: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -73,9 +73,14 @@ def test_a_study_the_model_cannot_analyse_gets_an_sr_saying_so(
     report = hd.sr.Comprehensive3DSR.from_dataset(sr)
     assert report.PreliminaryFlag == "PRELIMINARY"
     # nothing in it reads as a finding: no certainty, no present / absent
+    (measurements,) = (
+        item
+        for item in sr.ContentSequence
+        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "126010"
+    )
     assert not [
         item
-        for item in sr.ContentSequence[-1].ContentSequence[0].ContentSequence
+        for item in measurements.ContentSequence[0].ContentSequence
         if item.ValueType in ("NUM", "CODE")
         and item.ConceptNameCodeSequence[0].CodeValue in ("111012", "121071")
     ]

@@ -8,6 +8,7 @@ what the pipeline reported.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -40,8 +41,10 @@ from dicom_node.results import (
     sr_sop_instance_uid,
 )
 from dicom_node.results import codes as result_codes
-from dicom_node.results.sc import BOX_COLOUR
+from dicom_node.results.sc import BOX_COLOUR, FOOTER_MAX_SHARE, footer_texts
+from imaging.pixels import display_pixels
 from pipelines.base import Annotation, Box, Code, Finding, Heatmap
+from pipelines.card import Estimate, LabelPerformance
 
 from dicom_validation import dciodvfy_errors, dciodvfy_report
 
@@ -300,6 +303,106 @@ def _ct_findings(ct_header: Dataset) -> list[Finding]:
             source_sop_instance_uids=(uid,),
         ),
     ]
+
+
+def _texts(items: object, code_value: str) -> list[str]:
+    return [
+        str(item.TextValue)
+        for item in items  # type: ignore[attr-defined]
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == code_value
+    ]
+
+
+def test_sr_quotes_the_cards_metrics_in_each_findings_unit_and_the_advice(
+    tmp_path: Path, ct_header: Dataset, algorithm: AlgorithmInfo
+) -> None:
+    """Each group carries its label's metrics counted in the finding's unit, with CI and n."""
+    ap50 = Estimate(value=0.61, ci_low=0.42, ci_high=0.77)
+    sens = Estimate(value=0.9, ci_low=0.8, ci_high=0.97)
+    performance = (
+        LabelPerformance(
+            label="lesion", unit="box", split="held_out_test", n=37, metrics={"ap50": ap50}
+        ),
+        LabelPerformance(
+            label="lesion", unit="image", split="held_out_test", n=34, metrics={"sensitivity": sens}
+        ),
+        LabelPerformance(
+            label="mass", unit="image", split="validation", n=20, metrics={"sensitivity": sens}
+        ),
+        LabelPerformance(
+            label="mass",
+            unit="image",
+            split="held_out_test",
+            n=40,
+            n_positive=12,
+            metrics={
+                "sensitivity": sens,
+                "specificity": Estimate(value=0.95, ci_low=0.9, ci_high=1.0),
+            },
+        ),
+    )
+    quoted = dataclasses.replace(algorithm, synthetic=True, performance=performance)
+    uid = str(ct_header.SOPInstanceUID)
+    findings = [
+        Finding(
+            "lesion",
+            LESION,
+            0.87,
+            True,
+            source_sop_instance_uids=(uid,),
+            box=Box(uid, 10, 20, 50, 60),
+            unit="box",
+        ),
+        Finding("nodule", NODULE, 0.12, False, unit="image", advice="never shown: absent"),
+        Finding(
+            "mass",
+            MASS,
+            0.7,
+            True,
+            source_sop_instance_uids=(uid,),
+            unit="image",
+            advice="Biopsy recommended.",
+        ),
+    ]
+    path = tmp_path / "sr.dcm"
+    ds = _write_read(build_sr(findings, [ct_header], quoted, job_key=JOB, series_number=9), path)
+    _assert_valid(path)
+    report = hd.sr.srread(path).content
+    groups = report.get_planar_roi_measurement_groups() + report.get_image_measurement_groups()
+    by_uid = {str(g.tracking_uid): g for g in groups}
+    lines = {
+        f.label: _texts(by_uid[finding_tracking_uid(JOB, i)][0].ContentSequence, "model-perf")
+        for i, f in enumerate(findings)
+    }
+    advice = {
+        f.label: _texts(by_uid[finding_tracking_uid(JOB, i)][0].ContentSequence, "121075")
+        for i, f in enumerate(findings)
+    }
+    # the box is read with AP50 per box, not the per-image numbers
+    assert lines["lesion"] == ["held-out test, per box (n=37): AP50 0.61 (95% CI 0.42-0.77)"]
+    # held-out data only, when the card has them (the validation split picked the threshold)
+    assert lines["mass"] == [
+        (
+            "held-out test, per image (n=40, 12 positive): sensitivity 0.90 (95% CI 0.80-0.97), "
+            "specificity 0.95 (95% CI 0.90-1.00)"
+        )
+    ]
+    # nothing measured in the unit: said, not left out
+    assert lines["nodule"] == ["The model card has no metrics for nodule per image."]
+    assert advice == {"lesion": [], "nodule": [], "mass": ["Biopsy recommended."]}
+    # the model's provenance and use, at the document level
+    (statements,) = [
+        item
+        for item in ds.ContentSequence
+        if item.ValueType == "CONTAINER" and item.ConceptNameCodeSequence[0].CodeValue == "C0034375"
+    ]
+    assert _texts(statements.ContentSequence, "model-data") == [
+        "Trained on synthetic phantoms (demo weights); never validated on patients."
+    ]
+    (use,) = _texts(statements.ContentSequence, "model-use")
+    assert use.startswith(NOT_FOR_DIAGNOSTIC_USE)
+    schemes = {item.CodingSchemeDesignator for item in ds.CodingSchemeIdentificationSequence}
+    assert "99DCMNODE" in schemes
 
 
 def test_sr_ct_is_valid_and_reads_back(
@@ -714,11 +817,17 @@ def test_overlay_rgb() -> None:
         overlay_rgb(gray, heat[:, :10])
 
 
-def _build_sc(source: Dataset, algorithm: AlgorithmInfo, annotations: list[Annotation]) -> Dataset:
+def _build_sc(
+    source: Dataset,
+    algorithm: AlgorithmInfo,
+    annotations: list[Annotation],
+    heat: np.ndarray | None = None,
+    unit: str | None = None,
+) -> Dataset:
     rows, cols = int(source.Rows), int(source.Columns)
     return build_heatmap_sc(
         source,
-        _blob(rows, cols, rows / 2, cols / 2, rows / 8),
+        _blob(rows, cols, rows / 2, cols / 2, rows / 8) if heat is None else heat,
         algorithm,
         job_key=JOB,
         series_instance_uid=heatmap_series_instance_uid(JOB),
@@ -726,6 +835,7 @@ def _build_sc(source: Dataset, algorithm: AlgorithmInfo, annotations: list[Annot
         instance_number=1,
         label="lesion",
         annotations=annotations,
+        unit=unit,
     )
 
 
@@ -735,7 +845,7 @@ def test_heatmap_sc_draws_boxes_and_labels(
     """Outline on the box edges, tag above it, every other pixel as without boxes."""
     uid = str(ct.SOPInstanceUID)
     plain = _build_sc(ct, algorithm, []).pixel_array.astype(int)
-    annotated = Annotation(Box(uid, 40, 60, 90, 100), "lesion 87%")
+    annotated = Annotation(Box(uid, 40, 40, 90, 80), "lesion 87%")
     sc = _build_sc(ct, algorithm, [annotated])
     path = tmp_path / "sc_boxes.dcm"
     ds = _write_read(sc, path)
@@ -746,23 +856,24 @@ def test_heatmap_sc_draws_boxes_and_labels(
 
     rgb = ds.pixel_array.astype(int)
     colour = np.array(BOX_COLOUR)
-    # x1/y1 are exclusive edges: the box covers columns 40..89 and rows 60..99.
-    for edge in (rgb[60, 40:90], rgb[99, 40:90], rgb[60:100, 40], rgb[60:100, 89]):
+    # x1/y1 are exclusive edges: the box covers columns 40..89 and rows 40..79 (above the
+    # footer band, which covers at most the bottom quarter).
+    for edge in (rgb[40, 40:90], rgb[79, 40:90], rgb[40:80, 40], rgb[40:80, 89]):
         assert (edge == colour).all()
-    np.testing.assert_array_equal(rgb[64:96, 44:86], plain[64:96, 44:86])  # inside
+    np.testing.assert_array_equal(rgb[44:76, 44:86], plain[44:76, 44:86])  # inside
     changed = (rgb != plain).any(axis=-1)
-    assert not changed[:, :40].any() and not changed[100:].any()  # left of and below the box
-    assert not changed[60:, 90:].any()  # right of the box, below the tag
-    assert not changed[:35].any()  # well above the tag
-    tag = rgb[38:60, 40:90]
-    assert changed[38:60, 40:90].mean() > 0.5, "a filled tag sits just above the box"
+    assert not changed[:, :40].any() and not changed[80:].any()  # left of and below the box
+    assert not changed[40:, 90:].any()  # right of the box, below the tag
+    assert not changed[:15].any()  # well above the tag
+    tag = rgb[18:40, 40:90]
+    assert changed[18:40, 40:90].mean() > 0.5, "a filled tag sits just above the box"
     # Anti-aliased white text on a black tag.
     assert (tag == 0).all(axis=-1).any() and (tag.min(axis=-1) > 180).any(), "white on black"
 
     # Empty text: the box without a tag.
-    box_only = _build_sc(ct, algorithm, [Annotation(Box(uid, 40, 60, 90, 100), "")])
+    box_only = _build_sc(ct, algorithm, [Annotation(Box(uid, 40, 40, 90, 80), "")])
     changed = (box_only.pixel_array.astype(int) != plain).any(axis=-1)
-    assert changed[60, 40:90].all() and not changed[:60].any()
+    assert changed[40, 40:90].all() and not changed[:40].any()
     assert box_only.DerivationDescription.count("1 box drawn") == 1
 
 
@@ -829,3 +940,48 @@ def test_dciodvfy_helper_reports_errors(ct: Dataset, algorithm: AlgorithmInfo) -
     del sc.ConversionType  # Type 1 in SC Equipment
     errors = dciodvfy_errors(sc)
     assert any("ConversionType" in e or "Conversion Type" in e for e in errors), errors
+
+
+def test_heatmap_footer_names_the_model_its_use_and_its_metrics(
+    tmp_path: Path, ct: Dataset, algorithm: AlgorithmInfo
+) -> None:
+    """The words a radiologist reads on the image itself, in the bottom rows only."""
+    sens = Estimate(value=0.9, ci_low=0.8, ci_high=0.97)
+    quoted = dataclasses.replace(
+        algorithm,
+        synthetic=True,
+        performance=(
+            LabelPerformance(
+                label="lesion",
+                unit="image",
+                split="held_out_test",
+                n=50,
+                metrics={"sensitivity": sens},
+            ),
+        ),
+    )
+    assert footer_texts(quoted, "lesion", "image") == [
+        "AI generic-demo 0.1.0 | NOT FOR DIAGNOSTIC USE | synthetic demo weights",
+        "lesion per image, held-out n=50: sensitivity 0.90 (0.80-0.97)",
+    ]
+    assert footer_texts(quoted, "lesion", "study")[1] == (
+        "lesion: no metrics per study in the model card"
+    )
+    validated = dataclasses.replace(quoted, for_diagnostic_use=True, synthetic=False)
+    assert footer_texts(validated, "", None) == ["AI generic-demo 0.1.0 | preliminary"]
+
+    rows, cols = int(ct.Rows), int(ct.Columns)
+    heat = _blob(rows, cols, rows / 4, cols / 2, rows / 10)
+    sc = _build_sc(ct, quoted, [], heat=heat, unit="image")
+    path = tmp_path / "footer.dcm"
+    rgb = _write_read(sc, path).pixel_array.astype(int)
+    _assert_valid(path)
+    plain = overlay_rgb(display_pixels(ct), heat).astype(int)
+    changed = (rgb != plain).any(axis=-1)
+    band = rows - int(FOOTER_MAX_SHARE * rows)
+    assert changed[band:].any() and not changed[:band].any(), (
+        "the footer stays in the bottom quarter"
+    )
+    bottom = rgb[band:]
+    assert (bottom == 0).all(axis=-1).mean() > 0.3, "a black band"
+    assert (bottom.min(axis=-1) > 180).any(), "with white text"

@@ -30,11 +30,18 @@ from peers import free_port, pydicom_sample
 
 
 class Receiver:
-    def __init__(self, tmp_path: Path, database_url: str, min_free_disk_mb: int = 0) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        database_url: str,
+        min_free_disk_mb: int = 0,
+        max_associations: int = 16,
+    ) -> None:
         self.port = free_port()
         self.config: Config = parse_config(
             f"""
 node: {{ae_title: DICOM_NODE, host: 127.0.0.1, port: {self.port},
+        max_associations: {max_associations},
         peers: [{{ae_title: MODALITY, host: 127.0.0.1}}]}}
 storage: {{spool: spool, database_url: "{database_url}", min_free_disk_mb: {min_free_disk_mb}}}
 """,
@@ -228,6 +235,29 @@ def test_unknown_calling_ae_is_rejected_at_association(receiver: Receiver) -> No
     assoc = ae.associate("127.0.0.1", receiver.port, ae_title="DICOM_NODE")
     assert assoc.is_rejected
     assert receiver.count() == 0
+
+
+def test_an_association_over_the_limit_is_refused_and_the_log_says_what_was_counted(
+    tmp_path: Path, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = Receiver(tmp_path, database_url, max_associations=1)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    first = ae.associate("127.0.0.1", r.port, ae_title="DICOM_NODE")
+    try:
+        assert first.is_established
+        with caplog.at_level("WARNING", logger="dicom_node.receive.scp"):
+            second = ae.associate("127.0.0.1", r.port, ae_title="DICOM_NODE")
+            assert second.is_rejected
+            deadline = time.monotonic() + 5
+            while "refused an association" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert "1 other acceptor thread(s) alive (1 established)" in caplog.text
+        assert "node.max_associations 1" in caplog.text
+    finally:
+        first.release()
+        r.scp.stop()
+        r.engine.dispose()
 
 
 def test_peer_list_edits_apply_to_new_associations(receiver: Receiver) -> None:

@@ -45,7 +45,7 @@ from dicom_node.events import record
 from dicom_node.jobs.engine import EngineFailure
 from dicom_node.results.algorithm import AlgorithmInfo
 from dicom_node.results.read import dataset_png
-from dicom_node.results.sc import build_heatmap_sc
+from dicom_node.results.sc import build_heatmap_sc, label_units
 from dicom_node.route.explain import explain_paths
 from pipelines.base import PipelineInputError, SeriesInput
 from pipelines.card import CardError, ModelCard
@@ -84,7 +84,8 @@ class Tried:
     heatmaps: list[tuple[str, str]]
     skipped: list[tuple[str, str]]
     how: str
-    advice: bool
+    #: what the card says to do about the present findings (each label's advice, once)
+    advice: list[str]
 
 
 @router.get("/try", response_class=HTMLResponse)
@@ -184,6 +185,7 @@ def _run(console: ConsoleState, upload: Path, pipeline: str, folder: Path) -> Tr
         for f in result.findings
     ]
     algorithm = AlgorithmInfo.from_card(card, __version__)
+    units = label_units(result.findings)
     heatmaps = []
     for number, heatmap in enumerate(result.heatmaps, start=1):
         sc = build_heatmap_sc(
@@ -196,12 +198,11 @@ def _run(console: ConsoleState, upload: Path, pipeline: str, folder: Path) -> Tr
             instance_number=number,
             label=heatmap.label,
             annotations=heatmap.annotations,
+            unit=units.get(heatmap.label),
         )
         png = base64.b64encode(dataset_png(sc)).decode()
         heatmaps.append((heatmap.label or "heatmap", f"data:image/png;base64,{png}"))
-    advice = card.pipeline == "hip-osteoporosis" and any(
-        f.present and f.label == "osteoporosis" for f in findings
-    )
+    advice = list(dict.fromkeys(f.advice for f in result.findings if f.present and f.advice))
     return Tried(pipeline, card, findings, heatmaps, list(result.skipped), how, advice)
 
 

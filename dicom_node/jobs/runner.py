@@ -34,7 +34,7 @@ from dicom_node.jobs.engine import Engine, EngineFailure, LocalEngine
 from dicom_node.jobs.tables import Job, JobState, Result, ResultKind
 from dicom_node.receive import index
 from dicom_node.results.algorithm import AlgorithmInfo
-from dicom_node.results.sc import build_heatmap_sc, heatmap_series_instance_uid
+from dicom_node.results.sc import build_heatmap_sc, heatmap_series_instance_uid, label_units
 from dicom_node.results.sr import build_notice_sr, build_sr
 from dicom_node.spool import Spool
 from pipelines.base import PipelineInputError, PipelineResult, SeriesInput
@@ -281,6 +281,7 @@ class JobRunner:
         )
         outputs.append((ResultKind.SR, sr, self._write(job.id, sr)))
         sc_series = heatmap_series_instance_uid(job.key)
+        units = label_units(result.findings)
         for number, heatmap in enumerate(result.heatmaps, start=1):
             source = dcmread(heatmap.source)
             sc = build_heatmap_sc(
@@ -293,6 +294,7 @@ class JobRunner:
                 instance_number=number,
                 label=heatmap.label,
                 annotations=heatmap.annotations,
+                unit=units.get(heatmap.label),
             )
             outputs.append((ResultKind.SC, sc, self._write(job.id, sc)))
         return outputs

@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +245,38 @@ class StorageSCP:
             # as pynetdicom's own reject path: let the DUL send the A-ASSOCIATE-RJ before the
             # socket closes, or the peer only sees an abort
             event.assoc.kill()
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        """pynetdicom refused an association itself: log what it counted (the limit's cause).
+
+        pynetdicom refuses "transient, local limit exceeded" when more
+        acceptor association *threads* are alive than ``node.max_associations``;
+        threads of associations that are ending still count. The states say
+        whether that is what happened.
+        """
+        assoc = event.assoc
+        if not assoc.is_acceptor:
+            return
+        others = [a for a in assoc.ae.active_associations if a.is_acceptor and a is not assoc]
+        states = Counter(
+            "established"
+            if a.is_established
+            else "released"
+            if a.is_released
+            else "aborted"
+            if a.is_aborted
+            else "negotiating"
+            for a in others
+        )
+        log.warning(
+            "refused an association from %s at %s: %d other acceptor thread(s) alive (%s), "
+            "node.max_associations %d; a peer retries a transient refusal",
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            len(others),
+            ", ".join(f"{n} {state}" for state, n in sorted(states.items())) or "none",
+            assoc.ae.maximum_associations,
+        )
 
     def _on_established(self, event: evt.Event) -> None:
         with self._lock:
@@ -463,6 +495,7 @@ class StorageSCP:
         return [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ACSE_RECV, self._on_acse),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from dicom_node.results.uids import result_uid
 
 if TYPE_CHECKING:
-    from pipelines.card import ModelCard
+    from pipelines.card import LabelPerformance, ModelCard
 
 __all__ = ["LO_MAX", "NOT_FOR_DIAGNOSTIC_USE", "AlgorithmInfo"]
 
@@ -82,6 +82,14 @@ class AlgorithmInfo:
     manufacturer : str
         Manufacturer written to General Equipment, Contributing Equipment and
         the device observer. Defaults to ``"dicom-node"``.
+    synthetic : bool
+        The weights were trained on generated phantoms (the card's provenance).
+    clinically_validated : bool
+        The hospital validated the weights for clinical use (the card's
+        ``provenance.clinical_use``).
+    performance : tuple of pipelines.card.LabelPerformance
+        The card's headline metrics per label, unit and split: what the
+        results quote next to each finding (:meth:`validation_for`).
 
     Raises
     ------
@@ -97,6 +105,9 @@ class AlgorithmInfo:
     for_diagnostic_use: bool
     software_version: str
     manufacturer: str = "dicom-node"
+    synthetic: bool = False
+    clinically_validated: bool = False
+    performance: tuple[LabelPerformance, ...] = ()
 
     def __post_init__(self) -> None:
         for field in ("name", "version", "pipeline", "software_version", "manufacturer"):
@@ -132,7 +143,45 @@ class AlgorithmInfo:
             weights_sha256=card.weights.sha256,
             for_diagnostic_use=card.for_diagnostic_use,
             software_version=software_version,
+            synthetic=card.provenance.synthetic,
+            clinically_validated=card.provenance.clinical_use,
+            performance=tuple(card.performance),
         )
+
+    @property
+    def provenance_statement(self) -> str:
+        """Where the weights come from and whether they were validated, in one sentence."""
+        if self.synthetic:
+            return "Trained on synthetic phantoms (demo weights); never validated on patients."
+        if self.clinically_validated and self.for_diagnostic_use:
+            return "Trained on clinical data; validated for clinical use by the hospital."
+        return "Trained on clinical data; not validated for clinical use."
+
+    @property
+    def use_statement(self) -> str:
+        """What the result is: always preliminary, and not for diagnosis unless validated."""
+        if self.for_diagnostic_use:
+            return "Preliminary AI result, to be confirmed by the reading radiologist."
+        return (
+            f"{NOT_FOR_DIAGNOSTIC_USE}: preliminary AI result of a model not validated "
+            "for clinical use; it must not inform a diagnosis."
+        )
+
+    def validation_for(self, label: str, unit: str | None) -> list[str]:
+        """How well the model did for ``label`` counted in ``unit``, one line per split.
+
+        Held-out data (test split, cross-validation) are quoted when the card
+        has them; validation-split metrics only when it has nothing else (they
+        are named as such: thresholds were chosen on them). Without any, the
+        line says so: silence must not read as "validated".
+        """
+        chosen = [p for p in self.performance if p.label == label and p.unit == unit]
+        held_out = [p for p in chosen if p.split != "validation"]
+        lines = [p.describe() for p in (held_out or chosen)]
+        if lines:
+            return lines
+        what = f"per {unit}" if unit else "in this finding's unit"
+        return [f"The model card has no metrics for {label} {what}."]
 
     @property
     def device_uid(self) -> str:

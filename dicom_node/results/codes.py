@@ -38,6 +38,18 @@ Presence
     (SCT 2667000 is *not* the code DICOM uses for "Absent"; CID 240 has
     272519000.)
 
+Recommendation
+    ``(121075, DCM, "Recommendation")`` TEXT in a finding's group: the card
+    label's advice for a present finding (seed 003: DEXA to confirm).
+Model validation (the card's metrics and provenance)
+    DICOM has no concept for an algorithm's measured performance, so these
+    are local codes (scheme ``99DCMNODE``, identified in the SR's Coding
+    Scheme Identification Sequence): ``(model-perf, 99DCMNODE, "Model
+    performance")`` TEXT in each finding's group, one per split (held-out
+    data first; the text names the split, the unit and n); and, in a root ``(C0034375, UMLS, "Qualitative Evaluations")``
+    container (TID 1500 row 13), ``(model-data, 99DCMNODE, "Model training
+    data")`` and ``(model-use, 99DCMNODE, "Intended use of the result")``.
+
 Contributing Equipment (SOP Common, both SR and SC)
 ---------------------------------------------------
 Purpose of reference
@@ -61,6 +73,12 @@ from pydicom.sr.coding import Code
 
 __all__ = [
     "ABSENT",
+    "INTENDED_USE",
+    "LOCAL_SCHEME",
+    "MODEL_PERFORMANCE",
+    "QUALITATIVE_EVALUATIONS",
+    "RECOMMENDATION",
+    "TRAINING_DATA",
     "CERTAINTY_OF_FINDING",
     "COMMENT",
     "DEVICE_OBSERVER",
@@ -83,6 +101,14 @@ ABSENT: Code = codes.cid241.Absent
 PROCESSING_EQUIPMENT: Code = codes.cid7005.ProcessingEquipment
 SOURCE_IMAGE_FOR_PROCESSING: Code = codes.cid7202.SourceImageForImageProcessingOperation
 IMAGING_PROCEDURE: Code = codes.SCT.ImagingProcedure
+RECOMMENDATION: Code = codes.DCM.Recommendation
+
+#: The project's documented local coding scheme (PS3.3 C.12.1.1.2: private schemes start with 99).
+LOCAL_SCHEME = "99DCMNODE"
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+MODEL_PERFORMANCE = Code("model-perf", LOCAL_SCHEME, "Model performance")
+TRAINING_DATA = Code("model-data", LOCAL_SCHEME, "Model training data")
+INTENDED_USE = Code("model-use", LOCAL_SCHEME, "Intended use of the result")
 
 _PROCEDURE_BY_MODALITY: dict[str, Code] = {
     "CT": codes.LN.CTUnspecifiedBodyRegion,

@@ -60,7 +60,8 @@ from dicom_node.results.algorithm import NOT_FOR_DIAGNOSTIC_USE, AlgorithmInfo
 from dicom_node.results.sr import algorithm_contributing_equipment
 from dicom_node.results.uids import result_uid
 from imaging.pixels import display_pixels
-from pipelines.base import Annotation, Box
+from pipelines.base import Annotation, Box, Finding
+from pipelines.card import METRIC_TITLES
 
 __all__ = [
     "BOX_COLOUR",
@@ -403,6 +404,102 @@ def _copy_patient_and_study(sc: hd.sc.SCImage, source: Dataset) -> None:
                 sc.add(copy.deepcopy(source[keyword]))
 
 
+def _wrap(
+    text: str, width: float, draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont
+) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels, broken between words."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+#: The footer may cover at most this share of the image's rows.
+FOOTER_MAX_SHARE = 0.25
+_FOOTER_FONT_FRACTION = 0.024
+_FOOTER_MIN_FONT = 7
+
+
+def draw_footer(rgb: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """Burn ``texts`` into a black band along the bottom of an RGB image, in white.
+
+    What a radiologist must read on the image itself, whatever the viewer
+    shows of the headers: which model made the heatmap, whether it may be
+    used for diagnosis, and how well it did on held-out data. The font
+    scales with the image width; lines that do not fit are wrapped between
+    words. The image keeps its size (the heatmap stays registered to its
+    source), so the band covers the bottom rows, at most
+    :data:`FOOTER_MAX_SHARE` of them: on a small image the last lines are
+    left out, never the first (put the model and its use there). Boxes are
+    drawn over it, so that no finding is hidden.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        uint8, shape (Rows, Columns, 3); not modified.
+    texts : sequence of str
+        The lines, most important first; none identifies the patient.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"draw_footer() needs a uint8 (Rows, Columns, 3) array, got {rgb.shape}")
+    texts = [" ".join(t.split()) for t in texts if t.strip()]
+    if not texts:
+        return rgb.copy()
+    rows, cols = rgb.shape[:2]
+    font = _font(max(_FOOTER_MIN_FONT, round(_FOOTER_FONT_FRACTION * cols)))
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(image)
+    pad = max(1, font.size // 4)
+    lines = [line for text in texts for line in _wrap(text, cols - 2 * pad, draw, font)]
+    ascent, descent = font.getmetrics()
+    step = ascent + descent
+    room = max(1, int((FOOTER_MAX_SHARE * rows - 2 * pad) // step))
+    lines = lines[:room]
+    top = rows - (len(lines) * step + 2 * pad)
+    draw.rectangle((0, max(0, top), cols - 1, rows - 1), fill=_TAG_FILL)
+    for i, line in enumerate(lines):
+        draw.text((pad, top + pad + i * step), line, font=font, fill=_TAG_TEXT, anchor="la")
+    return np.array(image, dtype=np.uint8)
+
+
+def label_units(findings: Sequence[Finding]) -> dict[str, str | None]:
+    """The unit each label is reported in: a present finding's when there is one (a box)."""
+    return {f.label: f.unit for f in sorted(findings, key=lambda f: f.present)}
+
+
+def _short_metrics(algorithm: AlgorithmInfo, label: str, unit: str | None) -> str:
+    """One short line of the card's metrics for ``label`` in ``unit`` (held-out data first)."""
+    chosen = [p for p in algorithm.performance if p.label == label and p.unit == unit]
+    chosen.sort(key=lambda p: p.split == "validation")
+    if not chosen:
+        return f"{label}: no metrics per {unit or 'unit reported'} in the model card"
+    best = chosen[0]
+    where = "validation" if best.split == "validation" else "held-out"
+    parts = []
+    for name, est in list(best.metrics.items())[:2]:
+        title = METRIC_TITLES[name]
+        if est.value is None:
+            parts.append(f"{title} n/a")
+        elif est.ci_low is None or est.ci_high is None:
+            parts.append(f"{title} {est.value:.2f}")
+        else:
+            parts.append(f"{title} {est.value:.2f} ({est.ci_low:.2f}-{est.ci_high:.2f})")
+    return f"{label} per {best.unit}, {where} n={best.n}: " + ", ".join(parts)
+
+
+def footer_texts(algorithm: AlgorithmInfo, label: str, unit: str | None) -> list[str]:
+    """The heatmap's burnt-in lines: the model and its use, then its metrics for ``label``."""
+    use = "preliminary" if algorithm.for_diagnostic_use else NOT_FOR_DIAGNOSTIC_USE
+    head = f"AI {algorithm.name} {algorithm.version} | {use}"
+    if algorithm.synthetic:
+        head += " | synthetic demo weights"
+    return [head, _short_metrics(algorithm, label, unit)] if label else [head]
+
+
 def build_heatmap_sc(
     source: pydicom.Dataset,
     heatmap: np.ndarray,
@@ -414,8 +511,13 @@ def build_heatmap_sc(
     instance_number: int,
     label: str = "",
     annotations: Sequence[Annotation] = (),
+    unit: str | None = None,
 ) -> pydicom.Dataset:
     """Render a heatmap over its source image as an RGB Secondary Capture image.
+
+    A footer burnt into the bottom rows names the model, says whether it may
+    be used for diagnosis, and quotes its held-out metrics for ``label`` in
+    ``unit`` (:func:`draw_footer`).
 
     Parameters
     ----------
@@ -443,6 +545,9 @@ def build_heatmap_sc(
         Boxes with captions (label and score) drawn over the overlay, see
         :func:`draw_annotations`. Every box must be on ``source``; the SC's
         UID does not depend on them, so a resend with other boxes replaces it.
+    unit : str, optional
+        The unit the job's finding of ``label`` is reported in: the footer
+        quotes the card's metrics counted in it.
 
     Returns
     -------
@@ -486,6 +591,8 @@ def build_heatmap_sc(
 
     annotations = tuple(annotations)
     rgb = overlay_rgb(display_pixels(source), heatmap)
+    # boxes over the footer: a finding is never hidden by the text about the model
+    rgb = draw_footer(rgb, footer_texts(algorithm, label, unit))
     rgb = draw_annotations(rgb, annotations, str(source.SOPInstanceUID))
     orientation = _patient_orientation(source)
     pixel_spacing = source.get("PixelSpacing")
@@ -535,8 +642,9 @@ def build_heatmap_sc(
     # Burned In Annotation "indicates whether or not image contains sufficient
     # burned in annotation to identify the patient and date the image was
     # acquired" (PS3.3 Table C.7-9, General Image Module). The only text drawn
-    # is the model's label and score, which identifies neither, so it stays NO
-    # even with annotations; de-identification tools then keep the pixels.
+    # is the model's label and score and the footer about the model, which
+    # identify neither, so it stays NO even with annotations; de-identification
+    # tools then keep the pixels.
     sc.BurnedInAnnotation = "NO"
     sc.ConversionType = "WSD"
     what = f"heatmap of {label!r}" if label else "heatmap"
@@ -550,6 +658,7 @@ def build_heatmap_sc(
     sc.DerivationDescription = (
         f"AI {what} by {algorithm.name} {algorithm.version} blended over the source image"
         + drawn
+        + ", the model and its held-out metrics burnt into the bottom rows"
         + ("" if algorithm.for_diagnostic_use else f"; {NOT_FOR_DIAGNOSTIC_USE}")
     )[:1024]
     if not algorithm.for_diagnostic_use:

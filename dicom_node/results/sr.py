@@ -73,6 +73,7 @@ from typing import TypedDict
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.sr.coding import Code as DicomCode
 from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.results import codes
@@ -245,7 +246,7 @@ def _measurement_group(
     index: int,
     finding: Finding,
     by_uid: dict[str, pydicom.Dataset],
-    algorithm_id: hd.sr.AlgorithmIdentification,
+    algorithm: AlgorithmInfo,
     job_key: str,
 ) -> (
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -267,6 +268,10 @@ def _measurement_group(
 
     OHIF 3.13 cannot open an SR at all when one of its measurements has no
     coordinates, hence coordinates on every group.
+
+    After the finding in words (:func:`_comment`), the group says how far to
+    trust it: the card's metrics for its label in its unit (one TEXT per
+    split, held-out data first), and the label's advice when it is present.
     """
     finding_code = _concept(finding.code)
     if finding.laterality is not None and finding.finding_site is None:
@@ -316,7 +321,7 @@ def _measurement_group(
     common: _GroupArguments = {
         "tracking_identifier": tracking,
         "finding_type": finding_code,
-        "algorithm_id": algorithm_id,
+        "algorithm_id": _algorithm_id(algorithm),
         "finding_sites": finding_sites,
         "measurements": [certainty],
         "qualitative_evaluations": [presence],
@@ -347,8 +352,22 @@ def _measurement_group(
             ],
             **common,
         )
-    group[0].ContentSequence.append(_comment(finding))
+    items = group[0].ContentSequence
+    items.append(_comment(finding))
+    items.extend(
+        _text(codes.MODEL_PERFORMANCE, line)
+        for line in algorithm.validation_for(finding.label, finding.unit)
+    )
+    if finding.present and finding.advice:
+        items.append(_text(codes.RECOMMENDATION, finding.advice))
     return group
+
+
+def _text(name: DicomCode, value: str) -> hd.sr.TextContentItem:
+    """A TEXT item CONTAINed by its parent (UT holds far more than these sentences)."""
+    return hd.sr.TextContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
 
 
 def _comment(finding: Finding) -> hd.sr.TextContentItem:
@@ -380,15 +399,14 @@ def _identify_local_schemes(sr: pydicom.Dataset, findings: Sequence[Finding]) ->
     knows whose codes they are.
     """
     schemes = sorted(
-        {
+        {codes.LOCAL_SCHEME}  # the model-validation items' concepts
+        | {
             code.scheme
             for f in findings
             for code in (f.code, f.finding_site, f.laterality)
             if code is not None and code.scheme not in STANDARD_SCHEMES
         }
     )
-    if not schemes:
-        return
     items = []
     for scheme in schemes:
         item = pydicom.Dataset()
@@ -454,10 +472,7 @@ def build_sr(
     if not job_key:
         raise ValueError("build_sr() needs a non-empty job_key: the SR's UIDs derive from it")
     by_uid = _index_sources(sources)
-    algorithm_id = _algorithm_id(algorithm)
-    groups = [
-        _measurement_group(i, f, by_uid, algorithm_id, job_key) for i, f in enumerate(findings)
-    ]
+    groups = [_measurement_group(i, f, by_uid, algorithm, job_key) for i, f in enumerate(findings)]
     sr = _document(groups, by_uid, algorithm, job_key, series_number, instance_number)
     _identify_local_schemes(sr, findings)
     return sr
@@ -513,7 +528,25 @@ def build_notice_sr(
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
-    return _document([group], by_uid, algorithm, job_key, series_number, 1, notice=True)
+    sr = _document([group], by_uid, algorithm, job_key, series_number, 1, notice=True)
+    _identify_local_schemes(sr, [])
+    return sr
+
+
+def _model_statements(algorithm: AlgorithmInfo) -> hd.sr.ContainerContentItem:
+    """TID 1500's document-level qualitative evaluations: where the weights come from, and
+    what the result may be used for (the words a viewer shows, not only the series name)."""
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            _text(codes.TRAINING_DATA, algorithm.provenance_statement),
+            _text(codes.INTENDED_USE, algorithm.use_statement),
+        ]
+    )
+    return container
 
 
 def _algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
@@ -558,6 +591,7 @@ def _document(
         imaging_measurements=groups,
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
+    report[0].ContentSequence.append(_model_statements(algorithm))
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(by_uid.values()),
         content=report[0],

@@ -144,6 +144,23 @@ def build_key(demo: str, *, seed: int, code_path: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
+#: In a built model's folder: the key of the build it holds (:func:`built_key`).
+KEY_FILE = ".build-key"
+
+
+def built_key(folder: Path) -> str | None:
+    """The build key a model folder was built or restored under (None: unknown)."""
+    try:
+        return (folder / KEY_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def mark_built(folder: Path, key: str) -> None:
+    """Record in ``folder`` that it holds the build ``key``."""
+    (folder / KEY_FILE).write_text(key + "\n")
+
+
 def _entry(demo: str, key: str) -> Path:
     return cache_root() / "demo-models" / f"{demo}-{key}"
 
@@ -166,6 +183,7 @@ def restore(demo: str, key: str, target: Path) -> bool:
         return False
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
     shutil.copytree(entry, staging)
+    mark_built(staging, key)
     if target.exists():  # a partial build (e.g. an interrupted train/ folder) makes way
         shutil.rmtree(target)
     staging.rename(target)

@@ -730,3 +730,46 @@ def format_detection_report(report: Mapping[str, Any]) -> str:
             f"{name:<{width}}  {number(c['ap50']):>6}  {ci:<16}  {c['n_gt']:>8}  {c['n_images']:>6}"
         )
     return "\n".join(lines)
+
+
+def image_level_report(
+    gt: Mapping[str, Any],
+    detections: Sequence[Mapping[str, Any]],
+    thresholds: Mapping[str, float],
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per category, the image-level decision a detector's node makes: any box above threshold.
+
+    An image is positive for a category when it has a ground-truth box of
+    it, and called positive when a detection of it scores at or above the
+    category's threshold; its score is its best detection's (0 without one).
+    A detector's "absent" finding is about the whole image, so this is the
+    unit its metrics must be read in.
+
+    Returns
+    -------
+    dict
+        ``{"unit": "image", "n", "per_class": {name: binary_report}}``.
+    """
+    from pipelines.common.metrics import binary_report
+
+    data = _dataset(gt, detections)
+    ids = [img["id"] for img in gt["images"]]
+    where = {image_id: i for i, image_id in enumerate(ids)}
+    per_class: dict[str, Any] = {}
+    for cat_id, name in data.categories.items():
+        truth = np.zeros(len(ids), dtype=np.int64)
+        score = np.zeros(len(ids), dtype=np.float64)
+        for ann in gt["annotations"]:
+            if ann["category_id"] == cat_id:
+                truth[where[ann["image_id"]]] = 1
+        for det in detections:
+            if det["category_id"] == cat_id and det["image_id"] in where:
+                i = where[det["image_id"]]
+                score[i] = max(score[i], float(det["score"]))
+        per_class[name] = binary_report(
+            truth, score, float(thresholds[name]), n_bootstrap=n_bootstrap, seed=seed
+        )
+    return {"unit": "image", "n": len(ids), "per_class": per_class}

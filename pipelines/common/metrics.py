@@ -251,11 +251,15 @@ def bootstrap_ci(
     n: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: Any = None,
 ) -> tuple[float, float, float]:
     """Point estimate and percentile bootstrap confidence interval of a metric.
 
     Cases are resampled with replacement ``n`` times; resamples on which the
-    metric is undefined (``nan``, e.g. no positives drawn) are dropped.
+    metric is undefined (``nan``, e.g. no positives drawn) are dropped. With
+    ``groups`` (one key per case, e.g. the patient), whole groups are
+    resampled: the cases of one patient are not independent, and resampling
+    them one by one would make the interval too narrow.
 
     Parameters
     ----------
@@ -275,6 +279,8 @@ def bootstrap_ci(
         Seed of the resampling, so that a card's interval is reproducible.
     alpha : float
         1 - confidence level (0.05 gives a 95 % interval).
+    groups : array-like, optional
+        One key per case; the unit of resampling (default: each case).
 
     Returns
     -------
@@ -296,10 +302,18 @@ def bootstrap_ci(
     if t.shape[0] == 0:
         return point, float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    values = np.array(
-        [metric_fn(t[idx], y[idx]) for idx in rng.integers(0, t.shape[0], size=(n, t.shape[0]))],
-        dtype=np.float64,
-    )
+    if groups is None:
+        draws = list(rng.integers(0, t.shape[0], size=(n, t.shape[0])))
+    else:
+        keys = np.asarray(groups)
+        if keys.shape[0] != t.shape[0]:
+            raise ValueError(f"groups has {keys.shape[0]} keys for {t.shape[0]} cases")
+        members = [np.flatnonzero(keys == key) for key in dict.fromkeys(keys.tolist())]
+        draws = [
+            np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+            for _ in range(n)
+        ]
+    values = np.array([metric_fn(t[idx], y[idx]) for idx in draws], dtype=np.float64)
     values = values[~np.isnan(values)]
     if values.size == 0:
         return point, float("nan"), float("nan")
@@ -315,10 +329,13 @@ def binary_report(
     n_bootstrap: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    groups: Any = None,
 ) -> dict[str, Any]:
     """The metrics a model card records, each with its bootstrap interval.
 
     Decisions are ``y_score >= threshold`` (the card's threshold rule).
+    ``groups`` (one key per case, e.g. the patient) makes the bootstrap
+    resample whole groups (see :func:`bootstrap_ci`).
 
     Returns
     -------
@@ -341,7 +358,10 @@ def binary_report(
         "n_positive": int(t.sum()),
         "threshold": float(threshold),
         "confidence": 1.0 - alpha,
-        "ci_method": f"percentile bootstrap over cases, {n_bootstrap} resamples, seed {seed}",
+        "ci_method": (
+            f"percentile bootstrap over {'cases' if groups is None else 'patients'}, "
+            f"{n_bootstrap} resamples, seed {seed}"
+        ),
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
     }
     cells: dict[str, list[float]] = {}
@@ -350,7 +370,9 @@ def binary_report(
         def count(y: np.ndarray, p: np.ndarray, i: int = i, j: int = j) -> float:
             return float(confusion_matrix(y, p)[i, j])
 
-        _, lo, hi = bootstrap_ci(count, t, pred, n=n_bootstrap, seed=seed, alpha=alpha)
+        _, lo, hi = bootstrap_ci(
+            count, t, pred, n=n_bootstrap, seed=seed, alpha=alpha, groups=groups
+        )
         cells[name] = [lo, hi]
     report["confusion_matrix_ci"] = cells
     decisions: dict[str, MetricFn] = {
@@ -361,9 +383,13 @@ def binary_report(
         "f1": f1_score,
     }
     for name, fn in decisions.items():
-        value, lo, hi = bootstrap_ci(fn, t, pred, n=n_bootstrap, seed=seed, alpha=alpha)
+        value, lo, hi = bootstrap_ci(
+            fn, t, pred, n=n_bootstrap, seed=seed, alpha=alpha, groups=groups
+        )
         report[name] = {"value": value, "ci_low": lo, "ci_high": hi}
-    value, lo, hi = bootstrap_ci(roc_auc, t, s, n=n_bootstrap, seed=seed, alpha=alpha)
+    value, lo, hi = bootstrap_ci(
+        roc_auc, t, s, n=n_bootstrap, seed=seed, alpha=alpha, groups=groups
+    )
     report["roc_auc"] = {"value": value, "ci_low": lo, "ci_high": hi}
     return report
 
@@ -690,3 +716,72 @@ def write_metrics(out_dir: Path, report: dict[str, Any], card: ModelCard) -> Pat
     path = out / METRICS_FILE
     path.write_text(json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n")
     return path
+
+
+#: Where each headline metric (:data:`pipelines.card.MetricName`) sits in a
+#: :func:`binary_report` or a :func:`multilabel_report` label entry.
+_REPORT_KEYS: dict[str, str] = {
+    "sensitivity": "recall",
+    "specificity": "specificity",
+    "ppv": "precision",
+    "f1": "f1",
+    "accuracy": "accuracy",
+    "roc_auc": "roc_auc",
+}
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    number = float(value)
+    return round(number, 4) if math.isfinite(number) else None
+
+
+def label_performance(
+    report: Mapping[str, Any],
+    *,
+    label: str,
+    unit: str,
+    split: str,
+    n: int,
+    names: Sequence[str] = ("sensitivity", "specificity", "ppv", "roc_auc"),
+    confidence: float = 0.95,
+    ci_method: str = "",
+    threshold: float | None = None,
+) -> Any:
+    """A card's :class:`pipelines.card.LabelPerformance` from one label's report.
+
+    ``report`` is a :func:`binary_report` or one ``per_label`` entry of
+    :func:`multilabel_report`; ``names`` are the headline metrics to quote
+    (those the report lacks are left out), found under their own name or
+    the report's (``recall`` for sensitivity, ``precision`` for PPV).
+    ``threshold``, ``confidence`` and ``ci_method`` are used when the report
+    does not say. Undefined values become ``None``.
+    """
+    from pipelines.card import Estimate, LabelPerformance
+
+    metrics = {}
+    for name in names:
+        entry = report.get(name)
+        if not isinstance(entry, Mapping):
+            entry = report.get(_REPORT_KEYS.get(name, name))
+        if isinstance(entry, Mapping):
+            metrics[name] = Estimate(
+                value=_finite(entry.get("value")),
+                ci_low=_finite(entry.get("ci_low")),
+                ci_high=_finite(entry.get("ci_high")),
+            )
+    threshold = report.get("threshold", threshold)
+    return LabelPerformance.model_validate(
+        {
+            "label": label,
+            "unit": unit,
+            "split": split,
+            "n": n,
+            "n_positive": report.get("n_positive"),
+            "threshold": None if threshold is None else float(threshold),
+            "confidence": float(report.get("confidence", confidence)),
+            "ci_method": str(report.get("ci_method", ci_method)),
+            "metrics": metrics,
+        }
+    )

@@ -187,6 +187,7 @@ class _Ref:
 class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
     """Seed 000's CT slice classifier: slice softmax, series decision, key slices, Grad-CAM."""
 
+    reports = "series"
     accepts = "an axial CT slice that {card} can read"
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:

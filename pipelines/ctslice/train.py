@@ -60,11 +60,19 @@ import torch
 import yaml
 from torch import nn
 
-from pipelines.card import CodeSpec, ExplainerSpec, InputSpec, LabelSpec, Provenance
+from pipelines.card import (
+    CodeSpec,
+    ExplainerSpec,
+    InputSpec,
+    LabelPerformance,
+    LabelSpec,
+    Provenance,
+)
 from pipelines.common.aggregate import Aggregation
 from pipelines.common.augment import AugmentSpec, image_augment
 from pipelines.common.metrics import (
     STUDY_METRICS,
+    label_performance,
     repeat_summary,
     roc_auc,
     rounded,
@@ -713,6 +721,7 @@ def train_ct_slices(
     # 3. the chosen run's metrics and card
     reported = data.reported
     thresholds = [recipe.threshold] * len(order)
+    performance: list[LabelPerformance] = []
     for key, dataset in (("held_out_test", test_set), ("validation", val_set)):
         if not len(dataset):
             continue
@@ -730,6 +739,19 @@ def train_ct_slices(
         )
         report.pop("_curves")
         metrics[key] = rounded(report)
+        if len(reported) == 1:
+            # the series decision is "any reported label": one label's metrics only when
+            # there is one reported label
+            performance.append(
+                label_performance(
+                    metrics[key]["series"],
+                    label=order[reported[0]],
+                    unit="series",
+                    split=key,
+                    n=metrics[key]["series"]["n"],
+                    threshold=recipe.threshold,
+                )
+            )
     if "held_out_test" in metrics:
         test = metrics["held_out_test"]
         say(
@@ -793,6 +815,7 @@ def train_ct_slices(
             },
         ),
         metrics=metrics,
+        performance=performance,
         options=options,
     )
     for folder in ("runs", "repeats"):

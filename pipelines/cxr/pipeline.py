@@ -194,6 +194,7 @@ Detections = dict[str, np.ndarray]
 class ChestFindings(Pipeline[Path, _Image, np.ndarray, Detections]):
     """Seed 001: Faster R-CNN boxes per finding on frontal chest radiographs."""
 
+    reports = "image"
     accepts = "a frontal chest radiograph that {card} can read"
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:
@@ -272,7 +273,8 @@ class ChestFindings(Pipeline[Path, _Image, np.ndarray, Detections]):
                 ((score, box) for i, score, box in reported if i == index), key=lambda t: -t[0]
             )
             findings.extend(
-                self.finding(spec, score, uid, present=True, box=box) for score, box in boxes
+                self.finding(spec, score, uid, present=True, box=box, unit="box")
+                for score, box in boxes
             )
             if not boxes:
                 candidates = det.scores[det.labels == index + 1]

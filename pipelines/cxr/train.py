@@ -44,14 +44,21 @@ from typing import Any
 import torch
 
 from pipelines.card import (
+    Estimate,
     ExplainerSpec,
     InputSpec,
+    LabelPerformance,
     LabelSpec,
     Provenance,
 )
 from pipelines.common.augment import DetectionAugmentSpec, detection_augment
-from pipelines.common.detection_metrics import detection_report, f1_thresholds, mean_ap
-from pipelines.common.metrics import rounded
+from pipelines.common.detection_metrics import (
+    detection_report,
+    f1_thresholds,
+    image_level_report,
+    mean_ap,
+)
+from pipelines.common.metrics import label_performance, rounded
 from pipelines.common.train import (
     EpochStats,
     TrainConfig,
@@ -314,6 +321,7 @@ def train_cxr(
     # never below the candidate floor; 0.5 where validation has no box of the class
     thresholds = [0.5 if t is None else max(t, options.score_threshold) for t in chosen.values()]
     metrics: dict[str, Any] = {}
+    performance: list[LabelPerformance] = []
     for key, split_name, part in (
         ("test", "held_out_test", parts[2]),
         ("val", "validation", parts[1]),
@@ -325,6 +333,17 @@ def train_cxr(
         )
         full.pop("coco_lines", None)
         metrics[split_name] = rounded({**full, "unit": "box (COCO)"})
+        images = rounded(
+            image_level_report(
+                part,
+                detections[key],
+                dict(zip(classes, thresholds, strict=True)),
+                n_bootstrap=recipe.bootstrap_resamples,
+                seed=recipe.seed,
+            )
+        )
+        metrics[split_name]["image"] = images
+        performance.extend(_performance(metrics[split_name], images, split_name))
     if "held_out_test" in metrics:
         test = metrics["held_out_test"]
         say(
@@ -381,7 +400,40 @@ def train_cxr(
             },
         ),
         metrics=metrics,
+        performance=performance,
         options=options.model_dump(mode="json"),
     )
     say(f"[cxr] wrote {card_path} in {time.perf_counter() - t0:.0f}s")
     return card_path
+
+
+def _performance(
+    boxes: dict[str, Any], images: dict[str, Any], split: str
+) -> list[LabelPerformance]:
+    """Headline entries per class: AP50 per box (what a box is read with), and per image."""
+    out = []
+    for name, entry in boxes["per_class"].items():
+        if int(entry["n_gt"]) == 0:  # no box of the class in this split: nothing measured
+            continue
+        out.append(
+            LabelPerformance(
+                label=name,
+                unit="box",
+                split=split,
+                n=int(entry["n_gt"]),
+                n_positive=None,  # every ground-truth box is a positive
+                confidence=float(boxes["confidence"]),
+                ci_method=str(boxes["ci_method"]),
+                metrics={
+                    "ap50": Estimate(
+                        value=entry["ap50"], ci_low=entry["ci_low"], ci_high=entry["ci_high"]
+                    )
+                },
+            )
+        )
+        out.append(
+            label_performance(
+                images["per_class"][name], label=name, unit="image", split=split, n=images["n"]
+            )
+        )
+    return out

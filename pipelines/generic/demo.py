@@ -41,7 +41,7 @@ from pipelines.card import (
     existing_card,
 )
 from pipelines.common.demobuild import demo_description
-from pipelines.common.metrics import binary_report, rounded
+from pipelines.common.metrics import binary_report, label_performance, rounded
 from pipelines.common.models import build_classifier
 from pipelines.common.phantoms import (
     LESION_RADIUS_RANGE,
@@ -302,7 +302,15 @@ def build_generic_demo(
                 "history": result.history_rows(),
             },
         ),
-        metrics={"held_out_test": metrics["test"], "validation": metrics["val"]},
+        metrics={
+            "held_out_test": {**metrics["test"], "unit": "image"},
+            "validation": {**metrics["val"], "unit": "image"},
+        },
+        performance=[
+            label_performance(metrics[key], label="lesion", unit="image", split=split, n=n)
+            for key, split in (("test", "held_out_test"), ("val", "validation"))
+            if (n := int(metrics[key]["n"]))
+        ],
     )
     say(f"[demo] wrote {card_path} and {weights_path} in {time.perf_counter() - t_start:.0f}s")
     return card_path

@@ -63,6 +63,7 @@ class GenericClassifier(Pipeline[Path, SourceImage, torch.Tensor, np.ndarray]):
     ``device``; instances are cached by the node between jobs.
     """
 
+    reports = "image"
     accepts = "a greyscale single-frame image that {card} can classify"
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:

@@ -47,3 +47,11 @@ def label_of(t_score: float) -> int:
         raise ValueError(f"T-score must be a finite number, got {t_score!r}")
     # DEXA reports T-scores to one decimal: compare at that precision, so -2.50000001 is -2.5
     return int(round(t_score, 6) <= T_SCORE_THRESHOLD)
+
+
+#: Seed 003's advice with a positive result (its web UI's warning): the
+#: radiograph only suggests osteoporosis; DEXA measures it.
+DEXA_ADVICE = (
+    "Osteoporosis suspected: a DEXA (dual-energy X-ray absorptiometry) exam of the hip is "
+    "recommended to confirm it. This AI result does not replace the DEXA measurement."
+)

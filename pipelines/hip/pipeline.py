@@ -267,6 +267,7 @@ class _Image:
 class HipOsteoporosis(Pipeline[Path, SourceImage, Prepared, NeckScores]):
     """Seed 003: femoral-neck localiser + ResNet-18 osteoporosis classifier per side."""
 
+    reports = "femoral neck"
     accepts = "a frontal hip or pelvis radiograph on which {card} finds a femoral neck"
 
     def __init__(self, card: ModelCard, device: torch.device) -> None:

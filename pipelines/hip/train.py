@@ -64,7 +64,7 @@ from pipelines.common.augment import (
     image_augment,
 )
 from pipelines.common.detector import collate, load_coco_pretrained, supported_detectors
-from pipelines.common.metrics import repeat_summary, rounded
+from pipelines.common.metrics import label_performance, repeat_summary, rounded
 from pipelines.common.models import supported_architectures
 from pipelines.common.split import grouped_split
 from pipelines.common.train import (
@@ -79,7 +79,7 @@ from pipelines.common.train import (
     sgd,
     stratified_kfold,
 )
-from pipelines.hip.codes import FEMORAL_NECK, LABEL, OSTEOPOROSIS, POSITIVE
+from pipelines.hip.codes import DEXA_ADVICE, FEMORAL_NECK, LABEL, OSTEOPOROSIS, POSITIVE
 from pipelines.hip.data import (
     CropDataset,
     HipDataError,
@@ -591,6 +591,15 @@ def train_hip(
         what = f"Study Date in {recipe.test_year}" if recipe.test_year is not None else "patients"
         say(f"[hip] held-out test ({what}):\n{format_report(report)}")
     localiser.cpu()
+    # what results quote: per femoral neck, as the node decides (localiser, then classifier)
+    performance = [
+        label_performance(entry, label=LABEL, unit="femoral neck", split=split, n=entry["n"])
+        for split, entry in (
+            ("held_out_test", metrics.get("held_out_test", {}).get("node", {}).get("binary")),
+            ("validation", metrics.get("validation", {}).get("binary")),
+        )
+        if entry
+    ]
 
     card_path = save_model(
         model,
@@ -611,6 +620,7 @@ def train_hip(
                 threshold=recipe.threshold,
                 report=True,
                 finding_site=FEMORAL_NECK,
+                advice=DEXA_ADVICE,
             )
         ],
         input=spec,
@@ -660,6 +670,7 @@ def train_hip(
             },
         ),
         metrics=rounded(metrics),
+        performance=performance,
         options=options.model_dump(mode="json"),
     )
     # the runs are complete: their checkpoints would only make a rerun skip training

@@ -43,6 +43,8 @@ def cmd_train_ich(args: argparse.Namespace) -> int:
         cache=args.cache,
         seed=args.seed,
         augment=AugmentSpec(mixup_alpha=args.mixup_alpha),
+        tta_hflip=args.tta_hflip,
+        tta_rotations=tuple(args.tta_rotations),
     )
     try:
         card = train_ich(
@@ -74,6 +76,7 @@ def cmd_evaluate_ich(args: argparse.Namespace) -> int:
             device=args.device,
             n_bootstrap=args.bootstrap,
             seed=args.seed,
+            tta=args.tta,
         )
     except DataError as exc:
         return data_error(exc)
@@ -111,6 +114,21 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--mixup-alpha", type=float, default=0.2)
     p.add_argument("--pretrained", help="local torchvision ImageNet weights of the backbone")
+    p.add_argument(
+        "--tta-hflip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="test-time augmentation: average with the mirrored slice (seed: yes); used to "
+        "score validation and test, and by the node through the card",
+    )
+    p.add_argument(
+        "--tta-rotations",
+        type=float,
+        nargs="*",
+        default=[-10.0, 10.0],
+        metavar="DEG",
+        help="test-time rotations in degrees averaged in (seed: -10 10; none: no values)",
+    )
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", action="store_true", help="keep inputs in memory (small data)")
@@ -127,5 +145,12 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--out", default="ich-evaluation", help="folder for metrics.json and roc.png")
     p.add_argument("--device")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score with the card's test-time augmentation, as the node does (--no-tta: "
+        "the identity view only, to measure what TTA adds)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate_ich)

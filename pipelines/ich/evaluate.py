@@ -1,30 +1,117 @@
 """``dicom-node evaluate ich``: measure a trained ICH model on RSNA-format data.
 
 The model is run exactly as the node runs it (the card's preprocessing,
-TTA and thresholds) on every labelled slice it can find, and the slice-level
-metrics of the RSNA task are reported: per-label precision, recall, F1 and
-ROC AUC, and the weighted multi-label log loss (``any`` 2, others 1), each
-with a percentile-bootstrap 95 % interval over slices. Results are printed,
-saved as ``metrics.json`` and drawn as ``roc.png`` in the output folder.
+TTA and thresholds) on every labelled slice it can find, and two levels are
+reported:
+
+* per slice, the metrics of the RSNA task: per-label precision, recall, F1
+  and ROC AUC, and the weighted multi-label log loss (``any`` 2, others 1),
+  each with a percentile-bootstrap 95 % interval over slices;
+* per study, the unit the node reports in (:func:`study_report`): each
+  study's probability aggregated from its slices with the card's rule,
+  decided at the card's threshold, a study positive for a label when any of
+  its slices is; sensitivity, specificity, PPV, F1 and ROC AUC with a 95 %
+  interval from a bootstrap over patients.
+
+Results are printed, saved as ``metrics.json`` and drawn as ``roc.png`` in the
+output folder.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.card import CardError, load_card
-from pipelines.common.metrics import model_identity, multilabel_report, roc_curve, write_metrics
+import numpy as np
+
+from pipelines.card import CardError, LabelPerformance, LabelSpec, load_card
+from pipelines.common.aggregate import aggregate
+from pipelines.common.metrics import (
+    binary_report,
+    label_performance,
+    model_identity,
+    multilabel_report,
+    roc_curve,
+    write_metrics,
+)
 from pipelines.common.models import load_weights
 from pipelines.common.plots import save_roc_png
 from pipelines.common.train import resolve_device
-from pipelines.ich.data import SliceDataset, index_folder, read_labels
+from pipelines.ich.data import LabelledSlice, SliceDataset, index_folder, read_labels
 from pipelines.ich.labels import LABELS, LOSS_WEIGHTS
-from pipelines.ich.pipeline import air_fill, build_model, parse_options, score_dataset
+from pipelines.ich.pipeline import (
+    IchOptions,
+    TTASpec,
+    air_fill,
+    build_model,
+    parse_options,
+    score_dataset,
+)
 
 logger = logging.getLogger(__name__)
+
+
+def study_report(
+    slices: Sequence[LabelledSlice],
+    y_true: np.ndarray,
+    y_prob: np.ndarray,
+    labels: Sequence[LabelSpec],
+    options: IchOptions,
+    **bootstrap: int,
+) -> dict[str, Any]:
+    """Per-study metrics, as the node decides: slices aggregated per study, the card's thresholds.
+
+    ``y_true`` and ``y_prob`` have one column per entry of ``labels`` (the
+    card's, with their thresholds); ``options`` give the aggregation rule. A
+    study is positive for a label when any of its slices is. Intervals come
+    from a bootstrap over patients (a patient's studies resampled together);
+    ``bootstrap`` is ``n_bootstrap`` and ``seed`` of :func:`binary_report`.
+
+    Returns
+    -------
+    dict
+        ``{"unit": "study", "n", "patients", "aggregation", "per_label": {label:
+        binary_report}}``.
+    """
+    rows: dict[str, list[int]] = {}
+    for i, item in enumerate(slices):
+        rows.setdefault(item.study_instance_uid, []).append(i)
+    studies = list(rows.values())
+    truth = np.array([y_true[idx].max(axis=0) for idx in studies])
+    how, k = options.aggregation, options.aggregation_k
+    prob = np.array([aggregate(y_prob[idx], how, k) for idx in studies])
+    patients = [slices[idx[0]].group for idx in studies]
+    per_label = {
+        label.name: binary_report(
+            truth[:, j], prob[:, j], label.threshold, groups=patients, **bootstrap
+        )
+        for j, label in enumerate(labels)
+    }
+    return {
+        "unit": "study",
+        "n": len(studies),
+        "patients": len(set(patients)),
+        "aggregation": f"{how} (k={k})" if how == "top_k_mean" else how,
+        "per_label": per_label,
+    }
+
+
+def study_performance(report: dict[str, Any], split: str) -> list[LabelPerformance]:
+    """The card's headline entries of a :func:`study_report`: per study, each label."""
+    return [
+        label_performance(
+            entry,
+            label=name,
+            unit="study",
+            split=split,
+            n=report["n"],
+            names=("sensitivity", "specificity", "ppv", "roc_auc"),
+        )
+        for name, entry in report["per_label"].items()
+    ]
 
 
 def evaluate_ich(
@@ -37,8 +124,12 @@ def evaluate_ich(
     batch_size: int | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    tta: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the model in ``model_dir`` (its ``card.yaml``); write metrics.json and roc.png.
+
+    ``tta`` scores with the card's test-time augmentation (as the node
+    does); False scores the identity view only.
 
     Returns
     -------
@@ -76,7 +167,7 @@ def evaluate_ich(
         dataset,
         batch_size=batch_size or options.batch_size,
         device=run_device,
-        tta=options.tta,
+        tta=options.tta if tta else TTASpec(),
         fill=air_fill(card.input.mean, card.input.std),
     )
     report = multilabel_report(
@@ -93,8 +184,11 @@ def evaluate_ich(
             "model": model_identity(card),
             "unit": "slice",
             "patients": len({s.group for s in slices}),
-            "tta_views": options.tta.views,
+            "tta_views": options.tta.views if tta else 1,
             "device": str(run_device),
+            "study": study_report(
+                slices, y_true, y_prob, card.labels, options, n_bootstrap=n_bootstrap, seed=seed
+            ),
         }
     )
     out = write_metrics(Path(out_dir), report, card).parent
@@ -130,4 +224,19 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(
         f"weighted log loss (any 2, others 1): {cell(report['weighted_log_loss']).strip()}"
     )
+    study = report.get("study")
+    if study:
+        lines.append(
+            f"per study ({study['n']} studies, {study['patients']} patients, "
+            f"{study['aggregation']} of slices), 95 % bootstrap over patients"
+        )
+        lines.append(
+            f"{'label':<18}{'n+':>6}{'thr':>7}  "
+            + "  ".join(f"{h:<21}" for h in ("sensitivity", "specificity", "PPV", "ROC AUC"))
+        )
+        for label, m in study["per_label"].items():
+            lines.append(
+                f"{label:<18}{m['n_positive']:>6}{m['threshold']:>7.3f}  {cell(m['recall'])}  "
+                f"{cell(m['specificity'])}  {cell(m['precision'])}  {cell(m['roc_auc'])}"
+            )
     return "\n".join(lines)

@@ -37,6 +37,7 @@ import torch
 
 from pipelines.card import (
     ExplainerSpec,
+    LabelPerformance,
     LabelSpec,
     Provenance,
 )
@@ -59,6 +60,7 @@ from pipelines.ich.data import (
     read_labels,
     split_by_group,
 )
+from pipelines.ich.evaluate import study_performance, study_report
 from pipelines.ich.labels import BRAIN, CODES, LABELS, LOSS_WEIGHTS
 from pipelines.ich.model import ICHNet, WeightedBCE
 from pipelines.ich.pipeline import IchOptions, TTASpec, air_fill, score_dataset
@@ -97,6 +99,14 @@ class IchRecipe:
     cache: bool = False
     bootstrap_resamples: int = 1000
     seed: int = 0
+    #: test-time augmentation (the seed's: average over flips and rotations), used to
+    #: score validation and test and written to the card, so the node scores the same way
+    tta_hflip: bool = True
+    tta_rotations: tuple[float, ...] = (-10.0, 10.0)
+
+    @property
+    def tta(self) -> TTASpec:
+        return TTASpec(hflip=self.tta_hflip, rotations=list(self.tta_rotations))
 
     def __post_init__(self) -> None:
         if len(self.split) != 3 or self.split[0] <= 0 or self.split[1] <= 0:
@@ -234,7 +244,7 @@ def train_ich(
     train_seconds = time.perf_counter() - t_train
 
     run_device = resolve_device(device)
-    tta = TTASpec()
+    tta = recipe.tta
     fill = air_fill(mean, std)
     probs = {
         k: score_dataset(
@@ -251,6 +261,11 @@ def train_ich(
     thresholds = choose_thresholds(datasets["val"].targets(), probs["val"])
     loss_weights = [LOSS_WEIGHTS[label] for label in LABELS]
     metrics: dict[str, Any] = {}
+    performance: list[LabelPerformance] = []
+    label_specs = [
+        LabelSpec(name=label, code=CODES[label], threshold=thr, report=True, finding_site=BRAIN)
+        for label, thr in zip(LABELS, thresholds, strict=True)
+    ]
     for key, split_name in (("test", "held_out_test"), ("val", "validation")):
         if key not in probs:
             continue
@@ -266,6 +281,19 @@ def train_ich(
             )
         )
         metrics[split_name]["unit"] = "slice"
+        # the node reports per study: measure it there too, with the same thresholds
+        metrics[split_name]["study"] = rounded(
+            study_report(
+                datasets[key].slices,
+                datasets[key].targets(),
+                probs[key],
+                label_specs,
+                IchOptions(),
+                n_bootstrap=recipe.bootstrap_resamples,
+                seed=recipe.seed,
+            )
+        )
+        performance += study_performance(metrics[split_name]["study"], split_name)
     if "held_out_test" in metrics:
         test = metrics["held_out_test"]
         say(
@@ -277,7 +305,7 @@ def train_ich(
         )
 
     options = IchOptions(
-        z_features=recipe.z_features, hidden=recipe.hidden, dropout=recipe.dropout
+        z_features=recipe.z_features, hidden=recipe.hidden, dropout=recipe.dropout, tta=tta
     ).model_dump(mode="json")
     card_path = save_model(
         model,
@@ -291,10 +319,7 @@ def train_ich(
             "probabilities per slice, aggregated per study."
         ),
         architecture=recipe.backbone,
-        labels=[
-            LabelSpec(name=label, code=CODES[label], threshold=thr, report=True, finding_site=BRAIN)
-            for label, thr in zip(LABELS, thresholds, strict=True)
-        ],
+        labels=label_specs,
         input=spec,
         explainer=ExplainerSpec(
             method="gradcam",
@@ -316,7 +341,10 @@ def train_ich(
                 "loss": "BCE per label weighted any 2 / others 1 (RSNA)",
                 "optimizer": "AdamW, cosine schedule",
                 "selection": "epoch with the lowest validation loss",
-                "thresholds": "per label, max F1 on validation slices",
+                "thresholds": (
+                    "per label, max F1 on validation slices; applied to the study probability "
+                    f"({IchOptions().aggregation} of its slices), checked per study in the metrics"
+                ),
                 "splits": split_info,
                 "best_epoch": result.best_epoch,
                 "device": result.device,
@@ -326,6 +354,7 @@ def train_ich(
             },
         ),
         metrics=metrics,
+        performance=performance,
         options=options,
     )
     say(f"[ich] wrote {card_path} in {time.perf_counter() - t0:.0f}s")

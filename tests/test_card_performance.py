@@ -1,0 +1,163 @@
+"""A card's headline metrics: typed, in a unit and a split, and required before clinical use.
+
+Results quote these entries next to every finding (``tests/test_result_validation.py``),
+so the card refuses what a result could not honestly quote: a label or unit it
+does not know, and a card marked for clinical use without held-out metrics
+with their intervals for every reported label.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from test_generic_pipeline import write_test_card
+
+from pipelines.card import CardError, Estimate, LabelPerformance, load_card
+from pipelines.cardtable import performance_table
+from pipelines.common.metrics import binary_report, bootstrap_ci, label_performance, recall
+
+CI = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.97}
+
+
+def _card(tmp_path: Path, **changes: Any) -> Path:
+    path = write_test_card(tmp_path / "card")
+    raw = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        if key == "clinical_use":
+            raw["provenance"].update(synthetic=False, clinical_use=value)
+        else:
+            raw[key] = value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _entry(**changes: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "label": "lesion",
+        "unit": "image",
+        "split": "held_out_test",
+        "n": 200,
+        "n_positive": 60,
+        "metrics": {"sensitivity": CI, "specificity": CI},
+    }
+    return {**entry, **changes}
+
+
+def test_a_clinical_card_without_held_out_metrics_is_refused_naming_the_label(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(CardError, match=r"clinical_use is true, but label\(s\) lesion"):
+        load_card(_card(tmp_path, clinical_use=True))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        _entry(split="validation"),  # the split that chose the threshold is not held out
+        _entry(metrics={"sensitivity": {"value": 0.9}}),  # no interval
+        _entry(label="normal"),  # not the reported label
+    ],
+    ids=["validation-only", "no-ci", "other-label"],
+)
+def test_a_clinical_card_needs_a_held_out_interval_for_every_reported_label(
+    tmp_path: Path, entry: dict[str, Any]
+) -> None:
+    with pytest.raises(CardError, match="held-out data"):
+        load_card(_card(tmp_path, clinical_use=True, performance=[entry]))
+
+
+def test_a_clinical_card_with_held_out_intervals_loads(tmp_path: Path) -> None:
+    card = load_card(_card(tmp_path, clinical_use=True, performance=[_entry()]))
+    assert card.for_diagnostic_use
+    (entry,) = card.performance_for("lesion", "image")
+    assert entry.metrics["sensitivity"] == Estimate(value=0.9, ci_low=0.8, ci_high=0.97)
+    assert card.performance_for("lesion", "study") == []
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (_entry(label="tumour"), "not among the card's labels"),
+        (_entry(unit="patient"), "performance.0.unit"),
+        (_entry(split="test"), "performance.0.split"),
+        (_entry(metrics={"auc": CI}), "performance.0.metrics"),
+        (_entry(metrics={}), "performance.0.metrics"),
+        (_entry(n=0), "performance.0.n"),
+    ],
+)
+def test_every_entry_names_a_known_label_unit_split_and_metric(
+    tmp_path: Path, entry: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(CardError, match=message):
+        load_card(_card(tmp_path, performance=[entry]))
+
+
+def test_an_entry_reads_as_one_line_with_its_split_unit_n_and_intervals() -> None:
+    entry = LabelPerformance.model_validate(
+        _entry(unit="study", metrics={"sensitivity": CI, "ppv": {"value": None}})
+    )
+    assert entry.describe() == (
+        "held-out test, per study (n=200, 60 positive): sensitivity 0.90 (95% CI 0.80-0.97), "
+        "PPV undefined"
+    )
+
+
+def test_label_performance_takes_a_binary_report_as_measured() -> None:
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 2, 120)
+    score = np.clip(truth * 0.5 + rng.random(120) * 0.6, 0, 1)
+    report = binary_report(truth, score, 0.5, n_bootstrap=200)
+    entry = label_performance(report, label="lesion", unit="image", split="held_out_test", n=120)
+    assert entry.n_positive == int(truth.sum()) and entry.threshold == 0.5
+    assert entry.metrics["sensitivity"].value == pytest.approx(report["recall"]["value"], abs=1e-4)
+    assert entry.metrics["ppv"].ci_low == pytest.approx(report["precision"]["ci_low"], abs=1e-4)
+    assert set(entry.metrics) == {"sensitivity", "specificity", "ppv", "roc_auc"}
+
+
+def test_a_bootstrap_over_patients_is_wider_than_over_their_repeated_rows() -> None:
+    """Five rows per patient are not five cases: resampling rows would overstate the certainty."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.ones(30, dtype=int), 5)
+    called = np.repeat(rng.random(30) < 0.7, 5).astype(int)
+    patients = np.repeat(np.arange(30), 5)
+    _, lo_rows, hi_rows = bootstrap_ci(recall, truth, called, n=400)
+    point, lo, hi = bootstrap_ci(recall, truth, called, n=400, groups=patients)
+    assert lo <= point <= hi
+    assert hi - lo > 1.5 * (hi_rows - lo_rows)
+
+
+def test_the_models_table_is_generated_from_the_card(tmp_path: Path) -> None:
+    card = load_card(_card(tmp_path, performance=[_entry(), _entry(split="validation")]))
+    table = performance_table(card)
+    assert table.splitlines() == [
+        "| label | unit | split | n | n+ | sensitivity | specificity |",
+        "|---|---|---|---|---|---|---|",
+        "| lesion | image | held out test | 200 | 60 | 0.90 [0.80, 0.97] | 0.90 [0.80, 0.97] |",
+    ]
+
+
+def test_models_table_prints_the_cards_tables_and_refuses_a_missing_card(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    card = _card(tmp_path, performance=[_entry()])
+    run = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "models", "table", str(card.parent)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("**test-random 0.0.1** (95% intervals)")
+    assert "| lesion | image | held out test | 200 | 60 |" in run.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "models", "table", str(tmp_path / "nothing.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
