@@ -19,7 +19,7 @@ SR and SC builders cannot disagree about it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from dicom_node.results.uids import result_uid
@@ -82,8 +82,9 @@ class AlgorithmInfo:
     manufacturer : str
         Manufacturer written to General Equipment, Contributing Equipment and
         the device observer. Defaults to ``"dicom-node"``.
-    synthetic : bool
-        The weights were trained on generated phantoms (the card's provenance).
+    synthetic : bool or None
+        The weights were trained on generated phantoms (the card's provenance);
+        None: unknown (the card could not be read).
     clinically_validated : bool
         The hospital validated the weights for clinical use (the card's
         ``provenance.clinical_use``).
@@ -105,13 +106,13 @@ class AlgorithmInfo:
     for_diagnostic_use: bool
     software_version: str
     manufacturer: str = "dicom-node"
-    synthetic: bool = False
+    synthetic: bool | None = None
     clinically_validated: bool = False
-    performance: tuple[LabelPerformance, ...] = ()
+    performance: tuple[LabelPerformance, ...] = field(default=(), hash=False)
 
     def __post_init__(self) -> None:
-        for field in ("name", "version", "pipeline", "software_version", "manufacturer"):
-            _check_lo(field, getattr(self, field))
+        for name in ("name", "version", "pipeline", "software_version", "manufacturer"):
+            _check_lo(name, getattr(self, name))
         sha = self.weights_sha256.lower()
         if not _SHA256.match(sha):
             raise ValueError(
@@ -151,6 +152,8 @@ class AlgorithmInfo:
     @property
     def provenance_statement(self) -> str:
         """Where the weights come from and whether they were validated, in one sentence."""
+        if self.synthetic is None:
+            return "The model card could not be read: training data and validation unknown."
         if self.synthetic:
             return "Trained on synthetic phantoms (demo weights); never validated on patients."
         if self.clinically_validated and self.for_diagnostic_use:
