@@ -851,3 +851,43 @@ def test_folds_never_split_a_patient() -> None:
         assert {i.label for i in val} == {0, 1}  # stratified by patient label
         seen += [i.sop_instance_uid for i in val]
     assert sorted(seen) == sorted(i.sop_instance_uid for i in items)
+
+
+def test_train_holds_out_the_latest_year_with_five_folds_by_default(tmp_path: Path) -> None:
+    """The study's protocol is the default: 5-fold cross-validation on the earlier years, the
+    latest year of the labels held out as test; 'none' holds out patients instead."""
+    from dicom_node.cli import build_parser
+    from pipelines.hip.commands import _test_year
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "sop_instance_uid,label,image_date\n1.1,0,2019-03-01\n1.2,1,2022-06-30\n1.3,0,2021-01-02\n"
+    )
+    assert _test_year("latest", str(labels)) == 2022
+    assert _test_year(2020, str(labels)) == 2020 and _test_year(None, str(labels)) is None
+    undated = tmp_path / "undated.csv"
+    undated.write_text("sop_instance_uid,label\n1.1,0\n")
+    with pytest.raises(ValueError, match="--test-year none"):
+        _test_year("latest", str(undated))
+
+    parser = build_parser()
+    args = parser.parse_args(
+        [
+            "train",
+            "hip-osteoporosis",
+            "--dicom-dir",
+            "d",
+            "--voc-dir",
+            "v",
+            "--labels",
+            "l",
+            "--out",
+            "o",
+        ]
+    )
+    assert args.folds == 5 and args.test_year == "latest"
+    none = parser.parse_args(
+        ["train", "hip-osteoporosis", "--dicom-dir", "d", "--voc-dir", "v", "--labels", "l",
+         "--out", "o", "--test-year", "none"]
+    )  # fmt: skip
+    assert none.test_year is None

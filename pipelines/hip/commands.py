@@ -53,6 +53,27 @@ def cmd_pair_dexa(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _year(text: str) -> int | str | None:
+    if text in ("latest", "none"):
+        return None if text == "none" else text
+    return int(text)
+
+
+def _test_year(chosen: int | str | None, labels_csv: str) -> int | None:
+    """The held-out year: as given, or the study's choice, the latest year in the labels."""
+    if chosen != "latest":
+        return chosen if isinstance(chosen, int) else None
+    from pipelines.hip.dexa import read_labels
+
+    years = {row.image_date.year for row in read_labels(labels_csv).values() if row.image_date}
+    if not years:
+        raise ValueError(
+            f"{labels_csv} has no image dates to hold out the latest year; "
+            "give --test-year YEAR or --test-year none"
+        )
+    return max(years)
+
+
 def cmd_train_hip(args: argparse.Namespace) -> int:
     from pipelines.common.augment import AugmentSpec
     from pipelines.hip.data import HipDataError
@@ -84,7 +105,7 @@ def cmd_train_hip(args: argparse.Namespace) -> int:
             crop_margin=args.crop_margin,
             threshold=args.threshold,
             folds=args.folds,
-            test_year=args.test_year,
+            test_year=_test_year(args.test_year, args.labels),
             localiser=LocaliserRecipe(
                 architecture=args.localiser_architecture,
                 size=args.localiser_size,
@@ -205,8 +226,16 @@ def add_commands(groups: CommandGroups) -> None:
     )
     p.add_argument("--crop-margin", type=float, default=0.15)
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--folds", type=int, default=0, help="K-fold cross-validation (e.g. 5)")
-    p.add_argument("--test-year", type=int, help="hold out images whose Study Date is in this year")
+    p.add_argument(
+        "--folds", type=int, default=5, help="K-fold cross-validation (study: 5; 0: one split)"
+    )
+    p.add_argument(
+        "--test-year",
+        type=_year,
+        default="latest",
+        help="hold out images whose Study Date is in this year (study: the latest year of the "
+        "labels, the default; 'none': hold out patients instead)",
+    )
     p.add_argument("--localiser-architecture", default="fasterrcnn_mobilenet_v3_large_fpn")
     p.add_argument("--localiser-size", type=int, default=512)
     p.add_argument("--localiser-max-size", type=int, default=683)
