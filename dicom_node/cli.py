@@ -378,8 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_models_table(args: argparse.Namespace) -> int:
     """``dicom-node models table``: Markdown tables generated from the cards."""
+    from dicom_node.cardtable import cards_tables
     from pipelines.card import CARD_FILE, load_card
-    from pipelines.cardtable import cards_tables
 
     try:
         cards = [

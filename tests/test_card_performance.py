@@ -16,8 +16,8 @@ import pytest
 import yaml
 from test_generic_pipeline import write_test_card
 
+from dicom_node.cardtable import performance_table
 from pipelines.card import CardError, Estimate, LabelPerformance, load_card
-from pipelines.cardtable import performance_table
 from pipelines.common.metrics import binary_report, bootstrap_ci, label_performance, recall
 
 CI = {"value": 0.9, "ci_low": 0.8, "ci_high": 0.97}

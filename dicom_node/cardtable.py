@@ -1,7 +1,7 @@
 """Markdown tables of what model cards say about their models' performance.
 
 The README's metric tables are printed by ``dicom-node models table`` from
-the cards themselves (their ``performance`` entries), never typed by hand:
+the cards themselves (read through :mod:`pipelines.card`, the service's view of a model) (their ``performance`` entries), never typed by hand:
 a table can then only say what a build measured. One row per label, unit and
 split; one column per metric, each ``value [ci_low, ci_high]``.
 """
