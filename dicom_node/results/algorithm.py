@@ -170,17 +170,23 @@ class AlgorithmInfo:
             "for clinical use; it must not inform a diagnosis."
         )
 
-    def validation_for(self, label: str, unit: str | None) -> list[str]:
-        """How well the model did for ``label`` counted in ``unit``, one line per split.
+    def quoted(self, label: str, unit: str | None) -> list[LabelPerformance]:
+        """The entries a result quotes for ``label`` in ``unit``: held-out data (test split,
+        then cross-validation) when the card has them, else its validation-split entries
+        (thresholds were chosen on them, so they are named as such)."""
+        from pipelines.card import SPLIT_PREFERENCE
 
-        Held-out data (test split, cross-validation) are quoted when the card
-        has them; validation-split metrics only when it has nothing else (they
-        are named as such: thresholds were chosen on them). Without any, the
-        line says so: silence must not read as "validated".
-        """
-        chosen = [p for p in self.performance if p.label == label and p.unit == unit]
+        chosen = sorted(
+            (p for p in self.performance if p.label == label and p.unit == unit),
+            key=lambda p: SPLIT_PREFERENCE.index(p.split),
+        )
         held_out = [p for p in chosen if p.split != "validation"]
-        lines = [p.describe() for p in (held_out or chosen)]
+        return held_out or chosen
+
+    def validation_for(self, label: str, unit: str | None) -> list[str]:
+        """How well the model did for ``label`` counted in ``unit``, one line per quoted split
+        (:meth:`quoted`). Without any, the line says so: silence must not read as "validated"."""
+        lines = [p.describe() for p in self.quoted(label, unit)]
         if lines:
             return lines
         what = f"per {unit}" if unit else "in this finding's unit"

@@ -473,8 +473,7 @@ def label_units(findings: Sequence[Finding]) -> dict[str, str | None]:
 
 def _short_metrics(algorithm: AlgorithmInfo, label: str, unit: str | None) -> str:
     """One short line of the card's metrics for ``label`` in ``unit`` (held-out data first)."""
-    chosen = [p for p in algorithm.performance if p.label == label and p.unit == unit]
-    chosen.sort(key=lambda p: p.split == "validation")
+    chosen = algorithm.quoted(label, unit)
     if not chosen:
         return f"{label}: no metrics per {unit or 'unit reported'} in the model card"
     best = chosen[0]
