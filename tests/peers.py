@@ -94,8 +94,17 @@ class PeerMissingError(PeerError):
 # ---------------------------------------------------------------------------
 
 
+_HANDED_OUT: set[int] = set()
+"""Ports :func:`free_port` already returned in this process."""
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now.
+
+    A port is never handed out twice in one test process: a fixture that picks
+    a port and binds it later (``node_port``, given to Orthanc's modality list
+    before the node starts) would otherwise share it with the next peer the
+    kernel hands the same free port to (seen in CI: node and Orthanc's HTTP).
 
     Returns
     -------
@@ -103,9 +112,13 @@ def free_port() -> int:
         A port the kernel handed out for ``127.0.0.1:0``. Another process may
         take it before the caller binds it; the peers here retry on a clash.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def port_is_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
