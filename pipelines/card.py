@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipelines.base import Code, Unit
+from pipelines.base import UNITS, Code, Unit
 
 #: File names of a model folder: ``models/<name>/card.yaml`` and the weights it names.
 CARD_FILE = "card.yaml"
@@ -242,6 +242,18 @@ class ModelCard(_Strict):
     #: folder the card was loaded from (weights resolve against it); not part of the YAML
     folder: Path = Field(default=Path("."), exclude=True)
 
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_name_split_and_unit(cls, metrics: dict[str, Any]) -> dict[str, Any]:
+        for split, section in metrics.items():
+            if split not in SPLIT_PREFERENCE:
+                raise ValueError(
+                    f"metrics.{split}: each top-level section of metrics is the split it was "
+                    f"measured on ({', '.join(SPLIT_PREFERENCE)}); move it under one of them"
+                )
+            _check_units(section, f"metrics.{split}", None)
+        return metrics
+
     @model_validator(mode="after")
     def _performance_fits(self) -> ModelCard:
         names = {label.name for label in self.labels}
@@ -290,6 +302,33 @@ class ModelCard(_Strict):
     @property
     def algorithm_name(self) -> str:
         return self.name
+
+
+def _check_units(section: Any, where: str, unit: str | None) -> None:
+    """Refuse a number in a card's ``metrics`` that no ``unit`` above it names.
+
+    A ``unit`` key holds for its mapping and everything below it, so a split
+    counted in one unit says it once and a sub-section counted in another
+    (an ICH split per slice with a ``study`` section) says its own.
+    """
+    if isinstance(section, dict):
+        if "unit" in section:
+            unit = section["unit"]
+            if unit not in UNITS:
+                raise ValueError(
+                    f"{where}.unit is {unit!r}: a unit is one of {', '.join(UNITS)}; "
+                    "say more in a `note` key beside it"
+                )
+        for key, value in section.items():
+            _check_units(value, f"{where}.{key}", unit)
+    elif isinstance(section, list):
+        for i, value in enumerate(section):
+            _check_units(value, f"{where}[{i}]", unit)
+    elif isinstance(section, (int, float)) and not isinstance(section, bool) and unit is None:
+        raise ValueError(
+            f"{where} is a number that names no unit: add `unit:` (one of "
+            f"{', '.join(UNITS)}) to its section or a section above it"
+        )
 
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)

@@ -70,6 +70,45 @@ def test_a_clinical_card_needs_a_held_out_interval_for_every_reported_label(
         load_card(_card(tmp_path, clinical_use=True, performance=[entry]))
 
 
+@pytest.mark.parametrize(
+    ("metrics", "refusal"),
+    [
+        ({"test": {"unit": "image", "accuracy": 0.9}}, r"metrics\.test: each top-level section"),
+        ({"held_out_test": {"accuracy": 0.9}}, r"metrics\.held_out_test\.accuracy is a number"),
+        (
+            {"validation": {"per_class": {"lesion": {"recall": 0.8}}}, "held_out_test": {}},
+            r"metrics\.validation\.per_class\.lesion\.recall is a number that names no unit",
+        ),
+        ({"held_out_test": {"unit": "box (COCO)", "ap50": 0.5}}, r"unit is 'box \(COCO\)'"),
+        (
+            {"held_out_test": {"unit": "image", "cm": [[3, 1], [0, 4]], "x": {"unit": "voxel"}}},
+            r"metrics\.held_out_test\.x\.unit is 'voxel'",
+        ),
+    ],
+    ids=["not-a-split", "no-unit", "no-unit-deep", "unit-not-in-vocabulary", "bad-nested-unit"],
+)
+def test_every_number_in_the_detailed_metrics_names_its_split_and_unit(
+    tmp_path: Path, metrics: dict[str, Any], refusal: str
+) -> None:
+    with pytest.raises(CardError, match=refusal):
+        load_card(_card(tmp_path, metrics=metrics))
+
+
+def test_a_unit_holds_below_it_until_a_section_names_another(tmp_path: Path) -> None:
+    metrics = {
+        "held_out_test": {
+            "unit": "slice",
+            "confidence": 0.95,
+            "per_label": {"lesion": {"auc": 0.9}},
+            "confusion_matrix": [[5, 1], [2, 7]],
+            "study": {"unit": "study", "n": 12, "per_label": {"lesion": {"auc": 0.8}}},
+        },
+        "cross_validation": {"unit": "image", "folds": 5, "note": "pooled out-of-fold"},
+    }
+    card = load_card(_card(tmp_path, metrics=metrics))
+    assert card.metrics["held_out_test"]["study"]["n"] == 12
+
+
 def test_a_clinical_card_with_held_out_intervals_loads(tmp_path: Path) -> None:
     card = load_card(_card(tmp_path, clinical_use=True, performance=[_entry()]))
     assert card.for_diagnostic_use
@@ -161,3 +200,36 @@ def test_models_table_prints_the_cards_tables_and_refuses_a_missing_card(tmp_pat
         check=False,
     )
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_models_table_into_rewrites_only_the_marked_block(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from dicom_node.cardtable import BEGIN, END
+
+    card = _card(tmp_path, performance=[_entry()])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Models\n\nbefore\n\n{BEGIN}\nold table\n{END}\n\nafter\n")
+
+    def into(path: Path) -> subprocess.CompletedProcess[str]:
+        command = ["models", "table", str(card), "--into", str(path)]
+        return subprocess.run(
+            [sys.executable, "-m", "dicom_node", *command],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    run = into(readme)
+    assert run.returncode == 0, run.stderr
+    text = readme.read_text()
+    assert text.startswith("# Models\n\nbefore\n\n" + BEGIN + "\n\n**test-random 0.0.1**")
+    assert "old table" not in text and text.endswith(f"{END}\n\nafter\n")
+    assert "| lesion | image | held out test | 200 | 60 |" in text
+    assert into(readme).returncode == 0 and readme.read_text() == text  # idempotent
+    unmarked = tmp_path / "other.md"
+    unmarked.write_text("no markers\n")
+    refused = into(unmarked)
+    assert refused.returncode == 2 and "BEGIN models table" in refused.stderr
+    assert unmarked.read_text() == "no markers\n"

@@ -554,7 +554,7 @@ def test_cli_synth_train_grid_repeats_evaluate(tmp_path: Path) -> None:
     done = _cli(
         "train", "ct-slice-classifier", "--slices", str(data / "slices.csv"), "--out", str(model),
         "--grid", str(grid), "--repeats", "2", "--size", "64", "--epochs", "1",
-        "--batch-size", "8", "--split", "0.5", "0.25", "0.25", "--bootstrap", "50",
+        "--batch-size", "8", "--split", "0.5", "0.25", "0.25", "--bootstrap-resamples", "50",
         "--synthetic", "--device", "cpu", "--contrast", "unenhanced",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr + done.stdout
@@ -578,7 +578,7 @@ def test_cli_synth_train_grid_repeats_evaluate(tmp_path: Path) -> None:
     # repeats: two rows with other seeds; the card's summary is their mean
     repeats = list(csv.DictReader((model / "train" / "repeats.csv").open()))
     assert [r["seed"] for r in repeats] == ["1", "2"]
-    summary = card.metrics["repeats"]["summary"]
+    summary = card.metrics["held_out_test"]["repeats"]["summary"]
     for name in STUDY_METRICS:
         values = [float(r[name]) for r in repeats if r[name] != "nan"]
         if values:

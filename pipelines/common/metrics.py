@@ -621,7 +621,11 @@ def classification_report(y_true: Any, y_pred: Any, labels: Sequence[str]) -> di
 
 def format_classification_report(report: Mapping[str, Any], digits: int = 2) -> str:
     """:func:`classification_report` as the text table scikit-learn prints."""
-    names = [k for k in report if k not in ("accuracy", "macro avg", "weighted avg")]
+    names = [
+        k
+        for k, row in report.items()
+        if isinstance(row, Mapping) and k not in ("macro avg", "weighted avg")
+    ]
     width = max(len(n) for n in [*names, "weighted avg"])
     header = f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}"
 

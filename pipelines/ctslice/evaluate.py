@@ -206,7 +206,7 @@ def slice_and_series_report(
     return {
         "slice": {**slice_level, "unit": "slice"},
         "series": {**series_level, "unit": "series"},
-        "per_class": per_class,
+        "per_class": {**per_class, "unit": "slice"},
         "_curves": {
             "slice": (truth, score),
             "series": (series_truth, series_score),

@@ -17,7 +17,7 @@ The study's protocol, as the trainer runs it:
    times with seeds ``seed + 1 .. seed + N`` (the study: 40) and each run
    is measured on the held-out test split (validation when there is none);
    ``<out>/train/repeats.csv`` has one row per run and the card's
-   ``metrics.repeats`` the mean and Student-t 95 % interval of every metric
+   ``metrics.<split>.repeats`` the mean and Student-t 95 % interval of every metric
    (:func:`pipelines.common.metrics.repeat_summary`), the study's table.
 4. The chosen run's weights (seed ``seed``) are written with the card; its
    ``metrics`` hold the slice- and series-level tables of the held-out test
@@ -703,10 +703,11 @@ def train_ct_slices(
         summary = repeat_summary(
             [{k: row[k] for k in (*STUDY_METRICS, "roc_auc")} for row in repeat_rows]
         )
-        metrics["repeats"] = rounded(
+        # kept under the split the repeats were measured on (each split owns its numbers)
+        metrics[report_split] = {}
+        metrics[report_split]["repeats"] = rounded(
             {
                 "n": repeats,
-                "split": report_split,
                 "unit": "slice",
                 "seeds": [row["seed"] for row in repeat_rows],
                 "interval": "Student-t 95 % interval of the mean over the repeats",
@@ -738,7 +739,7 @@ def train_ct_slices(
             seed=recipe.seed,
         )
         report.pop("_curves")
-        metrics[key] = rounded(report)
+        metrics[key] = {**metrics.get(key, {}), **rounded(report)}
         if len(reported) == 1:
             # the series decision is "any reported label": one label's metrics only when
             # there is one reported label

@@ -332,7 +332,9 @@ def train_cxr(
             part, detections[key], n_bootstrap=recipe.bootstrap_resamples, seed=recipe.seed
         )
         full.pop("coco_lines", None)
-        metrics[split_name] = rounded({**full, "unit": "box (COCO)"})
+        metrics[split_name] = rounded(
+            {**full, "unit": "box", "note": "COCO detection metrics over boxes"}
+        )
         images = rounded(
             image_level_report(
                 part,

@@ -217,7 +217,8 @@ def evaluate_items(
     y_necks = crops.targets()
     probs = classify_crops(classifier, truth_crops, spec, device, batch_size=options.batch_size)
     report: dict[str, Any] = {
-        "unit": "femoral neck (one side of one image)",
+        "unit": "femoral neck",
+        "note": "one femoral neck is one side of one image",
         "data": {
             "images": len(items),
             "necks": len(y_necks),

@@ -559,6 +559,7 @@ def train_hip(
             "per_fold": [{"fold": f["fold"], **f["numbers"]} for f in folds_report],
             "summary": repeat_summary(numbers) if numbers else {},
             "ci_method": "Student t interval of the mean over folds",
+            "unit": "femoral neck",
         }
         summary_text = ", ".join(
             f"{key} {value['mean']:.3f} (sd {value['sd']:.3f})"
@@ -566,11 +567,13 @@ def train_hip(
         )
         say(f"[hip] {len(runs)}-fold cross-validation, mean over folds: {summary_text}")
         say(f"[hip] keeping fold {best_fold} (lowest validation loss)")
-    if val_summary:
-        metrics["validation"] = val_summary
-    metrics["localiser_validation"] = {
-        "mean_neck_iou": loc_result.best_metric,
-        "best_epoch": loc_result.best_epoch,
+    metrics["validation"] = {
+        **val_summary,
+        "unit": "femoral neck",
+        "localiser": {
+            "mean_neck_iou": loc_result.best_metric,
+            "best_epoch": loc_result.best_epoch,
+        },
     }
 
     model.to(run_device)
