@@ -22,3 +22,16 @@ def blank_hip(folder: Path) -> Path:
     out = folder / "blank-hip.dcm"
     ds.save_as(out)
     return out
+
+
+def implant_hip(folder: Path) -> Path:
+    """A pelvis radiograph with a metal hip prosthesis: an image seed 003 excluded.
+
+    The hip model refuses it before it runs (:mod:`pipelines.hip.quality`).
+    """
+    from pipelines.hip.synth import PELVIS, write_hip_dataset
+
+    data = write_hip_dataset(
+        folder / "src", patients=4, seed=72, size=320, implant_fraction=1.0, single_hip_fraction=0.0
+    )
+    return next(image.path for image in data.images if image.kind == PELVIS)

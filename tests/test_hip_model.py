@@ -306,6 +306,103 @@ def test_frog_leg_and_chest_images_are_skipped_and_alone_fail(
         pipeline.run([SeriesInput("1", (tmp_path / "frog.dcm",))])
 
 
+def _noisy(image_path: Path, out: Path, sigma: float, seed: int = 0) -> Path:
+    """``image_path`` with Gaussian noise of ``sigma`` stored values added: a poor exposure."""
+    ds = pydicom.dcmread(image_path)
+    pixels = ds.pixel_array.astype(np.float64)
+    noise = np.random.default_rng(seed).normal(0.0, sigma, pixels.shape)
+    top = 2 ** int(ds.BitsStored) - 1
+    ds.PixelData = np.clip(np.rint(pixels + noise), 0, top).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(out)
+    return out
+
+
+def test_images_the_study_excluded_are_refused_with_the_reason_and_said_in_the_sr(
+    held_out, pipeline, tmp_path: Path
+) -> None:
+    """Seed 003 left out images with metal implants and of poor quality: so does the node."""
+    from pipelines.hip.quality import exclusion_reason
+    from pipelines.hip.radiograph import localiser_image, read_hip_radiograph
+
+    dataset, _ = held_out
+    # none of the 60 held-out patients' images is refused (no implant, no added noise)
+    spec = pipeline.options.localiser
+    refused = {
+        image.stem: reason
+        for image in dataset.images
+        if (
+            reason := exclusion_reason(
+                localiser_image(read_hip_radiograph(image.path).display, spec.size, spec.max_size)[
+                    0
+                ],
+                pipeline.options.exclusions,
+            )
+        )
+    }
+    assert refused == {}
+    implants = write_hip_dataset(
+        tmp_path / "implants", patients=3, seed=HELD_OUT_SEED + 1, size=320, implant_fraction=1.0
+    )
+    assert all(image.implant is not None for image in implants.images)
+    normal = next(i for i in dataset.images if i.kind == PELVIS)
+    noisy = _noisy(normal.path, tmp_path / "noisy.dcm", sigma=700.0)
+    files = (*(i.path for i in implants.images), noisy, normal.path)
+    result = pipeline.run([SeriesInput("1.2.3", files)])
+    reasons = dict(result.skipped)
+    assert set(reasons) == {
+        *(i.sop_instance_uid for i in implants.images),
+        pydicom.dcmread(noisy, stop_before_pixels=True).SOPInstanceUID,
+    }
+    for image in implants.images:
+        assert reasons[image.sop_instance_uid].startswith("metal implant suspected"), reasons
+    assert sum(r.startswith("poor image quality (noise") for r in reasons.values()) == 1, reasons
+    assert {f.source_sop_instance_uids for f in result.findings} == {(normal.sop_instance_uid,)}
+    # the SR of the normal image says which images its findings do not cover, and why
+    algorithm = AlgorithmInfo.from_card(pipeline.card, __version__)
+    header = pydicom.dcmread(normal.path, stop_before_pixels=True)
+    sr = build_sr(
+        result.findings,
+        [header],
+        algorithm,
+        job_key="job-x",
+        series_number=900,
+        not_analysed=result.skipped,
+    )
+    sr.save_as(tmp_path / "sr.dcm")
+    assert dciodvfy_errors(tmp_path / "sr.dcm") == []
+    comments = [
+        str(item.TextValue)
+        for container in pydicom.dcmread(tmp_path / "sr.dcm").ContentSequence
+        if container.ValueType == "CONTAINER"
+        for item in container.get("ContentSequence", [])
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"
+    ]
+    (comment,) = comments
+    assert comment.startswith(f"Not analysed by hip-demo {pipeline.card.version}")
+    n = len(implants.images)
+    assert f"{n + 1} image(s)" in comment and comment.count("metal implant suspected") == n
+    # alone, an excluded image fails the job with its reason (the node sends a notice SR)
+    with pytest.raises(PipelineInputError, match="metal implant suspected"):
+        pipeline.run([SeriesInput("1", (implants.images[0].path,))])
+
+
+def test_a_card_can_turn_the_exclusions_off(hip_demo_card: Path, tmp_path: Path) -> None:
+    card = load_card(hip_demo_card)
+    options = {**card.options, "exclusions": {"enabled": False}}
+    lenient = HipOsteoporosis(card.model_copy(update={"options": options}), torch.device("cpu"))
+    assert not lenient.options.exclusions.enabled
+    implants = write_hip_dataset(
+        tmp_path / "implants", patients=1, seed=HELD_OUT_SEED + 2, size=320, implant_fraction=1.0
+    )
+    try:
+        reasons = [
+            why for _, why in lenient.run([SeriesInput("1", (implants.images[0].path,))]).skipped
+        ]
+    except PipelineInputError as exc:  # the localiser may find no neck under the prosthesis
+        reasons = [str(exc)]
+    assert not any("metal implant" in why for why in reasons), reasons
+
+
 def _cli(*args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "dicom_node.cli", *args], capture_output=True, text=True, timeout=600

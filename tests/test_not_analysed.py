@@ -2,13 +2,16 @@
 says so, and why, in the PACS.
 
 Tried as a new user would: a pelvis radiograph on which the hip demo finds no femoral neck
-(here a blank image labelled HIP, routed by the shipped ``hip-xr`` rule) used to end as a
-failed job in the node and nothing at all in the PACS.
+used to end as a failed job in the node and nothing at all in the PACS. Here a blank image
+labelled HIP (refused as flat before the localiser runs) and a pelvis with a metal prosthesis
+(an image seed 003 excluded), both routed by the shipped ``hip-xr`` rule.
 """
 
 from __future__ import annotations
 
 import io
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import highdicom as hd
@@ -16,7 +19,7 @@ import pydicom
 import pytest
 
 from dicom_validation import dciodvfy_errors
-from inputs import blank_hip
+from inputs import blank_hip, implant_hip
 from node import NodeProcess, pacs_node_config
 from peers import Orthanc
 
@@ -38,10 +41,24 @@ def _comments(sr: pydicom.Dataset) -> list[str]:
     return walk(sr.ContentSequence)
 
 
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (blank_hip, "poor image quality (no contrast"),
+        (implant_hip, "metal implant suspected"),
+    ],
+    ids=["blank", "implant"],
+)
 def test_a_study_the_model_cannot_analyse_gets_an_sr_saying_so(
-    pacs: Orthanc, node_port: int, tmp_path: Path, database_url: str, hip_demo_card: Path
+    pacs: Orthanc,
+    node_port: int,
+    tmp_path: Path,
+    database_url: str,
+    hip_demo_card: Path,
+    make: Callable[[Path], Path],
+    reason: str,
 ) -> None:
-    image = blank_hip(tmp_path)
+    image = make(tmp_path)
     workdir = tmp_path / "node"
     config = pacs_node_config(workdir, database_url, pacs, "hip-xr", port=node_port)
     for peer in config["node"]["peers"]:
@@ -58,7 +75,7 @@ def test_a_study_the_model_cannot_analyse_gets_an_sr_saying_so(
         )
         state, error = node.query("SELECT state, error FROM jobs")[0]
         notices = node.query("SELECT detail FROM events WHERE kind = 'job-not-analysed'")
-    assert state == "failed" and "no femoral neck found" in error, error
+    assert state == "failed" and reason in error, error
     assert len(notices) == 1
     objects = [
         pydicom.dcmread(io.BytesIO(pacs.instance_file(item["ID"])))
@@ -68,7 +85,9 @@ def test_a_study_the_model_cannot_analyse_gets_an_sr_saying_so(
     assert sr.SeriesDescription.startswith("AI NOT ANALYSED hip-demo")
     (text,) = _comments(sr)
     assert text.startswith("AI analysis not performed by hip-demo"), text
-    assert "no femoral neck found" in text and "check the route" not in text, text
+    assert reason in text and "check the route" not in text, text
+    # the node's log says which image was refused and why (its UID, no patient data)
+    assert re.search(rf"skipping [0-9.]+: {re.escape(reason)}", node.log_text()), node.log_tail()
     assert dciodvfy_errors(sr) == []
     report = hd.sr.Comprehensive3DSR.from_dataset(sr)
     assert report.PreliminaryFlag == "PRELIMINARY"

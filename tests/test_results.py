@@ -985,3 +985,20 @@ def test_heatmap_footer_names_the_model_its_use_and_its_metrics(
     bottom = rgb[band:]
     assert (bottom == 0).all(axis=-1).mean() > 0.3, "a black band"
     assert (bottom.min(axis=-1) > 180).any(), "with white text"
+
+
+def test_the_images_a_result_does_not_cover_are_named_and_the_text_stays_bounded(
+    algorithm: AlgorithmInfo,
+) -> None:
+    from dicom_node.results.sr import not_analysed_text
+
+    assert not_analysed_text(algorithm, []) is None
+    text = not_analysed_text(algorithm, [("1.2.3", "metal implant suspected")])
+    assert text == (
+        f"Not analysed by {algorithm.name} {algorithm.version}, so not covered by the findings "
+        "above: 1 image(s): 1.2.3: metal implant suspected"
+    )
+    many = [(f"1.2.{i}", "poor image quality (noise 0.090 of the grey range)") for i in range(60)]
+    long = not_analysed_text(algorithm, many)
+    assert long is not None and len(long) == 1024 and long.endswith("...")
+    assert "60 image(s)" in long

@@ -278,6 +278,7 @@ class JobRunner:
             algorithm,
             job_key=job.key,
             series_number=SR_SERIES_NUMBER,
+            not_analysed=result.skipped,
         )
         outputs.append((ResultKind.SR, sr, self._write(job.id, sr)))
         sc_series = heatmap_series_instance_uid(job.key)

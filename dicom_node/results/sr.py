@@ -425,6 +425,7 @@ def build_sr(
     job_key: str,
     series_number: int,
     instance_number: int = 1,
+    not_analysed: Sequence[tuple[str, str]] = (),
 ) -> pydicom.Dataset:
     """Encode one pipeline run's findings as a TID 1500 Comprehensive 3D SR.
 
@@ -449,6 +450,12 @@ def build_sr(
         Series Number of the new SR series (positive).
     instance_number : int, optional
         Instance Number of the SR within its series (default 1).
+    not_analysed : sequence of (str, str), optional
+        (SOP Instance UID or file name, reason) of the images the pipeline
+        left out (``PipelineResult.skipped``). Said in a DCM 121106 "Comment"
+        among the document's qualitative evaluations, so a reader knows that
+        the findings do not cover them (an excluded image with a metal
+        implant reads as "not analysed", never as "no finding").
 
     Returns
     -------
@@ -473,9 +480,36 @@ def build_sr(
         raise ValueError("build_sr() needs a non-empty job_key: the SR's UIDs derive from it")
     by_uid = _index_sources(sources)
     groups = [_measurement_group(i, f, by_uid, algorithm, job_key) for i, f in enumerate(findings)]
-    sr = _document(groups, by_uid, algorithm, job_key, series_number, instance_number)
+    sr = _document(
+        groups,
+        by_uid,
+        algorithm,
+        job_key,
+        series_number,
+        instance_number,
+        not_analysed=not_analysed_text(algorithm, not_analysed),
+    )
     _identify_local_schemes(sr, findings)
     return sr
+
+
+def not_analysed_text(
+    algorithm: AlgorithmInfo, skipped: Sequence[tuple[str, str]], limit: int = 1024
+) -> str | None:
+    """ "Not analysed by <model>: <n> image(s): <uid>: <reason>; ..." (None when none was left out).
+
+    Only UIDs or file names and the pipeline's reasons: no patient data.
+    Cut at ``limit`` characters (the words a viewer shows; the node's log has
+    every reason).
+    """
+    if not skipped:
+        return None
+    reasons = "; ".join(f"{ident}: {why}" for ident, why in skipped)
+    text = (
+        f"Not analysed by {algorithm.name} {algorithm.version}, so not covered by the findings "
+        f"above: {len(skipped)} image(s): {reasons}"
+    )
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def build_notice_sr(
@@ -533,19 +567,23 @@ def build_notice_sr(
     return sr
 
 
-def _model_statements(algorithm: AlgorithmInfo) -> hd.sr.ContainerContentItem:
-    """TID 1500's document-level qualitative evaluations: where the weights come from, and
-    what the result may be used for (the words a viewer shows, not only the series name)."""
+def _model_statements(
+    algorithm: AlgorithmInfo, not_analysed: str | None = None
+) -> hd.sr.ContainerContentItem:
+    """TID 1500's document-level qualitative evaluations: where the weights come from, what
+    the result may be used for (the words a viewer shows, not only the series name), and
+    which images the findings do not cover."""
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
     )
-    container.ContentSequence = hd.sr.ContentSequence(
-        [
-            _text(codes.TRAINING_DATA, algorithm.provenance_statement),
-            _text(codes.INTENDED_USE, algorithm.use_statement),
-        ]
-    )
+    items = [
+        _text(codes.TRAINING_DATA, algorithm.provenance_statement),
+        _text(codes.INTENDED_USE, algorithm.use_statement),
+    ]
+    if not_analysed is not None:
+        items.append(_text(codes.COMMENT, not_analysed))
+    container.ContentSequence = hd.sr.ContentSequence(items)
     return container
 
 
@@ -573,6 +611,7 @@ def _document(
     instance_number: int,
     *,
     notice: bool = False,
+    not_analysed: str | None = None,
 ) -> pydicom.Dataset:
     """The TID 1500 document around the measurement groups, in the source study."""
     observer = hd.sr.ObserverContext(
@@ -591,7 +630,7 @@ def _document(
         imaging_measurements=groups,
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
-    report[0].ContentSequence.append(_model_statements(algorithm))
+    report[0].ContentSequence.append(_model_statements(algorithm, not_analysed))
     sr = hd.sr.Comprehensive3DSR(
         evidence=list(by_uid.values()),
         content=report[0],

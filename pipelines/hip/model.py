@@ -28,6 +28,9 @@ Card ``options`` (validated when the model is loaded)::
         anchor_sizes: null         # anchor sizes, input pixels (null: 32 to 512), ...
       crop_margin: 0.15       # the neck box grows by this x its size on every side
       batch_size: 8           # images per localiser pass, crops per classifier pass
+      exclusions:             # images the study excluded (pipelines/hip/quality.py)
+        enabled: true
+        metal_level: 0.9, metal_radius: 0.04, metal_area: 0.004, max_noise: 0.04
 
 One localiser class rather than one per side: left and right necks are
 mirror images, and the side comes from the image geometry and header
@@ -49,6 +52,7 @@ from pipelines.card import CardError, ModelCard, sha256_file
 from pipelines.card import parse_options as parse_card_options
 from pipelines.common.detector import build_detector, supported_detectors
 from pipelines.common.models import build_classifier
+from pipelines.hip.quality import ExclusionLimits
 
 PIPELINE = "hip-osteoporosis"
 #: File name of the localiser's weights next to the card
@@ -111,6 +115,8 @@ class HipOptions(_Strict):
     localiser: LocaliserOptions
     crop_margin: float = Field(0.15, ge=0.0, le=2.0)
     batch_size: int = Field(8, ge=1)
+    #: the images the study excluded, refused before the models run (:mod:`pipelines.hip.quality`)
+    exclusions: ExclusionLimits = Field(default_factory=ExclusionLimits)
 
 
 def parse_options(card: ModelCard) -> HipOptions:

@@ -5,7 +5,9 @@ What it does with a job
 1. Every selected file is read and guarded (:mod:`pipelines.hip.radiograph`):
    CR / DX frontal hip or pelvis images; other body parts, lateral and
    frog-leg views, multi-frame, colour and undecodable objects are skipped
-   with a logged reason.
+   with a logged reason. So are the images the study excluded
+   (:mod:`pipelines.hip.quality`): a suspected metal implant, or noise too
+   high for the trabecular texture the classifier reads.
 2. The localiser (:mod:`pipelines.hip.model`) finds the femoral necks on
    batches of ``options.batch_size`` images; boxes scoring at least
    ``options.localiser.score_threshold`` are necks, mapped back to source
@@ -53,6 +55,7 @@ from pipelines.base import (
     PipelineResult,
     Scored,
     SourceImage,
+    UnusableInput,
 )
 from pipelines.card import CardError, InputSpec, ModelCard
 from pipelines.common.cam import compute_heatmaps
@@ -67,6 +70,7 @@ from pipelines.hip.model import (
     load_localiser,
     parse_options,
 )
+from pipelines.hip.quality import exclusion_reason
 from pipelines.hip.radiograph import HipRadiograph, localiser_image, read_hip_radiograph
 from pipelines.hip.sides import (
     CropRegion,
@@ -313,6 +317,9 @@ class HipOsteoporosis(Pipeline[Path, SourceImage, Prepared, NeckScores]):
     def load(self, unit: Path) -> ModelInput[SourceImage, Prepared]:
         prepared = self.prepare_file(Path(unit))
         radiograph = prepared.radiograph
+        excluded = exclusion_reason(prepared.image, self.options.exclusions)
+        if excluded is not None:
+            raise UnusableInput(excluded, ident=radiograph.sop_instance_uid)
         return ModelInput(
             SourceImage(Path(unit), radiograph.sop_instance_uid, radiograph.shape), prepared
         )

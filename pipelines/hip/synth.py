@@ -86,8 +86,11 @@ OSTEOPOROSIS_T_RANGE: tuple[float, float] = (-4.2, -2.5)
 OTHER_T_RANGE: tuple[float, float] = (-2.4, 1.5)
 #: Kinds of image: an AP pelvis, or one hip (the patient's side).
 PELVIS, RIGHT_HIP, LEFT_HIP = "pelvis", "R", "L"
-#: Stream tags: patient anatomy, patient plan (T-score, dates, DEXA), image rendering.
-_ANATOMY_STREAM, _PLAN_STREAM, _IMAGE_STREAM = 0x41B0, 0x41B1, 0x41B2
+#: Stream tags: patient anatomy, patient plan (T-score, dates, DEXA), image rendering,
+#: metal implants (their own stream: a dataset without implants is drawn as before).
+_ANATOMY_STREAM, _PLAN_STREAM, _IMAGE_STREAM, _IMPLANT_STREAM = 0x41B0, 0x41B1, 0x41B2, 0x41B3
+#: Stored value of metal: far above any bone over soft tissue (about 2400 at most).
+METAL_VALUE = 3900
 _DEXA_COLUMNS = ("patient_id", "scan_date", "neck_bmd", "neck_t_score")
 
 
@@ -334,6 +337,35 @@ def render_pelvis(
     return HipPhantom(pixels, necks)
 
 
+def draw_implant(pixels: np.ndarray, box: Box4, side: Side) -> np.ndarray:
+    """``pixels`` (MONOCHROME2) with a hip prosthesis over the femur of ``side``.
+
+    A ball in the femoral head and a tapered stem down the shaft, at
+    :data:`METAL_VALUE` with a one-pixel soft edge: what a hemi- or total hip
+    arthroplasty looks like on an AP radiograph, and what seed 003 excluded.
+    ``box`` is that side's neck box in the image's (unflipped) columns; the
+    head lies at its medial upper corner, the shaft below its lateral end.
+    """
+    height, width = pixels.shape
+    x0, y0, x1, y1 = box
+    medial = 1.0 if side is Side.RIGHT else -1.0  # the patient's right is the image's left
+    neck_w, neck_h = x1 - x0, y1 - y0
+    head = (x1 if medial > 0 else x0, y0)
+    radius = 0.55 * neck_h
+    top = (x0 + 0.2 * neck_w if medial > 0 else x1 - 0.2 * neck_w, y1)
+    bottom = (top[0] - medial * 0.15 * neck_w, min(height - 1.0, y1 + 3.0 * neck_h))
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    d_ball = np.hypot(cols - head[0], rows - head[1]) - radius
+    along = np.clip((rows - top[1]) / max(bottom[1] - top[1], 1.0), 0.0, 1.0)
+    centre = top[0] + along * (bottom[0] - top[0])
+    half = (0.3 - 0.15 * along) * neck_w
+    d_stem = np.maximum(np.abs(cols - centre) - half, np.maximum(top[1] - rows, rows - bottom[1]))
+    d_neck = _segment_distance(rows, cols, np.array(head), np.array(top)) - 0.18 * neck_h
+    metal = _sigmoid(np.minimum.reduce([d_ball, d_stem, d_neck]) / 0.7)  # 1 inside
+    out = pixels.astype(np.float32) * (1.0 - metal) + METAL_VALUE * metal
+    return np.clip(np.rint(out), 0, MAX_VALUE).astype(pixels.dtype)
+
+
 @dataclass(frozen=True)
 class HipImage:
     """One written radiograph: files, identifiers and ground truth."""
@@ -355,6 +387,8 @@ class HipImage:
     label: int
     #: neck boxes in the stored image's pixel coordinates (continuous), by side
     necks: dict[Side, Box4] = field(default_factory=dict)
+    #: the side with a metal hip prosthesis drawn in (``implant_fraction``), else None
+    implant: Side | None = None
 
 
 @dataclass(frozen=True)
@@ -453,6 +487,7 @@ def write_hip_dataset(
     single_hip_fraction: float = 0.2,
     flipped_fraction: float = 0.1,
     monochrome1_fraction: float = 0.1,
+    implant_fraction: float = 0.0,
 ) -> HipDataset:
     """Write hip / pelvis phantoms as DX DICOM, LabelImg VOC boxes and a DEXA CSV.
 
@@ -475,9 +510,12 @@ def write_hip_dataset(
     years : (int, int)
         First and last year of the radiographs (inclusive).
     osteoporosis_fraction, second_image_fraction, single_hip_fraction, flipped_fraction,
-    monochrome1_fraction : float
+    monochrome1_fraction, implant_fraction : float
         Probabilities, each in [0, 1]: a patient has osteoporosis / a second
-        radiograph; an image shows one hip / is stored flipped / is MONOCHROME1.
+        radiograph; an image shows one hip / is stored flipped / is MONOCHROME1
+        / has a metal hip prosthesis (:func:`draw_implant`) on one side, an
+        image the study excluded (0 by default; drawn from a stream of its own,
+        so the other images do not change with it).
 
     Returns
     -------
@@ -496,6 +534,7 @@ def write_hip_dataset(
         ("single_hip_fraction", single_hip_fraction),
         ("flipped_fraction", flipped_fraction),
         ("monochrome1_fraction", monochrome1_fraction),
+        ("implant_fraction", implant_fraction),
     ):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -553,6 +592,15 @@ def write_hip_dataset(
                     pixels = pixels[:, start:]
                     x0, y0, x1, y1 = necks[Side.LEFT]
                     necks = {Side.LEFT: (x0 - start, y0, x1 - start, y1)}
+            implant: Side | None = None
+            if implant_fraction > 0.0:
+                draw = np.random.default_rng(
+                    np.random.SeedSequence([seed, index, _IMPLANT_STREAM])
+                ).random(2)
+                if draw[0] < implant_fraction:
+                    sides = sorted(necks, key=lambda side: side.value)
+                    implant = sides[int(draw[1] * len(sides))]
+                    pixels = draw_implant(pixels, necks[implant], implant)
             width = int(pixels.shape[1])
             if flipped:
                 pixels = np.ascontiguousarray(pixels[:, ::-1])
@@ -609,6 +657,7 @@ def write_hip_dataset(
                     t_score=plan.t_score,
                     label=label_of(plan.t_score),
                     necks=necks,
+                    implant=implant,
                 )
             )
             index += 1
