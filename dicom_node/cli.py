@@ -371,6 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["held_out_test", "cross_validation", "validation"],
         help="splits to show (repeatable; default held_out_test)",
     )
+    p.add_argument(
+        "--into",
+        type=Path,
+        metavar="MARKDOWN",
+        help="rewrite the generated block of this Markdown file (between its BEGIN and END "
+        "models table lines) instead of printing",
+    )
     p.set_defaults(func=cmd_models_table)
 
     return parser
@@ -378,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_models_table(args: argparse.Namespace) -> int:
     """``dicom-node models table``: Markdown tables generated from the cards."""
-    from dicom_node.cardtable import cards_tables
+    from dicom_node.cardtable import cards_tables, replace_block
     from pipelines.card import CARD_FILE, load_card
 
     try:
@@ -389,7 +396,17 @@ def cmd_models_table(args: argparse.Namespace) -> int:
     except CardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(cards_tables(cards, splits=args.split or ["held_out_test"]), end="")
+    tables = cards_tables(cards, splits=args.split or ["held_out_test"])
+    if args.into is None:
+        print(tables, end="")
+        return 0
+    try:
+        updated = replace_block(args.into.read_text(encoding="utf-8"), tables)
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.into}: {exc}", file=sys.stderr)
+        return 2
+    args.into.write_text(updated, encoding="utf-8")
+    print(f"{args.into}: {len(cards)} card table(s) written")
     return 0
 
 

@@ -27,7 +27,7 @@ from pipelines.ctslice.pipeline import CtSliceClassifier
 from pipelines.ctslice.synth import write_abdomen_dataset, write_abdomen_series
 from pipelines.demo import build_demo
 
-from bars import Bar, check
+from bars import Bar, check, check_remeasured
 from dicom_validation import dciodvfy_errors
 from node import NodeProcess, pacs_node_config
 from peers import Orthanc
@@ -170,6 +170,41 @@ def test_demo_cards_say_synthetic_and_carry_the_study_metrics(
             entry = test[unit][name]
             assert entry["ci_low"] <= entry["value"] <= entry["ci_high"]
     assert test["slice"]["n"] == card.provenance.recipe["splits"]["test"]["slices"]
+
+
+@pytest.mark.parametrize("kind", list(DEMOS))
+def test_the_cards_series_metrics_are_measured_again_from_the_builds_held_out_patients(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The per-series numbers the SR quotes are re-measured, not trusted: the build's phantoms
+    are written again from its seed, the recipe's split gives its held-out patients, and
+    ``evaluate ct-slice-classifier`` (the node's scoring) must give the card's series n, n+,
+    sensitivity and specificity."""
+    from pipelines.ctslice.data import label_order, read_slice_csv, split_slices
+    from pipelines.ctslice.demo import phantom_seed
+
+    folder = request.getfixturevalue(DEMOS[kind])
+    card = load_card(folder)
+    recipe = card.provenance.recipe
+    data = CtDemoData()
+    csv_path, _ = write_abdomen_dataset(
+        tmp_path / "phantoms",
+        patients=data.patients,
+        seed=phantom_seed(card.provenance.seed or 0, kind),
+        contrast=kind,
+        n_slices=data.slices,
+        size=data.phantom_size,
+        positive_fraction=data.positive_fraction,
+    )
+    slices = read_slice_csv(csv_path)
+    order = label_order(slices, [label.name for label in card.labels])
+    _, _, test = split_slices(slices, recipe["split"], order, seed=recipe["seed"])
+    assert len(test) == recipe["splits"]["test"]["slices"]
+    series = evaluate_ct_slices(folder, test, tmp_path / "eval", n_bootstrap=10)["series"]
+    (entry,) = [p for p in card.performance if p.unit == "series" and p.split == "held_out_test"]
+    assert entry.label == "cholecystitis" and entry.n == series["n"]
+    measured = {**series, "recall": series["sensitivity"]}
+    check_remeasured(entry, measured, f"{card.name} per series")
 
 
 def test_heatmaps_point_at_the_gallbladder(ct_contrast_demo_card: Path, held_out: dict) -> None:

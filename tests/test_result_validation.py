@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from dicom_node import __version__
+from dicom_node.cardtable import BEGIN, END, cards_tables
 from dicom_node.results import AlgorithmInfo, build_sr
 from pipelines import registry
 from pipelines.base import SeriesInput
@@ -34,6 +35,7 @@ from pipelines.ich.synth import write_head_ct_series
 
 from dicom_validation import dciodvfy_report
 
+README = Path(__file__).resolve().parent.parent / "models" / "README.md"
 CPU = torch.device("cpu")
 #: Seeds no demo build uses for its phantoms.
 FRESH = 777_001
@@ -156,3 +158,34 @@ def test_each_demo_sr_carries_its_metrics_with_ci_in_the_findings_unit(
             assert advice == []
     if demo == "hip-demo":
         assert any(f.present for f in result.findings), "no osteoporotic neck was called"
+
+
+def _shape(tables: str) -> list[str]:
+    """The tables with every metric cell blanked: what a build on any CPU must reproduce.
+
+    Labels, units, splits, n and n+ follow from the seed and split; the metric
+    values move with the CPU's kernels ("Demo metrics are ranges"), so only
+    whether a cell holds a value is compared.
+    """
+    out = []
+    for line in tables.strip().splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| ") and len(cells) > 5 and not line.startswith("| label |"):
+            line = " | ".join([*cells[:5], *("v" if c.strip(" |") else "" for c in cells[5:])])
+        out.append(line)
+    return out
+
+
+def test_the_readme_tables_are_what_models_table_prints_for_the_demo_cards(
+    request: pytest.FixtureRequest,
+) -> None:
+    text = README.read_text(encoding="utf-8")
+    assert text.count(BEGIN) == 1 and text.count(END) == 1, "models/README.md lost its markers"
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    names = re.findall(r"^\*\*(\S+) \S+\*\* \(", block, flags=re.MULTILINE)
+    assert sorted(names) == sorted(CASES), "the README's block must show every demo card"
+    cards = [load_card(request.getfixturevalue(CASES[name][0])) for name in names]
+    assert _shape(block) == _shape(cards_tables(cards)), (
+        "models/README.md's tables no longer match the cards: run "
+        "`dicom-node models table models/<each demo> --into models/README.md`"
+    )
