@@ -13,7 +13,9 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -135,25 +137,63 @@ def test_bad_labels_are_refused_naming_the_problem(tmp_path: Path) -> None:
         read_labels(tmp_path, tmp_path / "labels.csv")
 
 
+@dataclass(frozen=True)
+class Spec:
+    """A nested spec (an augmentation, a localiser)."""
+
+    rotation: float = 10.0
+    size: int = 64
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every kind of field a study's recipe has."""
+
+    lr: float = field(default=0.001, metadata={"help": "learning rate"})
+    cache: bool = False
+    split: tuple[float, float] = (0.8, 0.2)
+    views: tuple[float, ...] = (-10.0, 10.0)
+    schedule: Literal["onecycle", "constant"] = "onecycle"
+    test_year: int | None = None
+    augment: Spec = Spec(rotation=20.0)
+    localiser: Spec = field(default_factory=Spec)
+    extra: dict[str, int] = field(default_factory=dict)  # not an option: the card's
+
+
 def test_recipe_options_come_from_the_recipe_fields() -> None:
     """No default written twice: the options are the recipe's fields, defaults and helps."""
     import argparse
-    from dataclasses import dataclass, field
 
     from pipelines.common.options import add_recipe_arguments, recipe_from_args
 
-    @dataclass(frozen=True)
-    class Recipe:
-        lr: float = field(default=0.001, metadata={"help": "learning rate"})
-        cache: bool = False
-        split: tuple[float, float] = (0.8, 0.2)  # not a plain type: no option
-
     parser = argparse.ArgumentParser()
-    add_recipe_arguments(parser, Recipe)
-    assert recipe_from_args(Recipe, parser.parse_args([])) == Recipe()
-    assert recipe_from_args(Recipe, parser.parse_args(["--lr", "0.01", "--cache"])) == Recipe(
-        lr=0.01, cache=True
+    add_recipe_arguments(parser, Recipe, flatten={"augment"}, help={"views": "TTA angles"})
+    assert recipe_from_args(Recipe, parser.parse_args([]), flatten={"augment"}) == Recipe()
+    given = parser.parse_args(
+        "--lr 0.01 --cache --split 0.7 0.3 --views --schedule constant --test-year 2022 "
+        "--rotation 5 --localiser-size 96".split()
     )
-    assert "learning rate (default: 0.001)" in parser.format_help()
-    assert "--split" not in parser.format_help()
+    assert recipe_from_args(Recipe, given, flatten={"augment"}, lr=0.5) == Recipe(
+        lr=0.5,  # an override wins
+        cache=True,
+        split=(0.7, 0.3),
+        views=(),
+        schedule="constant",
+        test_year=2022,
+        augment=Spec(rotation=5.0),
+        localiser=Spec(size=96),
+    )
+    text = parser.format_help()
+    assert "learning rate (default: 0.001)" in text and "TTA angles (default: -10.0 10.0)" in text
+    assert "rotation (default: 20.0)" in text  # the recipe's instance, not the class default
+    assert "--extra" not in text and "--augment-rotation" not in text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--schedule", "cosine"])  # not among the Literal's choices
+    with pytest.raises(
+        ValueError, match="localiser.rotation and augment.rotation would both be --rotation"
+    ):
+        add_recipe_arguments(argparse.ArgumentParser(), Recipe, flatten={"augment", "localiser"})
+    own = argparse.ArgumentParser()
+    add_recipe_arguments(own, Recipe, defaults={"lr": 0.1}, skip={"localiser"})
+    assert own.parse_args([]).lr == 0.1 and "--localiser-size" not in own.format_help()
     assert recipe_from_args(GenericRecipe, argparse.Namespace(folds=3)).folds == 3

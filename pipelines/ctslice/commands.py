@@ -41,36 +41,28 @@ def _read_slices(args: argparse.Namespace) -> list:
     return read_slice_csv(args.slices) if args.slices else read_class_dir(args.class_dir)
 
 
+#: Help of the recipe options whose field has no ``#:`` comment to show.
+_HELP = {
+    "window_center": "window centre on HU (abdomen: 40)",
+    "window_width": "window width on HU (abdomen: 400)",
+    "momentum": "SGD momentum",
+    "rotation": "max rotation, degrees",
+    "hflip": "horizontal flip probability",
+    "select": "validation metric that picks the grid setting",
+    "contrast": "the kind of series the model is for (logged when a routed series differs)",
+    "pretrained": "local torchvision ImageNet weights of the architecture",
+    "cache": "keep slices in memory (--no-cache: read them from disk every epoch)",
+}
+
+
 def cmd_train_ct_slices(args: argparse.Namespace) -> int:
+    from pipelines.common.options import recipe_from_args
     from pipelines.ctslice.data import DataError
     from pipelines.ctslice.train import SliceRecipe, load_grid, train_ct_slices
 
     try:
-        recipe = SliceRecipe(
-            architecture=args.architecture,
-            size=args.size or (299 if args.architecture == "inception_v3" else 224),
-            channels=args.channels,
-            window_center=args.window_center,
-            window_width=args.window_width,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            optimizer=args.optimizer,
-            momentum=args.momentum,
-            weight_decay=args.weight_decay,
-            schedule=args.schedule,
-            rotation=args.rotation,
-            hflip=args.hflip,
-            split=tuple(args.split),
-            select=args.select,
-            aggregation=args.aggregation,
-            aggregation_k=args.aggregation_k,
-            contrast=args.contrast,
-            pretrained=args.pretrained or "",
-            cache=not args.no_cache,
-            bootstrap_resamples=args.bootstrap,
-            seed=args.seed,
-        )
+        size = args.size or (299 if args.architecture == "inception_v3" else 224)
+        recipe = recipe_from_args(SliceRecipe, args, size=size)
         grid = load_grid(args.grid) if args.grid else None
         card = train_ct_slices(
             _read_slices(args),
@@ -122,6 +114,9 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_commands(groups: CommandGroups) -> None:
     """``synth ct-abdomen``, ``train ct-slice-classifier``, ``evaluate ct-slice-classifier``."""
+    from pipelines.common.options import add_recipe_arguments
+    from pipelines.ctslice.train import SliceRecipe
+
     p = groups.synth.add_parser(
         "ct-abdomen",
         help="abdominal CT series with/without contrast and cholecystitis (DICOM + slices.csv)",
@@ -160,39 +155,9 @@ def add_commands(groups: CommandGroups) -> None:
         help="retrain the chosen setting N times for the mean and 95 %% CI of every metric "
         "(the study's 40, the default; 0: skip)",
     )
-    p.add_argument(
-        "--select", default="accuracy", help="validation metric that picks the grid setting"
-    )
-    p.add_argument("--architecture", default="mobilenet_v3_large")
+    add_recipe_arguments(p, SliceRecipe, skip={"size"}, help=_HELP, choices={"channels": (1, 3)})
     p.add_argument("--size", type=int, help="input pixels (default 224; 299 for inception_v3)")
-    p.add_argument("--channels", type=int, default=3, choices=[1, 3])
-    p.add_argument("--window-center", type=float, default=40.0, help="HU (abdomen: 40)")
-    p.add_argument("--window-width", type=float, default=400.0, help="HU (abdomen: 400)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", choices=["adamw", "adam", "sgd"], default="adamw")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle")
-    p.add_argument("--rotation", type=float, default=10.0, help="max rotation, degrees")
-    p.add_argument("--hflip", type=float, default=0.5, help="horizontal flip probability")
-    p.add_argument(
-        "--split", type=float, nargs=3, default=[0.7, 0.15, 0.15], metavar=("TRAIN", "VAL", "TEST")
-    )
-    p.add_argument("--aggregation", choices=["top_k_mean", "max", "mean"], default="top_k_mean")
-    p.add_argument("--aggregation-k", type=int, default=3)
-    p.add_argument(
-        "--contrast",
-        choices=["enhanced", "unenhanced", "any"],
-        default="any",
-        help="the kind of series the model is for (logged when a routed series differs)",
-    )
-    p.add_argument("--pretrained", help="local torchvision ImageNet weights of the architecture")
-    p.add_argument("--no-cache", action="store_true", help="read slices from disk every epoch")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
     p.set_defaults(func=cmd_train_ct_slices)
 

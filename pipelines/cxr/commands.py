@@ -55,31 +55,27 @@ def cmd_masks_to_coco(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: The augmentation spec takes plain options (--rotation, --brightness, --contrast).
+_FLAT = {"augment"}
+#: Help of the recipe options whose field has no ``#:`` comment to show.
+_HELP = {
+    "architecture": "fasterrcnn_resnet50_fpn (seed), fasterrcnn_mobilenet_v3_large_fpn (CPU "
+    "sites), fasterrcnn_resnet18_fpn",
+    "max_size": "cap on the longer side, pixels",
+    "nesterov": "Nesterov momentum (--no-nesterov: plain momentum)",
+    "explainer": "heatmap method of the detector",
+}
+_CHOICES = {"schedule": ("constant", "onecycle"), "explainer": ("ablationcam", "eigencam")}
+
+
 def cmd_train_cxr(args: argparse.Namespace) -> int:
-    from pipelines.common.augment import DetectionAugmentSpec
+    from pipelines.common.options import recipe_from_args
     from pipelines.cxr.coco import CocoError
     from pipelines.cxr.data import DetectionDataError
     from pipelines.cxr.train import CxrRecipe, train_cxr
 
-    recipe = CxrRecipe(
-        architecture=args.architecture,
-        size=args.size,
-        max_size=max(args.max_size, args.size),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        nesterov=not args.no_nesterov,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        augment=DetectionAugmentSpec(
-            rotation=args.rotation, brightness=args.brightness, contrast=args.contrast
-        ),
-        pretrained=args.pretrained or "",
-        explainer=args.explainer,
-        cache=args.cache,
-        seed=args.seed,
-    )
+    args.max_size = max(args.max_size, args.size)
+    recipe = recipe_from_args(CxrRecipe, args, flatten=_FLAT)
     try:
         card = train_cxr(
             args.images,
@@ -121,6 +117,9 @@ def cmd_evaluate_cxr(args: argparse.Namespace) -> int:
 
 def add_commands(groups: CommandGroups) -> None:
     """``synth cxr``, ``dataset masks-to-coco``, ``train cxr-findings``, ``evaluate cxr-findings``."""
+    from pipelines.common.options import add_recipe_arguments
+    from pipelines.cxr.train import CxrRecipe
+
     p = groups.synth.add_parser(
         "cxr", help="chest radiographs with findings: DX DICOM, binary masks and COCO boxes"
     )
@@ -162,31 +161,8 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--coco", required=True, help="COCO detection JSON (see dataset masks-to-coco)")
     p.add_argument("--out", required=True, help="model folder to write, e.g. models/cxr-site")
     p.add_argument("--name", help="card name (default: the folder name)")
-    p.add_argument(
-        "--architecture",
-        default="fasterrcnn_resnet50_fpn",
-        help="fasterrcnn_resnet50_fpn (seed), fasterrcnn_mobilenet_v3_large_fpn (CPU sites), "
-        "fasterrcnn_resnet18_fpn",
-    )
-    p.add_argument("--size", type=int, default=800, help="shorter side of the input, pixels")
-    p.add_argument("--max-size", type=int, default=1333, help="cap on the longer side")
-    p.add_argument("--epochs", type=int, default=18)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.003)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--no-nesterov", action="store_true", help="plain momentum instead of Nesterov")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--schedule", choices=["constant", "onecycle"], default="constant")
-    p.add_argument("--rotation", type=float, default=5.0, help="max rotation, degrees")
-    p.add_argument("--brightness", type=float, default=0.1)
-    p.add_argument("--contrast", type=float, default=0.1)
-    p.add_argument(
-        "--pretrained", help="local torchvision COCO weights of the architecture (fine-tuning)"
-    )
-    p.add_argument("--explainer", choices=["ablationcam", "eigencam"], default="ablationcam")
+    add_recipe_arguments(p, CxrRecipe, flatten=_FLAT, help=_HELP, choices=_CHOICES)
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", action="store_true", help="keep prepared images in memory")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading images")
     p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
     p.set_defaults(func=cmd_train_cxr)

@@ -74,49 +74,34 @@ def _test_year(chosen: int | str | None, labels_csv: str) -> int | None:
     return max(years)
 
 
+#: The classifier's augmentation takes plain options (--rotation, --zoom); the localiser's
+#: recipe takes --localiser-* (--localiser-size, --localiser-augment-rotation).
+_FLAT = {"augment"}
+#: The study's protocol, where the recipe's default is the quick single split of the demo.
+_PROTOCOL = {"folds": 5, "test_year": "latest"}
+#: Help of the recipe options whose field has no ``#:`` comment to show.
+_HELP = {
+    "architecture": "classifier: a torchvision name (study: resnet18)",
+    "size": "classifier input (crop) size, pixels",
+    "step_size": "StepLR step, epochs",
+    "gamma": "StepLR factor",
+    "localiser_architecture": "torchvision detector of the femoral necks",
+    "localiser_max_size": "cap on the localiser input's longer side, pixels",
+    "pretrained": "local torchvision ImageNet weights of the classifier",
+}
+
+
 def cmd_train_hip(args: argparse.Namespace) -> int:
-    from pipelines.common.augment import AugmentSpec
+    from pipelines.common.options import recipe_from_args
     from pipelines.hip.data import HipDataError
     from pipelines.hip.dexa import DexaError
-    from pipelines.hip.train import HipRecipe, LocaliserRecipe, train_hip
+    from pipelines.hip.train import HipRecipe, train_hip
     from pipelines.hip.voc import VocError
 
     try:
-        recipe = HipRecipe(
-            architecture=args.architecture,
-            size=args.size,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            momentum=args.momentum,
-            step_size=args.step_size,
-            gamma=args.gamma,
-            augment=AugmentSpec(
-                hflip=0.0,
-                rotation=args.rotation,
-                brightness=args.brightness,
-                contrast=0.0,
-                noise=0.0,
-                mixup_alpha=0.0,
-                brightness_probability=args.brightness_probability,
-                translate=args.translate,
-                zoom=args.zoom,
-            ),
-            crop_margin=args.crop_margin,
-            threshold=args.threshold,
-            folds=args.folds,
-            test_year=_test_year(args.test_year, args.labels),
-            localiser=LocaliserRecipe(
-                architecture=args.localiser_architecture,
-                size=args.localiser_size,
-                max_size=max(args.localiser_max_size, args.localiser_size),
-                epochs=args.localiser_epochs,
-                lr=args.localiser_lr,
-                pretrained=args.localiser_pretrained or "",
-            ),
-            pretrained=args.pretrained or "",
-            cache=args.cache,
-            seed=args.seed,
+        args.localiser_max_size = max(args.localiser_max_size, args.localiser_size)
+        recipe = recipe_from_args(
+            HipRecipe, args, flatten=_FLAT, test_year=_test_year(args.test_year, args.labels)
         )
     except ValueError as exc:
         return data_error(exc)
@@ -164,6 +149,9 @@ def cmd_evaluate_hip(args: argparse.Namespace) -> int:
 
 def add_commands(groups: CommandGroups) -> None:
     """``synth hip``, ``dataset pair-dexa``, ``train hip-osteoporosis``, ``evaluate hip-osteoporosis``."""
+    from pipelines.common.options import add_recipe_arguments
+    from pipelines.hip.train import HipRecipe
+
     p = groups.synth.add_parser(
         "hip", help="hip / pelvis radiographs (DX) with LabelImg neck boxes and a DEXA CSV"
     )
@@ -205,47 +193,22 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--labels", required=True, help="labels CSV of 'dataset pair-dexa'")
     p.add_argument("--out", required=True, help="model folder to write, e.g. models/hip-site")
     p.add_argument("--name", help="card name (default: the folder name)")
-    p.add_argument("--architecture", default="resnet18")
-    p.add_argument("--size", type=int, default=224, help="crop size, pixels")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=5)
-    p.add_argument("--lr", type=float, default=0.001)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--step-size", type=int, default=15, help="StepLR step, epochs")
-    p.add_argument("--gamma", type=float, default=0.1, help="StepLR factor")
-    p.add_argument("--rotation", type=float, default=20.0, help="max rotation, degrees")
-    p.add_argument(
-        "--brightness", type=float, default=5.0 / 255.0, help="max brightness change, [0, 1] scale"
-    )
-    p.add_argument("--brightness-probability", type=float, default=0.3)
-    p.add_argument(
-        "--translate", type=float, default=0.08, help="max crop shift, fraction (0: the study's)"
-    )
-    p.add_argument(
-        "--zoom", type=float, default=0.1, help="max crop zoom, fraction (0: the study's)"
-    )
-    p.add_argument("--crop-margin", type=float, default=0.15)
-    p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument(
-        "--folds", type=int, default=5, help="K-fold cross-validation (study: 5; 0: one split)"
+    add_recipe_arguments(
+        p,
+        HipRecipe,
+        skip={"test_year", "options"},
+        flatten=_FLAT,
+        help=_HELP,
+        defaults=_PROTOCOL,
     )
     p.add_argument(
         "--test-year",
         type=_year,
-        default="latest",
+        default=_PROTOCOL["test_year"],
         help="hold out images whose Study Date is in this year (study: the latest year of the "
         "labels, the default; 'none': hold out patients instead)",
     )
-    p.add_argument("--localiser-architecture", default="fasterrcnn_mobilenet_v3_large_fpn")
-    p.add_argument("--localiser-size", type=int, default=512)
-    p.add_argument("--localiser-max-size", type=int, default=683)
-    p.add_argument("--localiser-epochs", type=int, default=20)
-    p.add_argument("--localiser-lr", type=float, default=0.01)
-    p.add_argument("--localiser-pretrained", help="local torchvision COCO weights file")
-    p.add_argument("--pretrained", help="local torchvision ImageNet weights of the classifier")
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", action="store_true", help="keep prepared images in memory")
     p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
     p.set_defaults(func=cmd_train_hip)
 

@@ -27,25 +27,26 @@ def cmd_synth_ich(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: The recipe's nested augmentation spec takes plain options (--rotation, --mixup-alpha).
+_FLAT = {"augment"}
+#: Help of the recipe options whose field has no ``#:`` comment to show.
+_HELP = {
+    "backbone": "resnet50 (seed) or efficientnet_b3, resnet18/34/101",
+    "tta_rotations": "test-time rotations in degrees averaged in (seed: -10 10; none: no values)",
+    "z_features": "width of the slice-position branch, Linear(1, z)",
+    "hidden": "width of the fusion layer",
+    "dropout": "dropout before the last layer",
+    "hflip": "probability of a horizontal flip",
+}
+
+
 def cmd_train_ich(args: argparse.Namespace) -> int:
-    from pipelines.common.augment import AugmentSpec
+    from pipelines.common.options import recipe_from_args
     from pipelines.ich.data import DataError
     from pipelines.ich.train import IchRecipe, train_ich
 
     size = args.size or (380 if args.backbone.startswith("efficientnet") else 224)
-    recipe = IchRecipe(
-        backbone=args.backbone,
-        size=size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        pretrained=args.pretrained or "",
-        cache=args.cache,
-        seed=args.seed,
-        augment=AugmentSpec(mixup_alpha=args.mixup_alpha),
-        tta_hflip=args.tta_hflip,
-        tta_rotations=tuple(args.tta_rotations),
-    )
+    recipe = recipe_from_args(IchRecipe, args, flatten=_FLAT, size=size)
     try:
         card = train_ich(
             args.dicom_dir,
@@ -87,6 +88,9 @@ def cmd_evaluate_ich(args: argparse.Namespace) -> int:
 
 def add_commands(groups: CommandGroups) -> None:
     """``synth ich``, ``train ich``, ``evaluate ich``."""
+    from pipelines.common.options import add_recipe_arguments
+    from pipelines.ich.train import IchRecipe
+
     p = groups.synth.add_parser(
         "ich", help="head CT series in RSNA hemorrhage format (DICOM + labels.csv)"
     )
@@ -107,31 +111,9 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--labels", required=True, help="RSNA labels CSV")
     p.add_argument("--out", required=True, help="model folder to write, e.g. models/ich-site")
     p.add_argument("--name", help="card name (default: the folder name)")
-    p.add_argument("--backbone", default="resnet50", help="resnet50 (seed) or efficientnet_b3, ...")
+    add_recipe_arguments(p, IchRecipe, skip={"size"}, flatten=_FLAT, help=_HELP)
     p.add_argument("--size", type=int, help="input pixels (default 224; 380 for EfficientNet-B3)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--mixup-alpha", type=float, default=0.2)
-    p.add_argument("--pretrained", help="local torchvision ImageNet weights of the backbone")
-    p.add_argument(
-        "--tta-hflip",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="test-time augmentation: average with the mirrored slice (seed: yes); used to "
-        "score validation and test, and by the node through the card",
-    )
-    p.add_argument(
-        "--tta-rotations",
-        type=float,
-        nargs="*",
-        default=[-10.0, 10.0],
-        metavar="DEG",
-        help="test-time rotations in degrees averaged in (seed: -10 10; none: no values)",
-    )
     p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", action="store_true", help="keep inputs in memory (small data)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading slices")
     p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
     p.set_defaults(func=cmd_train_ich)
