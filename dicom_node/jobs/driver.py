@@ -61,6 +61,10 @@ class _Child:
         self.calls: dict[int, Future[Any]] = {}
         self.lock = threading.Lock()
         self.exited: str | None = None
+        #: set by :meth:`read` once the process is reaped; only that thread waits for it, as
+        #: two threads reaping one child race (the loser's waitpid finds no child and reads
+        #: "still running")
+        self.gone = threading.Event()
 
     def send(self, call_id: int, method: str, args: tuple[Any, ...]) -> Future[Any]:
         future: Future[Any] = Future()
@@ -94,6 +98,9 @@ class _Child:
                 else:
                     future.set_exception(value)
         self.process.join(5)
+        if self.process.is_alive():  # its pipe ended but it lives on: it must not linger
+            self.process.kill()
+            self.process.join(5)
         reason = (
             f"the Ray driver process (pid {self.process.pid}) exited with code "
             f"{self.process.exitcode}: the cluster's head lost, or see the log above"
@@ -104,6 +111,7 @@ class _Child:
         for future in calls.values():
             future.set_exception(EngineFailure(reason))
         self.conn.close()
+        self.gone.set()
         on_exit(self, reason)
 
 
@@ -276,9 +284,11 @@ class RayDriver:
             child.send(0, "close", ()).result(15.0)
         except (EngineFailure, FutureTimeout):
             pass
-        child.process.join(5)
-        if child.process.is_alive():
+        # the reader thread reaps the process when its pipe ends: closed means gone
+        if not child.gone.wait(5):
+            log.warning("the Ray driver did not stop when asked; killing it")
             child.process.kill()
+            child.gone.wait(10)
 
 
 # -- the child's side ---------------------------------------------------------------------
