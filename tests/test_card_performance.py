@@ -179,7 +179,9 @@ def test_the_models_table_is_generated_from_the_card(tmp_path: Path) -> None:
     ]
 
 
-def test_models_table_prints_the_cards_tables_and_refuses_a_missing_card(tmp_path: Path) -> None:
+def test_models_table_prints_the_cards_tables_and_refuses_a_missing_card(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import subprocess
     import sys
 
@@ -193,43 +195,34 @@ def test_models_table_prints_the_cards_tables_and_refuses_a_missing_card(tmp_pat
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("**test-random 0.0.1** (95% intervals)")
     assert "| lesion | image | held out test | 200 | 60 |" in run.stdout
-    missing = subprocess.run(
-        [sys.executable, "-m", "dicom_node", "models", "table", str(tmp_path / "nothing.yaml")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    from dicom_node.cli import main  # the rest in-process: the wiring is tested above
+
+    assert main(["models", "table", str(tmp_path / "nothing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
-def test_models_table_into_rewrites_only_the_marked_block(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+def test_models_table_into_rewrites_only_the_marked_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from dicom_node.cardtable import BEGIN, END
+    from dicom_node.cli import main
 
     card = _card(tmp_path, performance=[_entry()])
     readme = tmp_path / "README.md"
     readme.write_text(f"# Models\n\nbefore\n\n{BEGIN}\nold table\n{END}\n\nafter\n")
 
-    def into(path: Path) -> subprocess.CompletedProcess[str]:
-        command = ["models", "table", str(card), "--into", str(path)]
-        return subprocess.run(
-            [sys.executable, "-m", "dicom_node", *command],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+    def into(path: Path) -> int:  # in-process: the CLI's wiring is tested above
+        return main(["models", "table", str(card), "--into", str(path)])
 
-    run = into(readme)
-    assert run.returncode == 0, run.stderr
+    assert into(readme) == 0
     text = readme.read_text()
     assert text.startswith("# Models\n\nbefore\n\n" + BEGIN + "\n\n**test-random 0.0.1**")
     assert "old table" not in text and text.endswith(f"{END}\n\nafter\n")
     assert "| lesion | image | held out test | 200 | 60 |" in text
-    assert into(readme).returncode == 0 and readme.read_text() == text  # idempotent
+    assert into(readme) == 0 and readme.read_text() == text  # idempotent
     unmarked = tmp_path / "other.md"
     unmarked.write_text("no markers\n")
-    refused = into(unmarked)
-    assert refused.returncode == 2 and "BEGIN models table" in refused.stderr
+    capsys.readouterr()
+    assert into(unmarked) == 2
+    assert "BEGIN models table" in capsys.readouterr().err
     assert unmarked.read_text() == "no markers\n"
