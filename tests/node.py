@@ -360,3 +360,48 @@ class NodeProcess:
         raise TimeoutError(
             f"{sql!r} was {value!r}, expected {expected!r} after {timeout} s:\n{self.log_tail()}"
         )
+
+
+def results_for_a_secret_patient(
+    pacs: Orthanc,
+    tmp_path: Path,
+    database_url: str,
+    node_port: int,
+    source: Path,
+    route: str,
+    secret: str,
+    *,
+    at_least: int = 3,
+) -> tuple[dict[str, list[Any]], str]:
+    """Send ``source`` as a patient named ``secret`` from the PACS through a node routing with
+    the shipped ``route``, and wait for ``at_least`` objects in its study (image, SR, SC).
+
+    Returns the study's objects by Modality, read back from the PACS, and the node's
+    log: a test asserts the results name the patient and the log never does.
+    """
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(source)
+    ds.PatientID = secret
+    ds.PatientName = f"SECRET^{secret}"
+    ds.save_as(tmp_path / "secret.dcm")
+    workdir = tmp_path / "node"
+    config = pacs_node_config(workdir, database_url, pacs, route, port=node_port)
+    with NodeProcess(workdir, config) as node:
+        pacs.upload(tmp_path / "secret.dcm")
+        study_id = pacs.find_study(str(ds.StudyInstanceUID))
+        assert study_id is not None
+        summary = pacs.store_to_modality("node", [study_id])
+        assert summary.get("FailedInstancesCount", 0) == 0
+        pacs.wait_for(
+            lambda: len(pacs.study_instances(study_id)) >= at_least,
+            timeout=180,
+            message=f"SR and SC back in the study\n{node.log_tail()}",
+        )
+    objects: dict[str, list[Any]] = {}
+    for item in pacs.study_instances(study_id):
+        found = pydicom.dcmread(io.BytesIO(pacs.instance_file(item["ID"])))
+        objects.setdefault(str(found.Modality), []).append(found)
+    return objects, node.log_path.read_text()

@@ -369,7 +369,39 @@ ModalitySpec = Sequence[str | int] | Mapping[str, Any]
 """An Orthanc ``DicomModalities`` value: ``[AET, host, port]`` or a dict."""
 
 
-class Orthanc:
+class _Peer:
+    """A peer program run for a test: ``with peer:`` starts it and ends it, whatever happens."""
+
+    is_running: bool
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def _end(self) -> None:
+        """What leaving ``with`` does (stop; a database cluster also removes its files)."""
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        """Its name and ports, for ``repr``."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._end()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"<{type(self).__name__} {self._where()} {state}>"
+
+
+class Orthanc(_Peer):
     """A real Orthanc 1.10 server on 127.0.0.1 with its own storage.
 
     The server is configured by a JSON file written into ``workdir``; its
@@ -575,20 +607,11 @@ class Orthanc:
             self._process.wait(10)
         _running.discard(self)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _end(self) -> None:
         self.stop()
 
-    def __repr__(self) -> str:
-        state = "running" if self.is_running else "stopped"
-        return f"<Orthanc {self.aet} dicom={self.dicom_port} http={self.http_port} {state}>"
+    def _where(self) -> str:
+        return f"{self.aet} dicom={self.dicom_port} http={self.http_port}"
 
     # -- REST plumbing -----------------------------------------------------
 
@@ -1090,7 +1113,7 @@ def storescu(
         )
 
 
-class StoreSCP:
+class StoreSCP(_Peer):
     """DCMTK ``storescp`` on a free port, writing what it receives to a folder.
 
     It accepts every storage SOP class (``-pm``) in every transfer syntax
@@ -1229,20 +1252,11 @@ class StoreSCP:
 
         return wait_for(enough, timeout, 0.05, f"{count} file(s) at storescp")
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _end(self) -> None:
         self.stop()
 
-    def __repr__(self) -> str:
-        state = "running" if self.is_running else "stopped"
-        return f"<StoreSCP {self.aet} port={self.port} {state}>"
+    def _where(self) -> str:
+        return f"{self.aet} port={self.port}"
 
 
 # ---------------------------------------------------------------------------
@@ -1308,7 +1322,7 @@ def _children(pid: int) -> list[int]:
     return children
 
 
-class PostgresCluster:
+class PostgresCluster(_Peer):
     """A throwaway PostgreSQL cluster on 127.0.0.1 with trust authentication.
 
     ``initdb`` runs on the first :meth:`start`. The cluster listens on
@@ -1582,20 +1596,11 @@ class PostgresCluster:
             self.kill()
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _end(self) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        state = "running" if self.is_running else "stopped"
-        return f"<PostgresCluster 127.0.0.1:{self.port} {state}>"
+    def _where(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     # -- databases ---------------------------------------------------------
 

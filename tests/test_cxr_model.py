@@ -7,7 +7,6 @@ model has never seen them.
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from pipelines.cxr.synth import CLASSES, write_cxr_dataset
 
 from bars import Bar, check
 from dicom_validation import dciodvfy_errors
-from node import NodeProcess, pacs_node_config
+from node import results_for_a_secret_patient
 from peers import Orthanc
 
 HELD_OUT_SEED = 7001  # the demo trains on seed 0 phantoms
@@ -358,26 +357,9 @@ def test_chest_radiograph_through_orthanc_gets_boxed_sr_and_heatmap(
 ) -> None:
     secret = "ZQXJ-CXR-SECRET-99"  # Patient ID and part of the name: must never be logged
     image = next(i for i in held_out.images if len(i.findings) >= 2)
-    ds = pydicom.dcmread(image.path)
-    ds.PatientID = secret
-    ds.PatientName = f"SECRET^{secret}"
-    ds.save_as(tmp_path / "cxr.dcm")
-    workdir = tmp_path / "node"
-    config = pacs_node_config(workdir, database_url, pacs, "chest-xr", port=node_port)
-    with NodeProcess(workdir, config) as node:
-        pacs.upload(tmp_path / "cxr.dcm")
-        study_id = pacs.find_study(image.study_instance_uid)
-        summary = pacs.store_to_modality("node", [study_id])
-        assert summary.get("FailedInstancesCount", 0) == 0
-        pacs.wait_for(
-            lambda: len(pacs.study_instances(study_id)) >= 3,
-            timeout=180,
-            message=f"SR and SC back in the study\n{node.log_tail()}",
-        )
-    objects: dict[str, list[pydicom.Dataset]] = {}
-    for item in pacs.study_instances(study_id):
-        found = pydicom.dcmread(io.BytesIO(pacs.instance_file(item["ID"])))
-        objects.setdefault(found.Modality, []).append(found)
+    objects, log = results_for_a_secret_patient(
+        pacs, tmp_path, database_url, node_port, image.path, "chest-xr", secret
+    )
     (sr,) = objects["SR"]
     (sc,) = objects["OT"]
     regions = _graphic_regions(sr)
@@ -391,7 +373,6 @@ def test_chest_radiograph_through_orthanc_gets_boxed_sr_and_heatmap(
         assert dciodvfy_errors(result) == [], result.Modality
         assert "cxr-demo" in result.SeriesDescription
     assert sr.PatientID == secret  # the results carry the patient, the logs do not
-    log = node.log_path.read_text()
     assert "cxr-demo" in log and secret not in log
 
 
