@@ -17,7 +17,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from pipelines.study import studies
 
@@ -56,4 +59,94 @@ def data_error(exc: Exception) -> int:
 def model_ready(card: object) -> int:
     """The closing line of every ``train`` command."""
     print(f"model ready: {card} (route series to it with a pipelines: entry naming this card)")
+    return EXIT_OK
+
+
+def add_model_output_arguments(
+    parser: argparse.ArgumentParser, *, example: str, reads: str | None = None
+) -> None:
+    """The options every ``train`` command shares: where the model goes, its name, the device,
+    whether the data are phantoms (the card says so) and, for trainers that read with a
+    DataLoader, how many processes read (``reads`` names what they read)."""
+    parser.add_argument(
+        "--out", required=True, help=f"model folder to write, e.g. models/{example}"
+    )
+    parser.add_argument("--name", help="card name (default: the folder name)")
+    parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
+    if reads:
+        parser.add_argument(
+            "--workers", type=int, default=0, help=f"DataLoader processes reading {reads}"
+        )
+    parser.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
+
+
+def add_evaluation_arguments(
+    parser: argparse.ArgumentParser, *, out: str, saves: str, device: bool = True
+) -> None:
+    """The options every ``evaluate`` command shares: the model, the output folder (``saves``
+    names what is written there), the device, the bootstrap resamples and their seed."""
+    parser.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
+    parser.add_argument("--out", default=out, help=f"folder for {saves}")
+    if device:
+        parser.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+
+
+def run_training(
+    train: Callable[..., object],
+    args: argparse.Namespace,
+    *inputs: Any,
+    recipe: object,
+    errors: tuple[type[Exception], ...],
+    **extra: Any,
+) -> int:
+    """Call a study's trainer ``train(*inputs, out_dir=, recipe=, name=, device=, synthetic=,
+    [workers=,] say=, **extra)`` with the options of :func:`add_model_output_arguments`, and
+    close as every ``train`` does: the card's path, or a data error that says what to fix."""
+    if "workers" in args:
+        extra["workers"] = args.workers
+    try:
+        card = train(
+            *inputs,
+            out_dir=args.out,
+            recipe=recipe,
+            name=args.name,
+            device=args.device,
+            synthetic=args.synthetic,
+            say=print,
+            **extra,
+        )
+    except errors as exc:
+        return data_error(exc)
+    return model_ready(card)
+
+
+def run_evaluation(
+    evaluate: Callable[..., Any],
+    report: Callable[[Any], str],
+    args: argparse.Namespace,
+    *inputs: Any,
+    errors: tuple[type[Exception], ...],
+    saves: Iterable[str],
+    **extra: Any,
+) -> int:
+    """Call a study's evaluator ``evaluate(args.model, *inputs, out_dir=, [device=,]
+    n_bootstrap=, seed=, **extra)`` with the options of :func:`add_evaluation_arguments`, print
+    its report and the files it saved in the output folder (``saves``), or a data error."""
+    if "device" in args:
+        extra["device"] = args.device
+    try:
+        result = evaluate(
+            args.model,
+            *inputs,
+            out_dir=args.out,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
+            **extra,
+        )
+    except errors as exc:
+        return data_error(exc)
+    print(report(result))
+    print("saved " + " and ".join(str(Path(args.out) / name) for name in saves))
     return EXIT_OK

@@ -40,10 +40,12 @@ ENTRY_POINT_GROUP = "dicom_node.studies"
 class DemoModel:
     """A demo model a study ships the recipe for (trained on phantoms, never clinical).
 
-    ``builder`` is ``"module:function"`` (module relative to the study's
-    package when it has no dot) of a function ``(models_dir, *, seed, force,
-    progress) -> card path``; ``minutes`` is how long one build takes on one
-    thread of the 2-core CI machine, a hint to start the longest first.
+    ``builder`` is ``"module:name"`` (module relative to the study's package
+    when it has no dot) of a callable ``(models_dir, *, seed, force, progress)
+    -> card path``: usually a :class:`pipelines.common.demobuild.DemoSpec`,
+    which declares the demo's phantoms, recipe and trainer; ``minutes`` is how
+    long one build takes on one thread of the 2-core CI machine, a hint to
+    start the longest first.
     """
 
     name: str
@@ -100,7 +102,7 @@ class Study:
         return name if "." in name else f"{self.package}.{name}"
 
     def demo_builder(self, demo: DemoModel) -> Callable[..., Path]:
-        """Import and return a demo's build function."""
+        """Import and return a demo's builder (a ``DemoSpec`` or a build function)."""
         module, _, function = demo.builder.partition(":")
         builder: Callable[..., Path] = getattr(
             importlib.import_module(self.module(module)), function

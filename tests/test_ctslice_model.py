@@ -180,23 +180,12 @@ def test_the_cards_series_metrics_are_measured_again_from_the_builds_held_out_pa
     are written again from its seed, the recipe's split gives its held-out patients, and
     ``evaluate ct-slice-classifier`` (the node's scoring) must give the card's series n, n+,
     sensitivity and specificity."""
-    from pipelines.ctslice.data import label_order, read_slice_csv, split_slices
-    from pipelines.ctslice.demo import phantom_seed
+    from pipelines.ctslice.data import label_order, split_slices
 
     folder = request.getfixturevalue(DEMOS[kind])
     card = load_card(folder)
     recipe = card.provenance.recipe
-    data = CtDemoData()
-    csv_path, _ = write_abdomen_dataset(
-        tmp_path / "phantoms",
-        patients=data.patients,
-        seed=phantom_seed(card.provenance.seed or 0, kind),
-        contrast=kind,
-        n_slices=data.slices,
-        size=data.phantom_size,
-        positive_fraction=data.positive_fraction,
-    )
-    slices = read_slice_csv(csv_path)
+    (slices,) = CtDemoData(contrast=kind).write(tmp_path, card.provenance.seed or 0).inputs
     order = label_order(slices, [label.name for label in card.labels])
     _, _, test = split_slices(slices, recipe["split"], order, seed=recipe["seed"])
     assert len(test) == recipe["splits"]["test"]["slices"]

@@ -388,21 +388,14 @@ def test_the_cards_ap50_per_box_is_measured_again_from_the_builds_held_out_patie
 
     card = load_card(cxr_demo_card)
     recipe = card.provenance.recipe
-    data = CxrDemoData()
-    dataset = write_cxr_dataset(
-        tmp_path / "phantoms",
-        n=data.images,
-        seed=card.provenance.seed or 0,
-        size=data.phantom_size,
-        finding_rate=data.finding_rate,
-    )
-    coco = load_coco(dataset.annotations, dataset.images_dir)
+    images_dir, annotations = CxrDemoData().write(tmp_path, card.provenance.seed or 0).inputs
+    coco = load_coco(annotations, images_dir)
     test = split_by_patient(
-        coco, tuple(recipe["split"]), seed=recipe["seed"], images_dir=dataset.images_dir
+        coco, tuple(recipe["split"]), seed=recipe["seed"], images_dir=images_dir
     )[2]
     test_json = tmp_path / "test.json"
     test_json.write_text(json.dumps(test))
-    report = evaluate_cxr(cxr_demo_card, dataset.images_dir, test_json, n_bootstrap=10)
+    report = evaluate_cxr(cxr_demo_card, images_dir, test_json, n_bootstrap=10)
     quoted = {
         p.label: p for p in card.performance if p.unit == "box" and p.split == "held_out_test"
     }

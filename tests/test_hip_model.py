@@ -22,7 +22,7 @@ from dicom_node import __version__
 from dicom_node.results import AlgorithmInfo, build_heatmap_sc, build_sr
 from pipelines.base import PipelineInputError, SeriesInput
 from pipelines.card import load_card, sha256_file
-from pipelines.hip.dexa import pair_dexa, write_labels
+from pipelines.hip.dexa import pair_dexa, read_labels, write_labels
 from pipelines.hip.evaluate import evaluate_hip, iou
 from pipelines.hip.pipeline import HipOsteoporosis
 from pipelines.hip.sides import Side
@@ -400,6 +400,31 @@ def test_a_card_can_turn_the_exclusions_off(hip_demo_card: Path, tmp_path: Path)
     except PipelineInputError as exc:  # the localiser may find no neck under the prosthesis
         reasons = [str(exc)]
     assert not any("metal implant" in why for why in reasons), reasons
+
+
+def test_evaluation_leaves_out_what_the_node_refuses_and_says_so(
+    hip_demo_card: Path, tmp_path: Path
+) -> None:
+    """The card's metrics are measured on what the node analyses: evaluate (and train) leave
+    out the images it refuses, and the report counts them with their reason."""
+    data = write_hip_dataset(
+        tmp_path / "data", patients=6, seed=HELD_OUT_SEED + 3, size=320, implant_fraction=0.5
+    )
+    labels = tmp_path / "labels.csv"
+    write_labels(pair_dexa(data.dicom_dir, data.dexa_csv), labels)
+    labelled = [image for image in data.images if image.sop_instance_uid in read_labels(labels)]
+    implants = [image for image in labelled if image.implant is not None]
+    assert implants and len(implants) < len(labelled)
+    report = evaluate_hip(
+        hip_demo_card, data.dicom_dir, data.voc_dir, labels, n_bootstrap=10, out_dir=tmp_path
+    )
+    assert report["excluded"] == {
+        "images": len(implants),
+        "reasons": {"metal implant suspected": len(implants)},
+    }
+    assert report["data"]["images"] == len(labelled) - len(implants)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["excluded"]["images"] == len(implants)
 
 
 def _cli(*args: str) -> str:

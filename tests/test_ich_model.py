@@ -58,7 +58,7 @@ def held_out(tmp_path_factory: pytest.TempPathFactory, ich_demo_card: Path) -> l
     card = load_card(ich_demo_card)
     n_slices = (
         card.provenance.recipe["splits"]["train"]["slices"]
-        // card.provenance.recipe["splits"]["train"]["groups"]
+        // card.provenance.recipe["splits"]["train"]["patients"]
     )
     root = tmp_path_factory.mktemp("ich-held-out")
     cases: list[tuple] = []
@@ -242,16 +242,8 @@ def test_the_cards_study_metrics_are_measured_again_from_the_builds_held_out_pat
     card = load_card(ich_demo_card)
     recipe = card.provenance.recipe
     # the build's phantoms, written again: the generator is deterministic in its seed
-    data = IchDemoData()
-    labels_csv, _ = write_rsna_dataset(
-        tmp_path / "phantoms",
-        patients=data.patients,
-        seed=card.provenance.seed or 0,
-        n_slices=data.slices,
-        size=data.phantom_size,
-        positive_fraction=data.positive_fraction,
-    )
-    slices = index_folder(tmp_path / "phantoms" / "dicom", read_labels(labels_csv))
+    dicom_dir, labels_csv = IchDemoData().write(tmp_path, card.provenance.seed or 0).inputs
+    slices = index_folder(dicom_dir, read_labels(labels_csv))
     _, _, test_part = split_by_group(slices, tuple(recipe["split"]), seed=recipe["seed"])
     options = parse_options(card)
     model = build_model(card, options)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -535,3 +536,118 @@ def write_radiograph_dataset(
         write_radiograph_study(out_dir, seed=seed, index=i, lesion=bool(positive[i]), size=size)
         for i in range(n)
     ]
+
+
+#: Stored value = HU + 1024 in every CT phantom (unsigned 12 bits: -1024 to 3071 HU).
+CT_RESCALE_INTERCEPT = -1024
+#: CT Image Storage
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@dataclass(frozen=True)
+class CtSeriesHeader:
+    """What a CT phantom series sets beyond :class:`PhantomHeader`: the acquisition that
+    every slice shares and the uid prefix ``tag`` that keeps its UIDs its own."""
+
+    header: PhantomHeader
+    #: prefix of the series' UIDs (``<tag>-study``, ``<tag>-series``, ``<tag>-sop-<k>``)
+    tag: str
+    #: frame of reference UID's name, per (seed, index): shared by a patient's series
+    frame: str
+    patient_position: str
+    #: the display window the scanner would store, and its name
+    window: tuple[float, float]
+    window_name: str
+    field_of_view_mm: float
+    #: where the first slice's z is drawn from, mm
+    z_range: tuple[float, float]
+    thickness_mm: float = 5.0
+    #: write the files in a random order, so that only the geometry tells the slice order
+    shuffle: bool = True
+
+
+@dataclass(frozen=True)
+class CtSliceFile:
+    """One written slice of :func:`write_ct_series`."""
+
+    path: Path
+    sop_instance_uid: str
+    slice_index: int
+    z_mm: float
+
+
+def write_ct_series(
+    out_dir: Path,
+    stored: np.ndarray,
+    series: CtSeriesHeader,
+    *,
+    seed: int,
+    index: int,
+    patient_id: str,
+    study_uid: str | None,
+    study_id: str,
+    accession: str,
+    when: dt.datetime,
+    file_name: str = "{sop}.dcm",
+    more: Callable[[Dataset], None] | None = None,
+) -> tuple[dict[str, str], list[CtSliceFile]]:
+    """Write the slices ``stored`` (stored values, slice by slice) as CT Image Storage files.
+
+    The UIDs, the first slice's z and the file order are pure functions of
+    ``(seed, index)`` (and ``series.tag``), so a series is rewritten bit for
+    bit. ``more(ds)`` adds a study's own attributes (e.g. the Contrast/Bolus
+    module) to every slice. Returns the study / series / frame UIDs and the
+    slices in slice order (most inferior first).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n_slices, _, columns = stored.shape
+    uids = {
+        "study": study_uid or phantom_uid(seed, index, f"{series.tag}-study"),
+        "series": phantom_uid(seed, index, f"{series.tag}-series"),
+        "frame": phantom_uid(seed, index, series.frame),
+    }
+    geometry = np.random.default_rng(np.random.SeedSequence([seed, index, 0x2E0]))
+    z_offset = round(float(geometry.uniform(*series.z_range)), 1)
+    order = geometry.permutation(n_slices) if series.shuffle else np.arange(n_slices)
+    spacing = round(series.field_of_view_mm / stored.shape[2], 6)  # DS: 16 characters at most
+    half = round((columns - 1) / 2.0 * spacing, 4)
+    written: list[CtSliceFile | None] = [None] * n_slices
+    for k in (int(i) for i in order):
+        sop = phantom_uid(seed, index, f"{series.tag}-sop-{k}")
+        z_mm = round(z_offset + k * series.thickness_mm, 3)
+        ds = phantom_dataset(
+            series.header,
+            uids={**uids, "sop": sop},
+            when=when,
+            patient_name=f"PHANTOM^{patient_id}",
+            patient_id=patient_id,
+            study_id=study_id,
+            accession=accession,
+            instance_number=k + 1,
+        )
+        ds.PatientPosition = series.patient_position
+        # frame of reference, image plane
+        ds.FrameOfReferenceUID = uids["frame"]
+        ds.PositionReferenceIndicator = ""
+        ds.AcquisitionNumber = 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PixelSpacing = [spacing, spacing]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-half, -half, z_mm]
+        ds.SliceThickness = round(series.thickness_mm, 6)
+        ds.SliceLocation = z_mm
+        # image pixel, CT image
+        set_image_pixels(ds, stored[k])
+        ds.RescaleIntercept = CT_RESCALE_INTERCEPT
+        ds.RescaleSlope = 1
+        ds.RescaleType = "HU"
+        ds.KVP = 120
+        ds.ConvolutionKernel = "PHANTOM"
+        ds.WindowCenter, ds.WindowWidth = series.window
+        ds.WindowCenterWidthExplanation = series.window_name
+        if more is not None:
+            more(ds)
+        path = out_dir / file_name.format(sop=sop)
+        ds.save_as(path, enforce_file_format=True)
+        written[k] = CtSliceFile(path, sop, k, z_mm)
+    return uids, [s for s in written if s is not None]

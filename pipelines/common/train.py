@@ -589,3 +589,101 @@ def save_model(model: nn.Module, out_dir: Path, **card_fields: Any) -> Path:
     load_card(card_path)
     (out_dir / "train" / CHECKPOINT_NAME).unlink(missing_ok=True)
     return card_path
+
+
+@dataclass
+class TrainingRun:
+    """The bookkeeping every study's ``train_*`` shares, so that a trainer reads as its
+    protocol: the model folder (``train/`` below it for checkpoints), progress lines tagged
+    with the study, the clock, and the provenance fields every card records.
+
+    Start one with :meth:`start`, which also seeds every generator (before any data are
+    read, as each trainer always did, so weights stay the same).
+    """
+
+    tag: str
+    out: Path
+    say: Callable[[str], None]
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(
+        cls,
+        tag: str,
+        out_dir: str | Path,
+        *,
+        say: Callable[[str], None] | None,
+        seed: int | None,
+    ) -> TrainingRun:
+        """Create the model folder and, unless ``seed`` is None (a trainer that seeds each of
+        its runs itself), seed torch, numpy and random."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        run = cls(tag, out, say or logger.info)
+        if seed is not None:
+            seed_everything(seed)
+        return run
+
+    @property
+    def work(self) -> Path:
+        """``<out>/train``: checkpoints and per-run tables, removed when the card is written."""
+        return self.out / "train"
+
+    def log(self, text: str) -> None:
+        """One progress line, ``[tag] text``."""
+        self.say(f"[{self.tag}] {text}")
+
+    def log_splits(self, splits: dict[str, dict[str, Any]], items: str) -> None:
+        """``train: 42 patients / 840 slices, ...`` from ``{split: {patients, <items>}}``."""
+        self.log(
+            ", ".join(
+                f"{k}: {v['patients']} patients / {v[items]} {items}" for k, v in splits.items()
+            )
+        )
+
+    def epoch_reporter(
+        self, epochs: int, *, what: str = "", metric: str = "val loss"
+    ) -> Callable[[EpochStats], None]:
+        """An ``on_epoch_end`` for :func:`fit` that logs the losses and ``metric`` (``val loss``,
+        or a name for the run's ``val_metric``)."""
+        prefix = f"{what} " if what else ""
+
+        def report(stats: EpochStats) -> None:
+            value = stats.val_loss if metric == "val loss" else stats.val_metric
+            shown = "n/a" if value is None else f"{value:.4f}"
+            self.log(
+                f"{prefix}epoch {stats.epoch}/{epochs}: train loss {stats.train_loss:.4f}, "
+                f"{metric} {shown} ({stats.seconds:.0f}s)"
+            )
+
+        return report
+
+    def provenance(
+        self,
+        *,
+        synthetic: bool,
+        data: str,
+        seed: int,
+        recipe: dict[str, Any],
+        generator: str | None = None,
+    ) -> Any:
+        """The card's :class:`pipelines.card.Provenance`: never for clinical use from a trainer
+        (a hospital validates and sets that), trained now, with this torch and ``recipe``."""
+        import datetime as dt
+
+        from pipelines.card import Provenance
+
+        return Provenance(
+            synthetic=synthetic,
+            clinical_use=False,
+            data=data,
+            generator=generator,
+            seed=seed,
+            trained_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            recipe={**recipe, "torch": torch.__version__},
+        )
+
+    def finish(self, card_path: Path) -> Path:
+        """Log the card and the run's wall time; return ``card_path``."""
+        self.log(f"wrote {card_path} in {time.perf_counter() - self.started:.0f}s")
+        return card_path

@@ -28,8 +28,8 @@ STUDY = Study(
     __name__,
     "000",
     demos=(
-        DemoModel("ct-gb-contrast-demo", "demo:build_contrast_demo", 2),
-        DemoModel("ct-gb-noncontrast-demo", "demo:build_noncontrast_demo", 0.6),
+        DemoModel("ct-gb-contrast-demo", "demo:CONTRAST_DEMO_SPEC", 2),
+        DemoModel("ct-gb-noncontrast-demo", "demo:NONCONTRAST_DEMO_SPEC", 0.6),
     ),
     bench="bench.ctslice",
 )

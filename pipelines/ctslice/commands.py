@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.commands import EXIT_OK, CommandGroups, data_error, model_ready
+from pipelines import commands as cli
 
 PIPELINE = "ct-slice-classifier"
 
@@ -24,7 +24,7 @@ def cmd_synth_ct_abdomen(args: argparse.Namespace) -> int:
             positive_fraction=args.positive_fraction,
         )
     except ValueError as exc:
-        return data_error(exc)
+        return cli.data_error(exc)
     positives = sum(s.label != "normal" for s in slices)
     series = len({s.series_instance_uid for s in slices})
     print(
@@ -32,7 +32,7 @@ def cmd_synth_ct_abdomen(args: argparse.Namespace) -> int:
         f"{args.patients} patients ({positives} slices with cholecystitis) to "
         f"{Path(args.out) / 'dicom'} and the slice list to {csv_path}"
     )
-    return EXIT_OK
+    return cli.EXIT_OK
 
 
 def _read_slices(args: argparse.Namespace) -> list:
@@ -64,23 +64,21 @@ def cmd_train_ct_slices(args: argparse.Namespace) -> int:
         size = args.size or (299 if args.architecture == "inception_v3" else 224)
         recipe = recipe_from_args(SliceRecipe, args, size=size)
         grid = load_grid(args.grid) if args.grid else None
-        card = train_ct_slices(
-            _read_slices(args),
-            args.out,
-            recipe,
-            grid=grid,
-            repeats=args.repeats,
-            labels=args.labels,
-            normal=args.normal_label,
-            name=args.name,
-            device=args.device,
-            synthetic=args.synthetic,
-            generator="pipelines.ctslice.synth" if args.synthetic else None,
-            say=print,
-        )
+        slices = _read_slices(args)
     except (DataError, ValueError) as exc:
-        return data_error(exc)
-    return model_ready(card)
+        return cli.data_error(exc)
+    return cli.run_training(
+        train_ct_slices,
+        args,
+        slices,
+        recipe=recipe,
+        errors=(DataError, ValueError),
+        grid=grid,
+        repeats=args.repeats,
+        labels=args.labels,
+        normal=args.normal_label,
+        generator="pipelines.ctslice.synth" if args.synthetic else None,
+    )
 
 
 def cmd_evaluate_ct_slices(args: argparse.Namespace) -> int:
@@ -89,19 +87,17 @@ def cmd_evaluate_ct_slices(args: argparse.Namespace) -> int:
     from pipelines.ctslice.evaluate import evaluate_ct_slices, format_report
 
     try:
-        metrics = evaluate_ct_slices(
-            args.model,
-            _read_slices(args),
-            args.out,
-            device=args.device,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-        )
-    except (CardError, DataError) as exc:
-        return data_error(exc)
-    print(format_report(metrics))
-    print(f"saved {Path(args.out) / 'metrics.json'}")
-    return EXIT_OK
+        slices = _read_slices(args)
+    except DataError as exc:
+        return cli.data_error(exc)
+    return cli.run_evaluation(
+        evaluate_ct_slices,
+        format_report,
+        args,
+        slices,
+        errors=(CardError, DataError),
+        saves=("metrics.json",),
+    )
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,7 +108,7 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--class-dir", help="folder with one subfolder of DICOM files per label")
 
 
-def add_commands(groups: CommandGroups) -> None:
+def add_commands(groups: cli.CommandGroups) -> None:
     """``synth ct-abdomen``, ``train ct-slice-classifier``, ``evaluate ct-slice-classifier``."""
     from pipelines.common.options import add_recipe_arguments
     from pipelines.ctslice.train import SliceRecipe
@@ -141,8 +137,6 @@ def add_commands(groups: CommandGroups) -> None:
         "repeats with 95 %% CI",
     )
     _data_arguments(p)
-    p.add_argument("--out", required=True, help="model folder to write, e.g. models/ct-gb-site")
-    p.add_argument("--name", help="card name (default: the folder name)")
     p.add_argument(
         "--labels", nargs="+", help="label order (default: the normal label, then sorted)"
     )
@@ -157,17 +151,12 @@ def add_commands(groups: CommandGroups) -> None:
     )
     add_recipe_arguments(p, SliceRecipe, skip={"size"}, help=_HELP, choices={"channels": (1, 3)})
     p.add_argument("--size", type=int, help="input pixels (default 224; 299 for inception_v3)")
-    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
+    cli.add_model_output_arguments(p, example="ct-gb-site")
     p.set_defaults(func=cmd_train_ct_slices)
 
     p = groups.evaluate.add_parser(
         PIPELINE, help="the study's table per slice and per series with bootstrap 95 %% CIs"
     )
     _data_arguments(p)
-    p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
-    p.add_argument("--out", default="ct-slice-evaluation", help="folder for metrics.json, roc.png")
-    p.add_argument("--device")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
+    cli.add_evaluation_arguments(p, out="ct-slice-evaluation", saves="metrics.json")
     p.set_defaults(func=cmd_evaluate_ct_slices)

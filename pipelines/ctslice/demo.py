@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipelines.common.demobuild import Say, build_demo_model, demo_description
+from pipelines.common.demobuild import DemoSpec, Phantoms, Say, demo_description
 from pipelines.ctslice.data import read_slice_csv
 from pipelines.ctslice.synth import Contrast, write_abdomen_dataset
 from pipelines.ctslice.train import SliceRecipe, train_ct_slices
@@ -49,6 +49,36 @@ class CtDemoData:
     slices: int = 8
     phantom_size: int = 128
     positive_fraction: float = 0.65
+    #: the kind of series: each demo is trained on its own kind
+    contrast: Contrast = "enhanced"
+
+    def write(self, folder: Path, seed: int, say: Say | None = None) -> Phantoms:
+        """Write the phantoms of a build with ``seed`` into ``folder`` (bit for bit the same;
+        their own seed is :func:`phantom_seed`)."""
+        contrast = self.contrast
+        pseed = phantom_seed(seed, contrast)
+        if say:
+            say(
+                f"[{_DEMOS[contrast]}] writing {self.patients} synthetic {contrast} abdominal CT "
+                f"series (seed {pseed})"
+            )
+        csv_path, _ = write_abdomen_dataset(
+            folder,
+            patients=self.patients,
+            seed=pseed,
+            contrast=contrast,
+            n_slices=self.slices,
+            size=self.phantom_size,
+            positive_fraction=self.positive_fraction,
+        )
+        return Phantoms(
+            (read_slice_csv(csv_path),),
+            f"{self.patients} synthetic {_KIND[contrast]} abdominal CT series ({self.slices} "
+            f"axial slices of {self.phantom_size}x{self.phantom_size}, "
+            f"{self.positive_fraction:.0%} of the patients with acute cholecystitis drawn on "
+            f"every gallbladder slice), phantom seed {pseed}, slice CSV, split by patient; "
+            f"demo data settings {asdict(self)}",
+        )
 
 
 #: The shared part of both demo recipes (the study's protocol at CPU scale).
@@ -88,6 +118,8 @@ NONCONTRAST_RECIPE = replace(
 )
 
 _PHANTOM_SEED_OFFSET: dict[str, int] = {"enhanced": 11, "unenhanced": 12}
+_KIND: dict[str, str] = {"enhanced": "contrast-enhanced", "unenhanced": "non-contrast"}
+_DEMOS: dict[str, str] = {"enhanced": CONTRAST_DEMO, "unenhanced": NONCONTRAST_DEMO}
 
 
 def phantom_seed(seed: int, contrast: Contrast) -> int:
@@ -95,115 +127,22 @@ def phantom_seed(seed: int, contrast: Contrast) -> int:
     return seed * 1000 + _PHANTOM_SEED_OFFSET[contrast]
 
 
-def _build(
-    name: str,
-    contrast: Contrast,
-    recipe: SliceRecipe,
-    models_dir: Path,
-    *,
-    seed: int,
-    force: bool,
-    progress: bool,
-    data: CtDemoData | None,
-) -> Path:
-    data = data or CtDemoData()
-    recipe = replace(recipe, seed=seed)
-    pseed = phantom_seed(seed, contrast)
-    kind = "contrast-enhanced" if contrast == "enhanced" else "non-contrast"
-
-    def build(folder: Path, phantoms: Path, say: Say) -> Path:
-        say(
-            f"[{name}] writing {data.patients} synthetic {contrast} abdominal CT series "
-            f"(seed {pseed})"
-        )
-        csv_path, _ = write_abdomen_dataset(
-            phantoms,
-            patients=data.patients,
-            seed=pseed,
-            contrast=contrast,
-            n_slices=data.slices,
-            size=data.phantom_size,
-            positive_fraction=data.positive_fraction,
-        )
-        return train_ct_slices(
-            read_slice_csv(csv_path),
-            folder,
-            recipe,
-            name=name,
-            progress=progress,
-            synthetic=True,
-            description=demo_description(
-                f"Demo acute cholecystitis classifier for {kind} abdominal CT (seed 000 protocol, "
-                f"{recipe.architecture}): slice probabilities aggregated per series.",
-                "synthetic abdominal CT phantoms",
-            ),
-            data_note=(
-                f"{data.patients} synthetic {kind} abdominal CT series ({data.slices} axial "
-                f"slices of {data.phantom_size}x{data.phantom_size}, "
-                f"{data.positive_fraction:.0%} of the patients with acute cholecystitis drawn on "
-                f"every gallbladder slice), phantom seed {pseed}, slice CSV, split by patient; "
-                f"demo data settings {asdict(data)}"
-            ),
-            generator="pipelines.ctslice.synth.write_abdomen_dataset",
-            say=say,
-        )
-
-    return build_demo_model(models_dir, name, build, force=force, progress=progress)
-
-
-def build_contrast_demo(
-    models_dir: Path,
-    *,
-    seed: int = 0,
-    force: bool = False,
-    progress: bool = True,
-    data: CtDemoData | None = None,
-) -> Path:
-    """Phantoms, training and card of ``<models_dir>/ct-gb-contrast-demo`` (MobileNet-v3-large).
-
-    An existing card that verifies is reused unless ``force``.
-
-    Raises
-    ------
-    CardError
-        If a card exists but does not verify and ``force`` is False.
-    """
-    return _build(
-        CONTRAST_DEMO,
-        "enhanced",
-        CONTRAST_RECIPE,
-        models_dir,
-        seed=seed,
-        force=force,
-        progress=progress,
-        data=data,
+def _demo(name: str, contrast: Contrast, recipe: SliceRecipe) -> DemoSpec:
+    return DemoSpec(
+        name,
+        CtDemoData(contrast=contrast),
+        recipe,
+        train_ct_slices,
+        demo_description(
+            f"Demo acute cholecystitis classifier for {_KIND[contrast]} abdominal CT (seed 000 "
+            f"protocol, {recipe.architecture}): slice probabilities aggregated per series.",
+            "synthetic abdominal CT phantoms",
+        ),
+        options={"generator": "pipelines.ctslice.synth.write_abdomen_dataset"},
     )
 
 
-def build_noncontrast_demo(
-    models_dir: Path,
-    *,
-    seed: int = 0,
-    force: bool = False,
-    progress: bool = True,
-    data: CtDemoData | None = None,
-) -> Path:
-    """Phantoms, training and card of ``<models_dir>/ct-gb-noncontrast-demo`` (MobileNet-v3-small).
-
-    An existing card that verifies is reused unless ``force``.
-
-    Raises
-    ------
-    CardError
-        If a card exists but does not verify and ``force`` is False.
-    """
-    return _build(
-        NONCONTRAST_DEMO,
-        "unenhanced",
-        NONCONTRAST_RECIPE,
-        models_dir,
-        seed=seed,
-        force=force,
-        progress=progress,
-        data=data,
-    )
+#: The demos, declared once (``STUDY``'s ``demo:CONTRAST_DEMO_SPEC`` and
+#: ``demo:NONCONTRAST_DEMO_SPEC``): MobileNet-v3-large and -small.
+CONTRAST_DEMO_SPEC = _demo(CONTRAST_DEMO, "enhanced", CONTRAST_RECIPE)
+NONCONTRAST_DEMO_SPEC = _demo(NONCONTRAST_DEMO, "unenhanced", NONCONTRAST_RECIPE)

@@ -63,7 +63,7 @@ import csv
 import datetime as dt
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -72,22 +72,22 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from pipelines.common.phantoms import (
+    CT_IMAGE_STORAGE,
+    CT_RESCALE_INTERCEPT,
+    CtSeriesHeader,
     PhantomHeader,
-    phantom_dataset,
     phantom_uid,
-    set_image_pixels,
     smooth_noise,
+    write_ct_series,
 )
 from pipelines.ctslice.labels import ABDOMEN_WINDOW, LABELS, POSITIVE
 
 logger = logging.getLogger(__name__)
 
-#: CT Image Storage
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 #: Nominal reconstruction field of view, whatever the matrix size.
 FIELD_OF_VIEW_MM = 360.0
 #: Stored value = HU - RESCALE_INTERCEPT (unsigned, BitsStored 12).
-RESCALE_INTERCEPT = -1024
+RESCALE_INTERCEPT = CT_RESCALE_INTERCEPT
 MAX_STORED = 4095
 AIR_HU = -1000.0
 #: The slice CSV written next to the DICOM folder.
@@ -472,75 +472,23 @@ def _draw_inflamed_gallbladder(
     _paint(img, _ellipse(x, y, centre, axes, px, angle), hu["bile"])
 
 
-def _build_slice(
-    stored: np.ndarray,
-    *,
-    uids: dict[str, str],
-    sop_uid: str,
-    slice_index: int,
-    z_mm: float,
-    patient_id: str,
-    phase: Phase,
-    description: tuple[str, str],
-    agent: tuple[str, int, float] | None,
-    series_number: int,
-    study_index: int,
-    seed: int,
-    when: dt.datetime,
-    spacing: float,
-    thickness: float,
-) -> Dataset:
-    """A CT Image Storage object with the Contrast/Bolus module when ``agent`` is given."""
-    study_description = "CT ABDOMEN WITH CONTRAST" if agent else "CT ABDOMEN WITHOUT CONTRAST"
-    ds = phantom_dataset(
-        PhantomHeader(
-            sop_class_uid=CT_IMAGE_STORAGE,
-            modality="CT",
-            study_description=study_description,
-            series_number=series_number,
-            series_description=description[0],
-            body_part="ABDOMEN",
-            generator="pipelines.ctslice.synth",
-        ),
-        uids={**uids, "sop": sop_uid},
-        when=when,
-        patient_name=f"PHANTOM^{patient_id}",
-        patient_id=patient_id,
-        study_id=f"ABD{study_index:05d}",
-        accession=f"ABD{seed % 10000:04d}{study_index:06d}",
-        instance_number=slice_index + 1,
-    )
-    ds.ProtocolName = description[1]
-    ds.PatientPosition = "FFS"
-    ds.FrameOfReferenceUID = uids["frame"]
-    ds.PositionReferenceIndicator = ""
-    ds.AcquisitionNumber = 1
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.PixelSpacing = [spacing, spacing]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    half = round((stored.shape[1] - 1) / 2.0 * spacing, 4)
-    ds.ImagePositionPatient = [-half, -half, z_mm]
-    ds.SliceThickness = round(thickness, 6)
-    ds.SliceLocation = z_mm
-    if agent is not None:  # Contrast/Bolus module (C.7.6.4)
-        name, concentration, volume = agent
+def _contrast_bolus(
+    agent: tuple[str, int, float], phase: Phase, when: dt.datetime
+) -> Callable[[Dataset], None]:
+    """The Contrast/Bolus module (C.7.6.4) of an enhanced series, as a ``more`` for
+    :func:`write_ct_series`."""
+    name, concentration, volume = agent
+    start = when - dt.timedelta(seconds=70 if phase == "portal_venous" else 30)
+
+    def add(ds: Dataset) -> None:
         ds.ContrastBolusAgent = name
         ds.ContrastBolusRoute = "IV"
         ds.ContrastBolusVolume = volume
-        delay = 70 if phase == "portal_venous" else 30
-        start = when - dt.timedelta(seconds=delay)
         ds.ContrastBolusStartTime = start.strftime("%H%M%S")
         ds.ContrastBolusIngredient = "IODINE"
         ds.ContrastBolusIngredientConcentration = concentration
-    set_image_pixels(ds, stored)
-    ds.RescaleIntercept = RESCALE_INTERCEPT
-    ds.RescaleSlope = 1
-    ds.RescaleType = "HU"
-    ds.KVP = 120
-    ds.ConvolutionKernel = "PHANTOM"
-    ds.WindowCenter, ds.WindowWidth = ABDOMEN_WINDOW
-    ds.WindowCenterWidthExplanation = "ABDOMEN"
-    return ds
+
+    return add
 
 
 def write_abdomen_series(
@@ -608,60 +556,66 @@ def write_abdomen_series(
     series = render_series(
         seed, index, phase=phase, cholecystitis=cholecystitis, n_slices=n_slices, size=size
     )
-    stored = (series.hu - RESCALE_INTERCEPT).astype(np.uint16)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"abd-{contrast}"
     patient_id = patient_id if patient_id is not None else f"ABD-{seed}-{index}"
-    uids = {
-        "study": study_instance_uid or phantom_uid(seed, index, f"{tag}-study"),
-        "series": phantom_uid(seed, index, f"{tag}-series"),
-        "frame": phantom_uid(seed, index, "abd-frame-of-reference"),
-    }
-    geometry = np.random.default_rng(np.random.SeedSequence([seed, index, 0x2E0]))
-    z_offset = round(float(geometry.uniform(-260.0, -200.0)), 1)
-    order = geometry.permutation(n_slices)
     when = dt.datetime(2024, 3, 1, 8, 0, 0) + dt.timedelta(
         days=index % 365, minutes=(29 * index) % 600 + (3 if contrast == "enhanced" else 0)
     )
-    spacing = round(FIELD_OF_VIEW_MM / size, 6)
-    slices: list[AbdomenSlice | None] = [None] * n_slices
-    for k in (int(i) for i in order):
-        sop = phantom_uid(seed, index, f"{tag}-sop-{k}")
-        z_mm = round(z_offset + k * slice_thickness_mm, 3)
-        ds = _build_slice(
-            stored[k],
-            uids=uids,
-            sop_uid=sop,
-            slice_index=k,
-            z_mm=z_mm,
-            patient_id=patient_id,
-            phase=phase,
-            description=description,
-            agent=agent,
-            series_number=3 if contrast == "enhanced" else 2,
-            study_index=index,
-            seed=seed,
-            when=when,
-            spacing=spacing,
-            thickness=slice_thickness_mm,
-        )
-        path = out_dir / f"{sop}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        slices[k] = AbdomenSlice(
-            path=path,
+    header = PhantomHeader(
+        sop_class_uid=CT_IMAGE_STORAGE,
+        modality="CT",
+        study_description="CT ABDOMEN WITH CONTRAST" if agent else "CT ABDOMEN WITHOUT CONTRAST",
+        series_number=3 if contrast == "enhanced" else 2,
+        series_description=description[0],
+        body_part="ABDOMEN",
+        generator="pipelines.ctslice.synth",
+    )
+    bolus = _contrast_bolus(agent, phase, when) if agent is not None else None
+
+    def more(ds: Dataset) -> None:
+        ds.ProtocolName = description[1]
+        if bolus is not None:
+            bolus(ds)
+
+    uids, files = write_ct_series(
+        Path(out_dir),
+        (series.hu - RESCALE_INTERCEPT).astype(np.uint16),
+        CtSeriesHeader(
+            header,
+            tag=f"abd-{contrast}",
+            frame="abd-frame-of-reference",
+            patient_position="FFS",
+            window=ABDOMEN_WINDOW,
+            window_name="ABDOMEN",
+            field_of_view_mm=FIELD_OF_VIEW_MM,
+            z_range=(-260.0, -200.0),
+            thickness_mm=slice_thickness_mm,
+        ),
+        seed=seed,
+        index=index,
+        patient_id=patient_id,
+        study_uid=study_instance_uid,
+        study_id=f"ABD{index:05d}",
+        accession=f"ABD{seed % 10000:04d}{index:06d}",
+        when=when,
+        more=more,
+    )
+    slices = [
+        AbdomenSlice(
+            path=f.path,
             patient_id=patient_id,
             study_instance_uid=uids["study"],
             series_instance_uid=uids["series"],
-            sop_instance_uid=sop,
-            slice_index=k,
-            z_mm=z_mm,
+            sop_instance_uid=f.sop_instance_uid,
+            slice_index=f.slice_index,
+            z_mm=f.z_mm,
             contrast=contrast,
             phase=phase,
-            label=series.labels[k],
-            gallbladder=k in series.gallbladder_slices,
+            label=series.labels[f.slice_index],
+            gallbladder=f.slice_index in series.gallbladder_slices,
             gallbladder_centre=series.gallbladder_centre,
         )
+        for f in files
+    ]
     logger.debug(
         "wrote abdominal CT series %s (%s, %d slices, cholecystitis=%s) to %s",
         uids["series"],
@@ -670,7 +624,7 @@ def write_abdomen_series(
         cholecystitis,
         out_dir,
     )
-    return [s for s in slices if s is not None]
+    return slices
 
 
 def positive_patients(patients: int, *, seed: int, positive_fraction: float = 0.5) -> np.ndarray:

@@ -45,7 +45,6 @@ checkpoints are removed when the card is written; the CSV files stay.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import logging
 import math
 import shutil
@@ -66,7 +65,6 @@ from pipelines.card import (
     InputSpec,
     LabelPerformance,
     LabelSpec,
-    Provenance,
 )
 from pipelines.common.aggregate import Aggregation
 from pipelines.common.augment import AugmentSpec, image_augment
@@ -85,8 +83,8 @@ from pipelines.common.models import (
     supported_architectures,
 )
 from pipelines.common.train import (
-    EpochStats,
     TrainConfig,
+    TrainingRun,
     TrainResult,
     fit,
     predict,
@@ -389,7 +387,7 @@ def train_run(
     work: Path,
     device: str | None,
     progress: bool,
-    say: Callable[[str], None],
+    log: TrainingRun,
     tag: str,
 ) -> RunResult:
     """Train one setting with ``seed`` and measure it on the validation split."""
@@ -418,13 +416,6 @@ def train_run(
         if recipe.schedule == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
         return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
-
-    def report(stats: EpochStats) -> None:
-        val = "n/a" if stats.val_loss is None else f"{stats.val_loss:.4f}"
-        say(
-            f"[ct-slice] {tag} epoch {stats.epoch}/{recipe.epochs}: train loss "
-            f"{stats.train_loss:.4f}, val loss {val} ({stats.seconds:.0f}s)"
-        )
 
     mean, std = spec.mean, spec.std
     result = fit(
@@ -456,7 +447,7 @@ def train_run(
         ),
         train_step=aux_train_step(recipe.aux_weight),
         out_dir=work,
-        on_epoch_end=report,
+        on_epoch_end=log.epoch_reporter(recipe.epochs, what=tag),
     )
     run = RunResult(
         recipe=recipe,
@@ -604,13 +595,12 @@ def train_ct_slices(
         If the data cannot be read or split, or a grid setting is invalid.
     """
     recipe = recipe or SliceRecipe()
-    say = say or logger.info
     if repeats < 0:
         raise DataError(f"repeats must be >= 0, got {repeats}")
-    out = Path(out_dir)
-    work = out / "train"
+    # each run seeds itself (the setting's seed, a repeat's seed + r)
+    log = TrainingRun.start("ct-slice", out_dir, say=say, seed=None)
+    work = log.work
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
 
     order = label_order(slices, labels, normal)
     parts = split_slices(slices, recipe.split, order, normal=normal, seed=recipe.seed)
@@ -620,12 +610,7 @@ def train_ct_slices(
             "validation; at least 3 are needed (more for meaningful metrics)"
         )
     split_info = _describe(parts, order)
-    say(
-        "[ct-slice] "
-        + ", ".join(
-            f"{k}: {v['patients']} patients / {v['slices']} slices" for k, v in split_info.items()
-        )
-    )
+    log.log_splits(split_info, "slices")
     data = _Data(parts, order, recipe, normal)
     try:
         settings = [replace(recipe, **s) for s in (grid or [{}])]
@@ -637,7 +622,7 @@ def train_ct_slices(
     rows: list[dict[str, Any]] = []
     for i, setting in enumerate(settings, start=1):
         tag = f"run {i}/{len(settings)}"
-        say(f"[ct-slice] {tag}: {setting.setting()}")
+        log.log(f"{tag}: {setting.setting()}")
         run = train_run(
             setting,
             data,
@@ -645,7 +630,7 @@ def train_ct_slices(
             work=work / "runs" / f"{i:03d}",
             device=device,
             progress=progress,
-            say=say,
+            log=log,
             tag=tag,
         )
         runs.append(run)
@@ -668,8 +653,8 @@ def train_ct_slices(
     for i, row in enumerate(rows):
         row["chosen"] = int(i == chosen_index)
     _write_csv(work / "runs.csv", rows)
-    say(
-        f"[ct-slice] chosen setting: run {chosen_index + 1} (validation {recipe.select} "
+    log.log(
+        f"chosen setting: run {chosen_index + 1} (validation {recipe.select} "
         f"{chosen.validation.get(recipe.select, math.nan):.4f}); parameter table in "
         f"{work / 'runs.csv'}"
     )
@@ -692,7 +677,7 @@ def train_ct_slices(
                 work=work / "repeats" / f"{r:03d}",
                 device=device,
                 progress=progress,
-                say=say,
+                log=log,
                 tag=tag,
             )
             values = split_metrics(run, report_set, data.reported, device)
@@ -714,8 +699,8 @@ def train_ct_slices(
                 "summary": summary,
             }
         )
-        say(
-            f"[ct-slice] {repeats} repeats of the chosen setting on the {report_split} slices "
+        log.log(
+            f"{repeats} repeats of the chosen setting on the {report_split} slices "
             f"(mean and 95 % CI):\n" + format_study_table({chosen.recipe.architecture: summary})
         )
 
@@ -755,8 +740,8 @@ def train_ct_slices(
             )
     if "held_out_test" in metrics:
         test = metrics["held_out_test"]
-        say(
-            "[ct-slice] held-out test of the chosen run:\n"
+        log.log(
+            "held-out test of the chosen run:\n"
             + format_study_table({"slice": test["slice"], "series": test["series"]})
         )
     options = CtSliceOptions(
@@ -768,8 +753,8 @@ def train_ct_slices(
     final = chosen.recipe
     card_path = save_model(
         chosen.model,
-        out,
-        name=name or out.name,
+        log.out,
+        name=name or log.out.name,
         pipeline=PIPELINE_NAME,
         version="0.1.0",
         description=description
@@ -785,13 +770,11 @@ def train_ct_slices(
             target_layer=final.target_layer or default_target_layer(final.architecture),
             top_k=final.heatmap_top_k,
         ),
-        provenance=Provenance(
+        provenance=log.provenance(
             synthetic=synthetic,
-            clinical_use=False,
             data=data_note or f"{len(slices)} labelled CT slices",
             generator=generator,
             seed=recipe.seed,
-            trained_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             recipe={
                 **asdict(final),
                 "split": list(final.split),
@@ -810,7 +793,6 @@ def train_ct_slices(
                 "splits": split_info,
                 "best_epoch": chosen.train.best_epoch,
                 "device": chosen.train.device,
-                "torch": torch.__version__,
                 "train_seconds": round(sum(r.seconds for r in runs), 1),
                 "history": chosen.train.history_rows(),
             },
@@ -821,5 +803,4 @@ def train_ct_slices(
     )
     for folder in ("runs", "repeats"):
         shutil.rmtree(work / folder, ignore_errors=True)
-    say(f"[ct-slice] wrote {card_path} in {time.perf_counter() - t0:.0f}s")
-    return card_path
+    return log.finish(card_path)

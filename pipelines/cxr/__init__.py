@@ -14,5 +14,5 @@ from pipelines.study import DemoModel, Study
 
 #: This study, declared once for the registry, the CLI, the demo builder and CI's bench smoke.
 STUDY = Study(
-    __name__, "001", demos=(DemoModel("cxr-demo", "demo:build_cxr_demo", 18),), bench="bench.cxr"
+    __name__, "001", demos=(DemoModel("cxr-demo", "demo:CXR_DEMO", 18),), bench="bench.cxr"
 )

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipelines.commands import EXIT_OK, CommandGroups, data_error, model_ready
+from pipelines import commands as cli
 
 
 def cmd_synth_cxr(args: argparse.Namespace) -> int:
@@ -26,7 +26,7 @@ def cmd_synth_cxr(args: argparse.Namespace) -> int:
         f"patients to {data.images_dir}, finding masks to {data.masks_dir} and {len(boxes)} "
         f"COCO boxes to {data.annotations}"
     )
-    return EXIT_OK
+    return cli.EXIT_OK
 
 
 def cmd_masks_to_coco(args: argparse.Namespace) -> int:
@@ -51,8 +51,8 @@ def cmd_masks_to_coco(args: argparse.Namespace) -> int:
                 patients = len({img["patient_id"] for img in part["images"]})
                 print(f"wrote {path}: {len(part['images'])} images of {patients} patients")
     except CocoError as exc:
-        return data_error(exc)
-    return EXIT_OK
+        return cli.data_error(exc)
+    return cli.EXIT_OK
 
 
 #: The augmentation spec takes plain options (--rotation, --brightness, --contrast).
@@ -68,54 +68,40 @@ _HELP = {
 _CHOICES = {"schedule": ("constant", "onecycle"), "explainer": ("ablationcam", "eigencam")}
 
 
-def cmd_train_cxr(args: argparse.Namespace) -> int:
-    from pipelines.common.options import recipe_from_args
+def _data_errors() -> tuple[type[Exception], ...]:
+    """What the trainer and evaluator raise for data they cannot use (imported when needed)."""
     from pipelines.cxr.coco import CocoError
     from pipelines.cxr.data import DetectionDataError
+
+    return (CocoError, DetectionDataError)
+
+
+def cmd_train_cxr(args: argparse.Namespace) -> int:
+    from pipelines.common.options import recipe_from_args
     from pipelines.cxr.train import CxrRecipe, train_cxr
 
     args.max_size = max(args.max_size, args.size)
     recipe = recipe_from_args(CxrRecipe, args, flatten=_FLAT)
-    try:
-        card = train_cxr(
-            args.images,
-            args.coco,
-            args.out,
-            recipe,
-            name=args.name,
-            device=args.device,
-            synthetic=args.synthetic,
-            workers=args.workers,
-            say=print,
-        )
-    except (CocoError, DetectionDataError) as exc:
-        return data_error(exc)
-    return model_ready(card)
+    return cli.run_training(
+        train_cxr, args, args.images, args.coco, recipe=recipe, errors=_data_errors()
+    )
 
 
 def cmd_evaluate_cxr(args: argparse.Namespace) -> int:
-    from pipelines.cxr.coco import CocoError
-    from pipelines.cxr.data import DetectionDataError
     from pipelines.cxr.evaluate import evaluate_cxr, format_report
 
-    try:
-        report = evaluate_cxr(
-            args.model,
-            args.images,
-            args.coco,
-            out_dir=args.out,
-            device=args.device,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-        )
-    except (CocoError, DetectionDataError) as exc:
-        return data_error(exc)
-    print(format_report(report))
-    print(f"saved {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'precision_recall.png'}")
-    return EXIT_OK
+    return cli.run_evaluation(
+        evaluate_cxr,
+        format_report,
+        args,
+        args.images,
+        args.coco,
+        errors=_data_errors(),
+        saves=("metrics.json", "precision_recall.png"),
+    )
 
 
-def add_commands(groups: CommandGroups) -> None:
+def add_commands(groups: cli.CommandGroups) -> None:
     """``synth cxr``, ``dataset masks-to-coco``, ``train cxr-findings``, ``evaluate cxr-findings``."""
     from pipelines.common.options import add_recipe_arguments
     from pipelines.cxr.train import CxrRecipe
@@ -159,22 +145,14 @@ def add_commands(groups: CommandGroups) -> None:
     )
     p.add_argument("--images", required=True, help="folder the COCO file_name entries are in")
     p.add_argument("--coco", required=True, help="COCO detection JSON (see dataset masks-to-coco)")
-    p.add_argument("--out", required=True, help="model folder to write, e.g. models/cxr-site")
-    p.add_argument("--name", help="card name (default: the folder name)")
     add_recipe_arguments(p, CxrRecipe, flatten=_FLAT, help=_HELP, choices=_CHOICES)
-    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading images")
-    p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
+    cli.add_model_output_arguments(p, example="cxr-site", reads="images")
     p.set_defaults(func=cmd_train_cxr)
 
     p = groups.evaluate.add_parser(
         "cxr-findings", help="COCO AP/AR summary, per-class AP50 with 95 %% CI, PR curves"
     )
-    p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
     p.add_argument("--images", required=True, help="folder the COCO file_name entries are in")
     p.add_argument("--coco", required=True, help="COCO detection JSON with the true boxes")
-    p.add_argument("--out", default="cxr-evaluation", help="folder for metrics.json and the PNG")
-    p.add_argument("--device")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
+    cli.add_evaluation_arguments(p, out="cxr-evaluation", saves="metrics.json and the PNG")
     p.set_defaults(func=cmd_evaluate_cxr)

@@ -15,10 +15,10 @@ CLINICAL USE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.common.demobuild import Say, build_demo_model, demo_description
+from pipelines.common.demobuild import DemoSpec, Phantoms, Say, demo_description
 from pipelines.cxr.synth import write_cxr_dataset
 from pipelines.cxr.train import CxrRecipe, train_cxr
 
@@ -32,6 +32,20 @@ class CxrDemoData:
     images: int = 240
     phantom_size: int = 256
     finding_rate: float = 0.5
+
+    def write(self, folder: Path, seed: int, say: Say | None = None) -> Phantoms:
+        """Write the phantoms of a build with ``seed`` into ``folder`` (bit for bit the same)."""
+        if say:
+            say(f"[{DEMO_NAME}] writing {self.images} synthetic chest radiographs (seed {seed})")
+        dataset = write_cxr_dataset(
+            folder, n=self.images, seed=seed, size=self.phantom_size, finding_rate=self.finding_rate
+        )
+        return Phantoms(
+            (dataset.images_dir, dataset.annotations),
+            f"{self.images} synthetic PA chest radiographs ({self.phantom_size}x"
+            f"{self.phantom_size} DX, two per patient, each finding present with probability "
+            f"{self.finding_rate:.0%}), boxes from binary finding masks, split by patient",
+        )
 
 
 #: The demo's training recipe: the seed's, scaled to a CPU build (see the module docstring).
@@ -58,55 +72,15 @@ DEMO_RECIPE = CxrRecipe(
 )
 
 
-def build_cxr_demo(
-    models_dir: Path,
-    *,
-    seed: int = 0,
-    force: bool = False,
-    progress: bool = True,
-    data: CxrDemoData | None = None,
-    recipe: CxrRecipe | None = None,
-) -> Path:
-    """Generate phantoms, train and evaluate the demo, write ``<models_dir>/cxr-demo/card.yaml``.
-
-    An existing card that verifies is reused unless ``force``.
-
-    Raises
-    ------
-    CardError
-        If a card exists but does not verify and ``force`` is False.
-    """
-    data = data or CxrDemoData()
-    recipe = replace(recipe or DEMO_RECIPE, seed=seed)
-
-    def build(folder: Path, phantoms: Path, say: Say) -> Path:
-        say(f"[cxr-demo] writing {data.images} synthetic chest radiographs (seed {seed})")
-        dataset = write_cxr_dataset(
-            phantoms,
-            n=data.images,
-            seed=seed,
-            size=data.phantom_size,
-            finding_rate=data.finding_rate,
-        )
-        return train_cxr(
-            dataset.images_dir,
-            dataset.annotations,
-            folder,
-            recipe,
-            name=DEMO_NAME,
-            progress=progress,
-            synthetic=True,
-            description=demo_description(
-                "Demo chest radiograph findings detector (seed 001: Faster R-CNN, MobileNet-v3 "
-                "FPN variant) for aortic calcification, lung infiltrates and cardiac enlargement.",
-                "synthetic chest radiograph phantoms",
-            ),
-            data_note=(
-                f"{data.images} synthetic PA chest radiographs ({data.phantom_size}x"
-                f"{data.phantom_size} DX, two per patient, each finding present with probability "
-                f"{data.finding_rate:.0%}), boxes from binary finding masks, split by patient"
-            ),
-            say=say,
-        )
-
-    return build_demo_model(models_dir, DEMO_NAME, build, force=force, progress=progress)
+#: The demo, declared once (``STUDY``'s ``demo:CXR_DEMO``).
+CXR_DEMO = DemoSpec(
+    DEMO_NAME,
+    CxrDemoData(),
+    DEMO_RECIPE,
+    train_cxr,
+    demo_description(
+        "Demo chest radiograph findings detector (seed 001: Faster R-CNN, MobileNet-v3 "
+        "FPN variant) for aortic calcification, lung infiltrates and cardiac enlargement.",
+        "synthetic chest radiograph phantoms",
+    ),
+)

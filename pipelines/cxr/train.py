@@ -33,7 +33,6 @@ same command again resumes. CUDA is used when present.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -49,7 +48,6 @@ from pipelines.card import (
     InputSpec,
     LabelPerformance,
     LabelSpec,
-    Provenance,
 )
 from pipelines.common.augment import DetectionAugmentSpec, detection_augment
 from pipelines.common.detection_metrics import (
@@ -60,12 +58,11 @@ from pipelines.common.detection_metrics import (
 )
 from pipelines.common.metrics import label_performance, rounded
 from pipelines.common.train import (
-    EpochStats,
     TrainConfig,
+    TrainingRun,
     fit,
     resolve_device,
     save_model,
-    seed_everything,
 )
 from pipelines.cxr.coco import load_coco, split_by_patient
 from pipelines.cxr.data import DetectionDataset, collate, predict_coco
@@ -188,12 +185,7 @@ def train_cxr(
         If the annotations are invalid or the patients too few to split.
     """
     recipe = recipe or CxrRecipe()
-    say = say or logger.info
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / "train"
-    t0 = time.perf_counter()
-    seed_everything(recipe.seed)
+    run = TrainingRun.start("cxr", out_dir, say=say, seed=recipe.seed)
 
     images_dir = Path(images_dir)
     coco = load_coco(Path(coco_json), images_dir)
@@ -205,12 +197,7 @@ def train_cxr(
             "(more for meaningful metrics)"
         )
     split_info = _describe(parts)
-    say(
-        "[cxr] "
-        + ", ".join(
-            f"{k}: {v['patients']} patients / {v['images']} images" for k, v in split_info.items()
-        )
-    )
+    run.log_splits(split_info, "images")
     classes = [cat["name"] for cat in coco["categories"]]
     unknown = [c for c in classes if finding_site(c) is None]
     if unknown:
@@ -281,14 +268,8 @@ def train_cxr(
     ) -> tuple[float | None, float]:
         return None, mean_ap(val_gt, predict_coco(model_, val_set, run_device))
 
-    def report(stats: EpochStats) -> None:
-        say(
-            f"[cxr] epoch {stats.epoch}/{recipe.epochs}: train loss {stats.train_loss:.4f}, "
-            f"val mAP {stats.val_metric:.4f} ({stats.seconds:.0f}s)"
-        )
-
-    say(
-        f"[cxr] training {recipe.architecture} at {recipe.size} px on "
+    run.log(
+        f"training {recipe.architecture} at {recipe.size} px on "
         f"{len(datasets['train'])} images"
         + (" from COCO weights" if recipe.pretrained else " from scratch")
     )
@@ -306,8 +287,8 @@ def train_cxr(
         validate=validate,
         collate_fn=collate,
         maximize=True,
-        out_dir=work,
-        on_epoch_end=report,
+        out_dir=run.work,
+        on_epoch_end=run.epoch_reporter(recipe.epochs, metric="val mAP"),
     )
     train_seconds = time.perf_counter() - t_train
 
@@ -348,15 +329,15 @@ def train_cxr(
         performance.extend(_performance(metrics[split_name], images, split_name))
     if "held_out_test" in metrics:
         test = metrics["held_out_test"]
-        say(
-            f"[cxr] held-out test: mAP {test['coco']['AP']}, AP50 {test['coco']['AP50']}; "
+        run.log(
+            f"held-out test: mAP {test['coco']['AP']}, AP50 {test['coco']['AP50']}; "
             + ", ".join(f"{c} AP50 {v['ap50']}" for c, v in test["per_class"].items())
         )
 
     card_path = save_model(
         model,
-        out,
-        name=name or out.name,
+        run.out,
+        name=name or run.out.name,
         pipeline="cxr-findings",
         version="0.1.0",
         description=description
@@ -375,14 +356,12 @@ def train_cxr(
         explainer=ExplainerSpec(
             method=recipe.explainer, target_layer="backbone", top_k=recipe.heatmap_top_k
         ),
-        provenance=Provenance(
+        provenance=run.provenance(
             synthetic=synthetic,
-            clinical_use=False,
             data=data_note
             or f"COCO annotations {Path(coco_json).name} on DICOM images in {images_dir.name}",
             generator="pipelines.cxr.synth.write_cxr_dataset" if synthetic else None,
             seed=recipe.seed,
-            trained_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             recipe={
                 **dataclasses.asdict(recipe),
                 "pretrained": bool(recipe.pretrained),
@@ -393,7 +372,6 @@ def train_cxr(
                 "splits": split_info,
                 "best_epoch": result.best_epoch,
                 "device": result.device,
-                "torch": torch.__version__,
                 "train_seconds": round(train_seconds, 1),
                 "history": [
                     {**row, "val_map": None if h.val_metric is None else round(h.val_metric, 4)}
@@ -405,8 +383,7 @@ def train_cxr(
         performance=performance,
         options=options.model_dump(mode="json"),
     )
-    say(f"[cxr] wrote {card_path} in {time.perf_counter() - t0:.0f}s")
-    return card_path
+    return run.finish(card_path)
 
 
 def _performance(

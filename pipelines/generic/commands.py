@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.commands import EXIT_OK, CommandGroups, data_error, model_ready
+from pipelines import commands as cli
 
 
 def cmd_synth_radiograph(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def cmd_synth_radiograph(args: argparse.Namespace) -> int:
                 ]
             )
     print(f"wrote {len(phantoms)} synthetic radiographs (DX) and labels.csv to {out}")
-    return EXIT_OK
+    return cli.EXIT_OK
 
 
 def cmd_train_generic(args: argparse.Namespace) -> int:
@@ -45,33 +45,21 @@ def cmd_train_generic(args: argparse.Namespace) -> int:
     from pipelines.generic.train import DataError, train_generic
 
     recipe = recipe_from_args(GenericRecipe, args)
-    try:
-        card = train_generic(
-            args.images,
-            args.labels,
-            args.out,
-            recipe,
-            name=args.name,
-            normal_label=args.normal_label,
-            device=args.device,
-            synthetic=args.synthetic,
-            say=print,
-        )
-    except DataError as exc:
-        return data_error(exc)
-    return model_ready(card)
+    return cli.run_training(
+        train_generic,
+        args,
+        args.images,
+        args.labels,
+        recipe=recipe,
+        errors=(DataError,),
+        normal_label=args.normal_label,
+    )
 
 
-def cmd_evaluate_generic(args: argparse.Namespace) -> int:
-    from pipelines.generic.train import DataError, evaluate_generic
-
-    try:
-        report = evaluate_generic(
-            args.model, args.images, args.labels, args.out, n_bootstrap=args.bootstrap
-        )
-    except DataError as exc:
-        return data_error(exc)
-    print(f"{report['n']} images, accuracy {report['report']['accuracy']:.3f}")
+def format_report(report: dict) -> str:
+    """``evaluate generic``'s summary: accuracy, each class's recall, specificity and F1 with
+    their 95 % CIs, and the confusion matrix."""
+    lines = [f"{report['n']} images, accuracy {report['report']['accuracy']:.3f}"]
     for name, entry in report["per_class"].items():
         cells = ", ".join(
             f"{metric} {entry[metric]['value']:.3f} [{entry[metric]['ci_low']:.3f}, "
@@ -80,16 +68,28 @@ def cmd_evaluate_generic(args: argparse.Namespace) -> int:
             if entry[metric]["value"] is not None
             and entry[metric]["value"] == entry[metric]["value"]
         )
-        print(f"  {name} (n+ {entry['n_positive']}): {cells}")
+        lines.append(f"  {name} (n+ {entry['n_positive']}): {cells}")
     confusion = report["confusion"]
-    print(f"confusion (rows true, columns predicted; {', '.join(confusion['classes'])}):")
-    for row in confusion["matrix"]:
-        print("  " + " ".join(f"{n:6d}" for n in row))
-    print(f"saved {Path(args.out) / 'metrics.json'}")
-    return EXIT_OK
+    lines.append(f"confusion (rows true, columns predicted; {', '.join(confusion['classes'])}):")
+    lines.extend("  " + " ".join(f"{n:6d}" for n in row) for row in confusion["matrix"])
+    return "\n".join(lines)
 
 
-def add_commands(groups: CommandGroups) -> None:
+def cmd_evaluate_generic(args: argparse.Namespace) -> int:
+    from pipelines.generic.train import DataError, evaluate_generic
+
+    return cli.run_evaluation(
+        evaluate_generic,
+        format_report,
+        args,
+        args.images,
+        args.labels,
+        errors=(DataError,),
+        saves=("metrics.json",),
+    )
+
+
+def add_commands(groups: cli.CommandGroups) -> None:
     from pipelines.common.options import add_recipe_arguments
     from pipelines.generic.recipe import GenericRecipe  # plain data: --help stays quick
 
@@ -108,18 +108,13 @@ def add_commands(groups: CommandGroups) -> None:
     )
     p.add_argument("--images", required=True, help="folder of the images the CSV names")
     p.add_argument("--labels", required=True, help="CSV with file, label (and patient) columns")
-    p.add_argument("--out", required=True, help="model folder to write, e.g. models/site-xr")
-    p.add_argument("--name", help="card name (default: the folder name)")
     p.add_argument("--normal-label", default="normal", help="the class not reported as a finding")
-    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--synthetic", action="store_true", help="the images are generated phantoms")
+    cli.add_model_output_arguments(p, example="site-xr")
     add_recipe_arguments(p, GenericRecipe)  # every recipe field, its default from the recipe
     p.set_defaults(func=cmd_train_generic)
 
     p = groups.evaluate.add_parser("generic", help="measure a generic model on labelled images")
-    p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
     p.add_argument("--images", required=True)
     p.add_argument("--labels", required=True, help="CSV with file and label columns")
-    p.add_argument("--out", default="generic-evaluation", help="folder for metrics.json")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    cli.add_evaluation_arguments(p, out="generic-evaluation", saves="metrics.json", device=False)
     p.set_defaults(func=cmd_evaluate_generic)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,7 +47,6 @@ from pipelines.card import (
     LabelPerformance,
     LabelSpec,
     ModelCard,
-    Provenance,
     load_card,
 )
 from pipelines.common.metrics import (
@@ -63,11 +61,11 @@ from pipelines.common.preprocess import display_image, to_model_input
 from pipelines.common.split import grouped_split
 from pipelines.common.train import (
     TrainConfig,
+    TrainingRun,
     fit,
     horizontal_flip,
     predict,
     save_model,
-    seed_everything,
     sgd,
     stratified_kfold,
 )
@@ -214,11 +212,8 @@ def train_generic(
         If the data cannot be read or are too few for the folds and the test share.
     """
     recipe = recipe or GenericRecipe()
-    say = say or logger.info
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    seed_everything(recipe.seed)
+    run = TrainingRun.start("generic", out_dir, say=say, seed=recipe.seed)
+    out = run.out
     items = read_labels(Path(images_dir), Path(labels_csv))
     classes = sorted({item.label for item in items})
     reported = [c for c in classes if c != normal_label]
@@ -239,8 +234,8 @@ def train_generic(
     data = _tensors(pool, classes, spec)
     test_data = _tensors(test, classes, spec)
     y_pool = data.tensors[1].numpy()
-    say(
-        f"[generic] {len(classes)} classes ({', '.join(classes)}); {len(pool)} images in "
+    run.log(
+        f"{len(classes)} classes ({', '.join(classes)}); {len(pool)} images in "
         f"{recipe.folds} folds, {len(test)} held out"
     )
 
@@ -275,8 +270,8 @@ def train_generic(
         out_of_fold[val_idx] = _probabilities(model, val_set)
         val_loss = min(h.val_loss for h in result.history if h.val_loss is not None)
         folds_report.append({"fold": fold, "best_epoch": result.best_epoch, "val_loss": val_loss})
-        say(
-            f"[generic] fold {fold}/{recipe.folds}: best epoch {result.best_epoch}, "
+        run.log(
+            f"fold {fold}/{recipe.folds}: best epoch {result.best_epoch}, "
             f"validation loss {val_loss:.4f}"
         )
         if best is None or val_loss < best[0]:
@@ -290,8 +285,8 @@ def train_generic(
     held = classes_report(
         test_data.tensors[1].numpy(), _probabilities(model, test_data), classes, cuts, **boot
     )
-    say(
-        f"[generic] held-out test: accuracy {held['report']['accuracy']:.3f}; "
+    run.log(
+        f"held-out test: accuracy {held['report']['accuracy']:.3f}; "
         + ", ".join(f"{c} recall {held['per_class'][c]['recall']['value']:.3f}" for c in reported)
     )
     card_path = save_model(
@@ -313,13 +308,11 @@ def train_generic(
         ],
         input=spec,
         explainer=ExplainerSpec(method="gradcam", target_layer=recipe.target_layer, top_k=3),
-        provenance=Provenance(
+        provenance=run.provenance(
             synthetic=synthetic,
-            clinical_use=False,
             data=f"{len(items)} labelled images in {Path(images_dir).name} "
             f"({Path(labels_csv).name})",
             seed=recipe.seed,
-            trained_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             recipe={
                 **dataclasses.asdict(recipe),
                 "loss": "cross-entropy",
@@ -329,15 +322,13 @@ def train_generic(
                 "tested once on the held-out share",
                 "folds": folds_report,
                 "kept_fold": kept,
-                "torch": torch.__version__,
-                "train_seconds": round(time.perf_counter() - t0, 1),
+                "train_seconds": round(time.perf_counter() - run.started, 1),
             },
         ),
         metrics=rounded({"cross_validation": cross, "held_out_test": held}),
         performance=_performance(cross, "cross_validation") + _performance(held, "held_out_test"),
     )
-    say(f"[generic] wrote {card_path} in {time.perf_counter() - t0:.0f}s")
-    return card_path
+    return run.finish(card_path)
 
 
 def evaluate_generic(

@@ -22,5 +22,5 @@ from pipelines.study import DemoModel, Study
 
 #: This study, declared once for the registry, the CLI, the demo builder and CI's bench smoke.
 STUDY = Study(
-    __name__, "003", demos=(DemoModel("hip-demo", "demo:build_hip_demo", 4),), bench="bench.hip"
+    __name__, "003", demos=(DemoModel("hip-demo", "demo:HIP_DEMO", 4),), bench="bench.hip"
 )

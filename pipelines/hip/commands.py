@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.commands import EXIT_OK, CommandGroups, data_error, model_ready
+from pipelines import commands as cli
 
 
 def cmd_synth_hip(args: argparse.Namespace) -> int:
@@ -25,7 +25,7 @@ def cmd_synth_hip(args: argparse.Namespace) -> int:
         f"({positives} osteoporotic by their T-score) to {data.dicom_dir}, LabelImg boxes to "
         f"{data.voc_dir} and DEXA results to {data.dexa_csv}"
     )
-    return EXIT_OK
+    return cli.EXIT_OK
 
 
 def cmd_pair_dexa(args: argparse.Namespace) -> int:
@@ -43,14 +43,14 @@ def cmd_pair_dexa(args: argparse.Namespace) -> int:
             t_score_column=args.t_score_column,
         )
     except (DexaError, ValueError) as exc:  # ValueError: a negative window
-        return data_error(exc)
+        return cli.data_error(exc)
     write_labels(report, out)
     write_unpaired(report, unpaired)
     print(report.summary())
     print(
         f"wrote {out} ({len(report.paired)} labels) and {unpaired} ({len(report.unpaired)} files)"
     )
-    return EXIT_OK
+    return cli.EXIT_OK
 
 
 def _year(text: str) -> int | str | None:
@@ -91,12 +91,18 @@ _HELP = {
 }
 
 
-def cmd_train_hip(args: argparse.Namespace) -> int:
-    from pipelines.common.options import recipe_from_args
+def _data_errors() -> tuple[type[Exception], ...]:
+    """What the trainer and evaluator raise for data they cannot use (imported when needed)."""
     from pipelines.hip.data import HipDataError
     from pipelines.hip.dexa import DexaError
-    from pipelines.hip.train import HipRecipe, train_hip
     from pipelines.hip.voc import VocError
+
+    return (HipDataError, DexaError, VocError)
+
+
+def cmd_train_hip(args: argparse.Namespace) -> int:
+    from pipelines.common.options import recipe_from_args
+    from pipelines.hip.train import HipRecipe, train_hip
 
     try:
         args.localiser_max_size = max(args.localiser_max_size, args.localiser_size)
@@ -104,50 +110,27 @@ def cmd_train_hip(args: argparse.Namespace) -> int:
             HipRecipe, args, flatten=_FLAT, test_year=_test_year(args.test_year, args.labels)
         )
     except ValueError as exc:
-        return data_error(exc)
-    try:
-        card = train_hip(
-            args.dicom_dir,
-            args.voc_dir,
-            args.labels,
-            args.out,
-            recipe,
-            name=args.name,
-            device=args.device,
-            synthetic=args.synthetic,
-            say=print,
-        )
-    except (HipDataError, DexaError, VocError) as exc:
-        return data_error(exc)
-    return model_ready(card)
+        return cli.data_error(exc)
+    inputs = (args.dicom_dir, args.voc_dir, args.labels)
+    return cli.run_training(train_hip, args, *inputs, recipe=recipe, errors=_data_errors())
 
 
 def cmd_evaluate_hip(args: argparse.Namespace) -> int:
-    from pipelines.hip.data import HipDataError
-    from pipelines.hip.dexa import DexaError
     from pipelines.hip.evaluate import evaluate_hip, format_report
-    from pipelines.hip.voc import VocError
 
-    try:
-        report = evaluate_hip(
-            args.model,
-            args.dicom_dir,
-            args.voc_dir,
-            args.labels,
-            out_dir=args.out,
-            device=args.device,
-            test_year=args.test_year,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-        )
-    except (HipDataError, DexaError, VocError) as exc:
-        return data_error(exc)
-    print(format_report(report))
-    print(f"saved {Path(args.out) / 'metrics.json'}")
-    return EXIT_OK
+    inputs = (args.dicom_dir, args.voc_dir, args.labels)
+    return cli.run_evaluation(
+        evaluate_hip,
+        format_report,
+        args,
+        *inputs,
+        errors=_data_errors(),
+        saves=("metrics.json",),
+        test_year=args.test_year,
+    )
 
 
-def add_commands(groups: CommandGroups) -> None:
+def add_commands(groups: cli.CommandGroups) -> None:
     """``synth hip``, ``dataset pair-dexa``, ``train hip-osteoporosis``, ``evaluate hip-osteoporosis``."""
     from pipelines.common.options import add_recipe_arguments
     from pipelines.hip.train import HipRecipe
@@ -191,8 +174,6 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--dicom-dir", required=True, help="folder of radiographs")
     p.add_argument("--voc-dir", required=True, help="LabelImg XML files (same stem as the DICOM)")
     p.add_argument("--labels", required=True, help="labels CSV of 'dataset pair-dexa'")
-    p.add_argument("--out", required=True, help="model folder to write, e.g. models/hip-site")
-    p.add_argument("--name", help="card name (default: the folder name)")
     add_recipe_arguments(
         p,
         HipRecipe,
@@ -208,21 +189,16 @@ def add_commands(groups: CommandGroups) -> None:
         help="hold out images whose Study Date is in this year (study: the latest year of the "
         "labels, the default; 'none': hold out patients instead)",
     )
-    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
+    cli.add_model_output_arguments(p, example="hip-site")
     p.set_defaults(func=cmd_train_hip)
 
     p = groups.evaluate.add_parser(
         "hip-osteoporosis",
         help="classification report per class, osteoporosis recall with 95 %% CI, localiser IoU",
     )
-    p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
     p.add_argument("--dicom-dir", required=True)
     p.add_argument("--voc-dir", required=True)
     p.add_argument("--labels", required=True, help="labels CSV of 'dataset pair-dexa'")
     p.add_argument("--test-year", type=int, help="only images whose Study Date is in this year")
-    p.add_argument("--out", default="hip-evaluation", help="folder for metrics.json")
-    p.add_argument("--device")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
+    cli.add_evaluation_arguments(p, out="hip-evaluation", saves="metrics.json")
     p.set_defaults(func=cmd_evaluate_hip)

@@ -20,11 +20,11 @@ provenance, that the model is synthetic and NOT FOR CLINICAL USE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.card import CardError, load_card
-from pipelines.common.demobuild import Say, build_demo_model, demo_description
+from pipelines.common.demobuild import DemoSpec, Phantoms, Say, demo_description
 from pipelines.hip.dexa import pair_dexa, write_labels
 from pipelines.hip.model import parse_options, verify_localiser
 from pipelines.hip.synth import write_hip_dataset
@@ -41,6 +41,36 @@ class HipDemoData:
     phantom_size: int = 320
     years: tuple[int, int] = (2018, 2022)
     osteoporosis_fraction: float = 0.45
+
+    def write(self, folder: Path, seed: int, say: Say | None = None) -> Phantoms:
+        """Write the phantoms of a build with ``seed`` into ``folder`` (bit for bit the same),
+        paired with their DEXA export as a hospital's would be."""
+        if say:
+            say(
+                f"[{DEMO_NAME}] writing {self.patients} patients' synthetic hip radiographs "
+                f"(seed {seed})"
+            )
+        dataset = write_hip_dataset(
+            folder,
+            patients=self.patients,
+            seed=seed,
+            size=self.phantom_size,
+            years=self.years,
+            osteoporosis_fraction=self.osteoporosis_fraction,
+        )
+        pairing = pair_dexa(dataset.dicom_dir, dataset.dexa_csv)
+        if say:
+            say(f"[{DEMO_NAME}] " + pairing.summary().replace("\n", "; "))
+        labels = folder / "labels.csv"
+        write_labels(pairing, labels)
+        return Phantoms(
+            (dataset.dicom_dir, dataset.voc_dir, labels),
+            f"{len(dataset.images)} synthetic AP pelvis / single-hip DX radiographs "
+            f"({self.phantom_size} px wide) of {self.patients} patients, "
+            f"{self.years[0]}-{self.years[1]}, LabelImg boxes of each femoral neck, labels "
+            f"from a synthetic DEXA export paired within +-182 days "
+            f"({len(pairing.paired)} paired); the recipe's test_year is the held-out test",
+        )
 
 
 #: The demo's recipe: the study's, scaled to a CPU build (see the module docstring).
@@ -94,66 +124,16 @@ def _verified(card_path: Path) -> bool:
     return True
 
 
-def build_hip_demo(
-    models_dir: Path,
-    *,
-    seed: int = 0,
-    force: bool = False,
-    progress: bool = True,
-    data: HipDemoData | None = None,
-    recipe: HipRecipe | None = None,
-) -> Path:
-    """Generate phantoms, pair, train and evaluate the demo; write ``<models_dir>/hip-demo/card.yaml``.
-
-    An existing card whose weights and localiser verify is reused unless ``force``.
-
-    Raises
-    ------
-    CardError
-        If a card exists but does not verify and ``force`` is False.
-    """
-    data = data or HipDemoData()
-    recipe = replace(recipe or DEMO_RECIPE, seed=seed)
-
-    def build(folder: Path, phantoms: Path, say: Say) -> Path:
-        say(f"[hip-demo] writing {data.patients} patients' synthetic hip radiographs (seed {seed})")
-        dataset = write_hip_dataset(
-            phantoms,
-            patients=data.patients,
-            seed=seed,
-            size=data.phantom_size,
-            years=data.years,
-            osteoporosis_fraction=data.osteoporosis_fraction,
-        )
-        pairing = pair_dexa(dataset.dicom_dir, dataset.dexa_csv)
-        say("[hip-demo] " + pairing.summary().replace("\n", "; "))
-        labels = phantoms / "labels.csv"
-        write_labels(pairing, labels)
-        return train_hip(
-            dataset.dicom_dir,
-            dataset.voc_dir,
-            labels,
-            folder,
-            recipe,
-            name=DEMO_NAME,
-            progress=progress,
-            synthetic=True,
-            description=demo_description(
-                "Demo osteoporosis screening on hip / pelvis radiographs (seed 003: Faster R-CNN "
-                "femoral-neck localiser + ResNet-18 per neck).",
-                "synthetic pelvis phantoms whose trabecular texture and cortex follow a DEXA "
-                "T-score,",
-            ),
-            data_note=(
-                f"{len(dataset.images)} synthetic AP pelvis / single-hip DX radiographs "
-                f"({data.phantom_size} px wide) of {data.patients} patients, "
-                f"{data.years[0]}-{data.years[1]}, LabelImg boxes of each femoral neck, labels "
-                f"from a synthetic DEXA export paired within +-182 days "
-                f"({len(pairing.paired)} paired); test = Study Date in {recipe.test_year}"
-            ),
-            say=say,
-        )
-
-    return build_demo_model(
-        models_dir, DEMO_NAME, build, force=force, progress=progress, verify=_verified
-    )
+#: The demo, declared once (``STUDY``'s ``demo:HIP_DEMO``).
+HIP_DEMO = DemoSpec(
+    DEMO_NAME,
+    HipDemoData(),
+    DEMO_RECIPE,
+    train_hip,
+    demo_description(
+        "Demo osteoporosis screening on hip / pelvis radiographs (seed 003: Faster R-CNN "
+        "femoral-neck localiser + ResNet-18 per neck).",
+        "synthetic pelvis phantoms whose trabecular texture and cortex follow a DEXA T-score,",
+    ),
+    verify=_verified,
+)

@@ -26,6 +26,7 @@ lower bound on the uncertainty).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ from pipelines.hip.pipeline import (
     neck_boxes,
     prepare_radiograph,
 )
+from pipelines.hip.quality import exclusion_reason
 from pipelines.hip.voc import read_voc_folder
 
 Box4 = tuple[float, float, float, float]
@@ -108,6 +110,39 @@ def localiser_score(
             for side, truth in item.necks.items():
                 values.append(iou(found[side][0], truth) if side in found else 0.0)
     return float(np.mean(values)) if values else 0.0
+
+
+def node_refusals(items: Sequence[HipItem], options: HipOptions) -> dict[str, str]:
+    """The images the node refuses before its models run, by SOP Instance UID, with the reason.
+
+    Seed 003 excluded radiographs with metal implants and of poor quality
+    (:mod:`pipelines.hip.quality`); the node refuses them with the card's
+    ``options.exclusions``. Training and evaluation leave them out the same
+    way, so that the card's metrics are measured on what the node analyses.
+
+    Raises
+    ------
+    HipDataError
+        If an image cannot be read.
+    """
+    refused: dict[str, str] = {}
+    if not options.exclusions.enabled:
+        return refused
+    for item in items:
+        try:
+            prepared = prepare_radiograph(item.path, options.localiser)
+        except RadiographError as exc:
+            raise HipDataError(f"an image cannot be used: {exc}") from None
+        reason = exclusion_reason(prepared.image, options.exclusions)
+        if reason is not None:
+            refused[item.sop_instance_uid] = reason
+    return refused
+
+
+def refusal_summary(refused: dict[str, str]) -> dict[str, Any]:
+    """What a card or metrics.json says of the images left out: how many, for which reasons."""
+    reasons = Counter(reason.split(" (")[0] for reason in refused.values())
+    return {"images": len(refused), "reasons": dict(sorted(reasons.items()))}
 
 
 def run_node(
@@ -207,11 +242,21 @@ def evaluate_items(
 ) -> dict[str, Any]:
     """Both views of the module docstring on ``items`` (plain types, for a card or JSON).
 
+    Images the node refuses (:func:`node_refusals`) are left out of both views
+    and counted in ``excluded``.
+
     Raises
     ------
     HipDataError
-        If an image cannot be read.
+        If an image cannot be read, or the node refuses every one.
     """
+    refused = node_refusals(items, options)
+    items = [item for item in items if item.sop_instance_uid not in refused]
+    if not items:
+        raise HipDataError(
+            f"the node refuses all {len(refused)} image(s) (the study's exclusions): "
+            f"{refusal_summary(refused)['reasons']}"
+        )
     crops = CropDataset(items, spec, margin=options.crop_margin)
     truth_crops = [crop for i in range(len(items)) for crop in crops.crops(i).values()]
     y_necks = crops.targets()
@@ -224,6 +269,7 @@ def evaluate_items(
             "necks": len(y_necks),
             POSITIVE: int(y_necks.sum()),
         },
+        "excluded": refusal_summary(refused),
         "ground_truth_crops": classification_summary(
             y_necks, probs, threshold, n_bootstrap=n_bootstrap, seed=seed
         ),

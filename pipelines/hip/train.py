@@ -42,7 +42,6 @@ running the same command again resumes. CUDA is used when present.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import shutil
 import time
@@ -56,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.card import ExplainerSpec, InputSpec, LabelSpec, Provenance, sha256_file
+from pipelines.card import ExplainerSpec, InputSpec, LabelSpec, sha256_file
 from pipelines.common.augment import (
     AugmentSpec,
     DetectionAugmentSpec,
@@ -68,14 +67,13 @@ from pipelines.common.metrics import label_performance, repeat_summary, rounded
 from pipelines.common.models import supported_architectures
 from pipelines.common.split import grouped_split
 from pipelines.common.train import (
-    EpochStats,
     TrainConfig,
+    TrainingRun,
     TrainResult,
     fit,
     predict,
     resolve_device,
     save_model,
-    seed_everything,
     sgd,
     stratified_kfold,
 )
@@ -94,6 +92,8 @@ from pipelines.hip.evaluate import (
     format_report,
     format_summary,
     localiser_score,
+    node_refusals,
+    refusal_summary,
 )
 from pipelines.hip.model import (
     LOCALISER_FILE,
@@ -279,11 +279,10 @@ def train_localiser(
     train_items: Sequence[HipItem],
     val_items: Sequence[HipItem],
     recipe: HipRecipe,
-    work: Path,
+    run: TrainingRun,
     *,
     device: str | None,
     progress: bool,
-    say: Callable[[str], None],
 ) -> tuple[nn.Module, TrainResult, LocaliserOptions]:
     """Train the one-class localiser; return it (best epoch), the run and its options."""
     loc = recipe.localiser
@@ -319,15 +318,8 @@ def train_localiser(
     def validate(model_: nn.Module, val: Any, run_device: torch.device) -> tuple[None, float]:
         return None, localiser_score(model_, val, run_device, loc.score_threshold)
 
-    def report(stats: EpochStats) -> None:
-        val = "n/a" if stats.val_metric is None else f"{stats.val_metric:.3f}"
-        say(
-            f"[hip] localiser epoch {stats.epoch}/{loc.epochs}: loss {stats.train_loss:.4f}, "
-            f"val mean neck IoU {val} ({stats.seconds:.0f}s)"
-        )
-
-    say(
-        f"[hip] training the localiser ({loc.architecture} at {spec.size} px) on "
+    run.log(
+        f"training the localiser ({loc.architecture} at {spec.size} px) on "
         f"{len(train_set)} images, validating on {len(val_set)}"
     )
     result = fit(
@@ -349,8 +341,8 @@ def train_localiser(
         validate=validate,
         collate_fn=collate,
         maximize=True,
-        out_dir=work / "localiser",
-        on_epoch_end=report,
+        out_dir=run.work / "localiser",
+        on_epoch_end=run.epoch_reporter(loc.epochs, what="localiser", metric="val mean neck IoU"),
     )
     return model, result, spec
 
@@ -360,12 +352,11 @@ def train_classifier(
     val_items: Sequence[HipItem],
     recipe: HipRecipe,
     spec: InputSpec,
-    work: Path,
+    run: TrainingRun,
     *,
     run_seed: int,
     device: str | None,
     progress: bool,
-    say: Callable[[str], None],
     tag: str,
     folder: str,
 ) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
@@ -380,13 +371,6 @@ def train_classifier(
 
     def scheduler(opt: torch.optim.Optimizer) -> Any:
         return torch.optim.lr_scheduler.StepLR(opt, step_size=recipe.step_size, gamma=recipe.gamma)
-
-    def report(stats: EpochStats) -> None:
-        val = "n/a" if stats.val_loss is None else f"{stats.val_loss:.4f}"
-        say(
-            f"[hip] {tag} epoch {stats.epoch}/{recipe.epochs}: train loss "
-            f"{stats.train_loss:.4f}, val loss {val} ({stats.seconds:.0f}s)"
-        )
 
     result = fit(
         model,
@@ -405,8 +389,8 @@ def train_classifier(
         ),
         scheduler_factory=scheduler,
         augment=image_augment(recipe.augment, spec.mean, spec.std),
-        out_dir=work / folder,
-        on_epoch_end=report,
+        out_dir=run.work / folder,
+        on_epoch_end=run.epoch_reporter(recipe.epochs, what=tag),
     )
     summary: dict[str, Any] = {}
     if len(val_set):
@@ -421,7 +405,7 @@ def train_classifier(
             n_bootstrap=recipe.bootstrap_resamples,
             seed=recipe.seed,
         )
-        say(f"[hip] {tag} validation ({len(val_set)} necks):\n{format_summary(summary)}")
+        run.log(f"{tag} validation ({len(val_set)} necks):\n{format_summary(summary)}")
     return model, result, summary
 
 
@@ -464,22 +448,25 @@ def train_hip(
         If the data cannot be read or are too few to split.
     """
     recipe = recipe or HipRecipe()
-    say = say or logger.info
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / "train"
-    t0 = time.perf_counter()
-    seed_everything(recipe.seed)
+    run = TrainingRun.start("hip", out_dir, say=say, seed=recipe.seed)
+    out = run.out
 
     index = index_hip_data(dicom_dir, read_voc_folder(voc_dir), read_labels(labels_csv))
-    say(f"[hip] {index.summary()}")
-    items = index.items
+    run.log(index.summary())
+    # the study's exclusions, as the node applies them: train and test on what it analyses
+    refused = node_refusals(index.items, HipOptions(localiser=_localiser_options(recipe, "0" * 64)))
+    items = [i for i in index.items if i.sop_instance_uid not in refused]
+    if refused:
+        run.log(
+            f"left out {len(refused)} image(s) the node refuses: "
+            f"{refusal_summary(refused)['reasons']}"
+        )
     if recipe.test_year is not None:
         pool = [i for i in items if i.year is not None and i.year < recipe.test_year]
         test = [i for i in items if i.year == recipe.test_year]
         left = len(items) - len(pool) - len(test)
-        say(
-            f"[hip] temporal split: train on years before {recipe.test_year} ({len(pool)} images), "
+        run.log(
+            f"temporal split: train on years before {recipe.test_year} ({len(pool)} images), "
             f"test on {recipe.test_year} ({len(test)} images)"
             + (f"; {left} later or undated image(s) left out" if left else "")
         )
@@ -501,7 +488,7 @@ def train_hip(
 
     t_loc = time.perf_counter()
     localiser, loc_result, loc_spec = train_localiser(
-        fit_part, val_part, recipe, work, device=device, progress=progress, say=say
+        fit_part, val_part, recipe, run, device=device, progress=progress
     )
     localiser_seconds = time.perf_counter() - t_loc
     localiser.cpu()
@@ -517,8 +504,8 @@ def train_hip(
     folds_report: list[dict[str, Any]] = []
     for k, (train_items, val_items) in enumerate(runs, start=1):
         tag = f"fold {k}/{len(runs)}" if len(runs) > 1 else "classifier"
-        say(
-            f"[hip] {tag}: training {recipe.architecture} at {recipe.size} px on "
+        run.log(
+            f"{tag}: training {recipe.architecture} at {recipe.size} px on "
             f"{sum(len(i.necks) for i in train_items)} necks of {len(train_items)} images"
         )
         model, result, summary = train_classifier(
@@ -526,11 +513,10 @@ def train_hip(
             val_items,
             recipe,
             spec,
-            work,
+            run,
             run_seed=recipe.seed + k - 1,
             device=device,
             progress=progress,
-            say=say,
             tag=tag,
             folder=f"fold-{k}-of-{len(runs)}" if len(runs) > 1 else "classifier",
         )
@@ -565,8 +551,8 @@ def train_hip(
             f"{key} {value['mean']:.3f} (sd {value['sd']:.3f})"
             for key, value in metrics["cross_validation"]["summary"].items()
         )
-        say(f"[hip] {len(runs)}-fold cross-validation, mean over folds: {summary_text}")
-        say(f"[hip] keeping fold {best_fold} (lowest validation loss)")
+        run.log(f"{len(runs)}-fold cross-validation, mean over folds: {summary_text}")
+        run.log(f"keeping fold {best_fold} (lowest validation loss)")
     metrics["validation"] = {
         **val_summary,
         "unit": "femoral neck",
@@ -592,7 +578,7 @@ def train_hip(
         )
         metrics["held_out_test"] = report
         what = f"Study Date in {recipe.test_year}" if recipe.test_year is not None else "patients"
-        say(f"[hip] held-out test ({what}):\n{format_report(report)}")
+        run.log(f"held-out test ({what}):\n{format_report(report)}")
     localiser.cpu()
     # what results quote: per femoral neck, as the node decides (localiser, then classifier)
     performance = [
@@ -630,9 +616,8 @@ def train_hip(
         explainer=ExplainerSpec(
             method=recipe.explainer, target_layer=recipe.target_layer, top_k=recipe.heatmap_top_k
         ),
-        provenance=Provenance(
+        provenance=run.provenance(
             synthetic=synthetic,
-            clinical_use=False,
             data=data_note
             or (
                 f"radiographs in {Path(dicom_dir).name}, VOC boxes in {Path(voc_dir).name}, "
@@ -640,7 +625,6 @@ def train_hip(
             ),
             generator="pipelines.hip.synth.write_hip_dataset" if synthetic else None,
             seed=recipe.seed,
-            trained_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             recipe={
                 **dataclasses.asdict(recipe),
                 "pretrained": bool(recipe.pretrained),
@@ -649,6 +633,7 @@ def train_hip(
                 "selection": "epoch with the lowest validation loss; with folds, the fold with "
                 "the lowest validation loss",
                 "localiser_selection": "epoch with the highest mean neck IoU on validation",
+                "excluded": refusal_summary(refused),
                 "splits": {
                     "pool": _describe(pool),
                     "localiser_train": _describe(fit_part),
@@ -666,7 +651,6 @@ def train_hip(
                     for row, h in zip(loc_result.history_rows(), loc_result.history, strict=True)
                 ],
                 "device": result.device,
-                "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(),
                 "localiser_train_seconds": round(localiser_seconds, 1),
                 "classifier_train_seconds": round(classifier_seconds, 1),
@@ -677,8 +661,7 @@ def train_hip(
         options=options.model_dump(mode="json"),
     )
     # the runs are complete: their checkpoints would only make a rerun skip training
-    for folder in [work / "localiser", *(work / p.name for p in work.glob("fold-*"))]:
+    for folder in [run.work / "localiser", *run.work.glob("fold-*")]:
         shutil.rmtree(folder, ignore_errors=True)
-    shutil.rmtree(work / "classifier", ignore_errors=True)
-    say(f"[hip] wrote {card_path} in {time.perf_counter() - t0:.0f}s")
-    return card_path
+    shutil.rmtree(run.work / "classifier", ignore_errors=True)
+    return run.finish(card_path)

@@ -20,5 +20,5 @@ from pipelines.study import DemoModel, Study
 
 #: This study, declared once for the registry, the CLI, the demo builder and CI's bench smoke.
 STUDY = Study(
-    __name__, "002", demos=(DemoModel("ich-demo", "demo:build_ich_demo", 8),), bench="bench.ich"
+    __name__, "002", demos=(DemoModel("ich-demo", "demo:ICH_DEMO", 8),), bench="bench.ich"
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.commands import EXIT_OK, CommandGroups, data_error, model_ready
+from pipelines import commands as cli
 
 
 def cmd_synth_ich(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def cmd_synth_ich(args: argparse.Namespace) -> int:
         f"wrote {len(slices)} synthetic head CT slices of {args.patients} patients "
         f"({positives} with hemorrhage) to {Path(args.out) / 'dicom'} and labels to {labels}"
     )
-    return EXIT_OK
+    return cli.EXIT_OK
 
 
 #: The recipe's nested augmentation spec takes plain options (--rotation, --mixup-alpha).
@@ -47,46 +47,28 @@ def cmd_train_ich(args: argparse.Namespace) -> int:
 
     size = args.size or (380 if args.backbone.startswith("efficientnet") else 224)
     recipe = recipe_from_args(IchRecipe, args, flatten=_FLAT, size=size)
-    try:
-        card = train_ich(
-            args.dicom_dir,
-            args.labels,
-            args.out,
-            recipe,
-            name=args.name,
-            device=args.device,
-            synthetic=args.synthetic,
-            workers=args.workers,
-            say=print,
-        )
-    except DataError as exc:
-        return data_error(exc)
-    return model_ready(card)
+    return cli.run_training(
+        train_ich, args, args.dicom_dir, args.labels, recipe=recipe, errors=(DataError,)
+    )
 
 
 def cmd_evaluate_ich(args: argparse.Namespace) -> int:
     from pipelines.ich.data import DataError
     from pipelines.ich.evaluate import evaluate_ich, format_report
 
-    try:
-        report = evaluate_ich(
-            args.model,
-            args.dicom_dir,
-            args.labels,
-            args.out,
-            device=args.device,
-            n_bootstrap=args.bootstrap,
-            seed=args.seed,
-            tta=args.tta,
-        )
-    except DataError as exc:
-        return data_error(exc)
-    print(format_report(report))
-    print(f"saved {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'roc.png'}")
-    return EXIT_OK
+    return cli.run_evaluation(
+        evaluate_ich,
+        format_report,
+        args,
+        args.dicom_dir,
+        args.labels,
+        errors=(DataError,),
+        saves=("metrics.json", "roc.png"),
+        tta=args.tta,
+    )
 
 
-def add_commands(groups: CommandGroups) -> None:
+def add_commands(groups: cli.CommandGroups) -> None:
     """``synth ich``, ``train ich``, ``evaluate ich``."""
     from pipelines.common.options import add_recipe_arguments
     from pipelines.ich.train import IchRecipe
@@ -109,24 +91,17 @@ def add_commands(groups: CommandGroups) -> None:
         "--dicom-dir", required=True, help="folder of DICOM slices (searched recursively)"
     )
     p.add_argument("--labels", required=True, help="RSNA labels CSV")
-    p.add_argument("--out", required=True, help="model folder to write, e.g. models/ich-site")
-    p.add_argument("--name", help="card name (default: the folder name)")
     add_recipe_arguments(p, IchRecipe, skip={"size"}, flatten=_FLAT, help=_HELP)
     p.add_argument("--size", type=int, help="input pixels (default 224; 380 for EfficientNet-B3)")
-    p.add_argument("--device", help="cuda, cuda:1 or cpu (default: CUDA when present)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader processes reading slices")
-    p.add_argument("--synthetic", action="store_true", help="the data are generated phantoms")
+    cli.add_model_output_arguments(p, example="ich-site", reads="slices")
     p.set_defaults(func=cmd_train_ich)
 
     p = groups.evaluate.add_parser(
         "ich", help="per-label precision/recall/F1/AUC and weighted log loss"
     )
-    p.add_argument("--model", required=True, help="model folder (with card.yaml) or the card")
     p.add_argument("--dicom-dir", required=True)
     p.add_argument("--labels", required=True, help="RSNA labels CSV")
-    p.add_argument("--out", default="ich-evaluation", help="folder for metrics.json and roc.png")
-    p.add_argument("--device")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    cli.add_evaluation_arguments(p, out="ich-evaluation", saves="metrics.json and roc.png")
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
@@ -134,5 +109,4 @@ def add_commands(groups: CommandGroups) -> None:
         help="score with the card's test-time augmentation, as the node does (--no-tta: "
         "the identity view only, to measure what TTA adds)",
     )
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate_ich)

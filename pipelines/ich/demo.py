@@ -12,10 +12,10 @@ and provenance, that the model is synthetic and NOT FOR CLINICAL USE.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.common.demobuild import Say, build_demo_model, demo_description
+from pipelines.common.demobuild import DemoSpec, Phantoms, Say, demo_description
 from pipelines.ich.synth import write_rsna_dataset
 from pipelines.ich.train import IchRecipe, train_ich
 
@@ -30,6 +30,25 @@ class IchDemoData:
     slices: int = 20
     phantom_size: int = 256
     positive_fraction: float = 0.75
+
+    def write(self, folder: Path, seed: int, say: Say | None = None) -> Phantoms:
+        """Write the phantoms of a build with ``seed`` into ``folder`` (bit for bit the same)."""
+        if say:
+            say(f"[{DEMO_NAME}] writing {self.patients} synthetic head CT series (seed {seed})")
+        labels_csv, _ = write_rsna_dataset(
+            folder,
+            patients=self.patients,
+            seed=seed,
+            n_slices=self.slices,
+            size=self.phantom_size,
+            positive_fraction=self.positive_fraction,
+        )
+        return Phantoms(
+            (folder / "dicom", labels_csv),
+            f"{self.patients} synthetic head CT series ({self.slices} axial slices of "
+            f"{self.phantom_size}x{self.phantom_size}, {self.positive_fraction:.0%} with one or "
+            "two hemorrhage subtypes drawn where they occur), RSNA format, split by patient",
+        )
 
 
 #: The demo's training recipe: the seed's, scaled to a CPU build (see the module docstring).
@@ -52,56 +71,15 @@ DEMO_RECIPE = IchRecipe(
 )
 
 
-def build_ich_demo(
-    models_dir: Path,
-    *,
-    seed: int = 0,
-    force: bool = False,
-    progress: bool = True,
-    data: IchDemoData | None = None,
-    recipe: IchRecipe | None = None,
-) -> Path:
-    """Generate phantoms, train and evaluate the demo, write ``<models_dir>/ich-demo/card.yaml``.
-
-    An existing card that verifies is reused unless ``force``.
-
-    Raises
-    ------
-    CardError
-        If a card exists but does not verify and ``force`` is False.
-    """
-    data = data or IchDemoData()
-    recipe = replace(recipe or DEMO_RECIPE, seed=seed)
-
-    def build(folder: Path, phantoms: Path, say: Say) -> Path:
-        say(f"[ich-demo] writing {data.patients} synthetic head CT series (seed {seed})")
-        labels_csv, _ = write_rsna_dataset(
-            phantoms,
-            patients=data.patients,
-            seed=seed,
-            n_slices=data.slices,
-            size=data.phantom_size,
-            positive_fraction=data.positive_fraction,
-        )
-        return train_ich(
-            phantoms / "dicom",
-            labels_csv,
-            folder,
-            recipe,
-            name=DEMO_NAME,
-            progress=progress,
-            synthetic=True,
-            description=demo_description(
-                "Demo intracranial hemorrhage model (seed 002 architecture, ResNet-18 backbone) "
-                "for head CT.",
-                "synthetic head-CT phantoms",
-            ),
-            data_note=(
-                f"{data.patients} synthetic head CT series ({data.slices} axial slices of "
-                f"{data.phantom_size}x{data.phantom_size}, {data.positive_fraction:.0%} with one "
-                "or two hemorrhage subtypes drawn where they occur), RSNA format, split by patient"
-            ),
-            say=say,
-        )
-
-    return build_demo_model(models_dir, DEMO_NAME, build, force=force, progress=progress)
+#: The demo, declared once (``STUDY``'s ``demo:ICH_DEMO``).
+ICH_DEMO = DemoSpec(
+    DEMO_NAME,
+    IchDemoData(),
+    DEMO_RECIPE,
+    train_ich,
+    demo_description(
+        "Demo intracranial hemorrhage model (seed 002 architecture, ResNet-18 backbone) "
+        "for head CT.",
+        "synthetic head-CT phantoms",
+    ),
+)

@@ -72,26 +72,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from pipelines.common.phantoms import (
+    CT_IMAGE_STORAGE,
+    CT_RESCALE_INTERCEPT,
+    CtSeriesHeader,
     PhantomHeader,
-    phantom_dataset,
-    phantom_uid,
-    set_image_pixels,
     smooth_noise,
     soft_ellipse,
+    write_ct_series,
 )
 from pipelines.ich.labels import LABELS, SUBTYPES
 
 logger = logging.getLogger(__name__)
 
-#: CT Image Storage
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 #: Nominal reconstruction field of view: 230 mm whatever the matrix size.
 FIELD_OF_VIEW_MM = 230.0
 #: Stored value = HU - RESCALE_INTERCEPT (unsigned, BitsStored 12).
-RESCALE_INTERCEPT = -1024
+RESCALE_INTERCEPT = CT_RESCALE_INTERCEPT
 #: Largest stored value (BitsStored = 12): 3071 HU.
 MAX_STORED = 4095
 #: Air outside the head.
@@ -608,66 +606,6 @@ def series_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index, 0x1C4]))
 
 
-def _build_slice(
-    stored: np.ndarray,
-    *,
-    uids: dict[str, str],
-    sop_uid: str,
-    slice_index: int,
-    z_mm: float,
-    patient_name: str,
-    patient_id: str,
-    study_id: str,
-    accession: str,
-    when: dt.datetime,
-    spacing: float,
-    thickness: float,
-) -> Dataset:
-    rows, columns = stored.shape
-    ds = phantom_dataset(
-        PhantomHeader(
-            sop_class_uid=CT_IMAGE_STORAGE,
-            modality="CT",
-            study_description="CT HEAD WO CONTRAST",
-            series_number=2,
-            series_description=f"AXIAL {thickness:g}mm",
-            body_part="HEAD",
-            generator="pipelines.ich.synth",
-        ),
-        uids={**uids, "sop": sop_uid},
-        when=when,
-        patient_name=patient_name,
-        patient_id=patient_id,
-        study_id=study_id,
-        accession=accession,
-        instance_number=slice_index + 1,
-    )
-    ds.PatientPosition = "HFS"
-    # frame of reference
-    ds.FrameOfReferenceUID = uids["frame"]
-    ds.PositionReferenceIndicator = ""
-    ds.AcquisitionNumber = 1
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    # image plane
-    ds.PixelSpacing = [spacing, spacing]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    half = round((columns - 1) / 2.0 * spacing, 4)
-    ds.ImagePositionPatient = [-half, -half, z_mm]
-    ds.SliceThickness = round(thickness, 6)
-    ds.SliceLocation = z_mm
-    # image pixel + CT image
-    set_image_pixels(ds, stored)
-    ds.RescaleIntercept = RESCALE_INTERCEPT
-    ds.RescaleSlope = 1
-    ds.RescaleType = "HU"
-    ds.KVP = 120
-    ds.ConvolutionKernel = "PHANTOM"
-    ds.WindowCenter = BRAIN_WINDOW[0]
-    ds.WindowWidth = BRAIN_WINDOW[1]
-    ds.WindowCenterWidthExplanation = "BRAIN"
-    return ds
-
-
 def write_head_ct_series(
     out_dir: Path,
     *,
@@ -709,59 +647,59 @@ def write_head_ct_series(
     list of SynthSlice
         In slice order (most inferior first).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     head = render_head(
         series_rng(seed, index), size=size, n_slices=n_slices, hemorrhages=hemorrhages
     )
     labels = slice_labels(head.masks, size) if head.masks else None
-    stored = (head.hu - RESCALE_INTERCEPT).astype(np.uint16)
-
-    geometry = np.random.default_rng(np.random.SeedSequence([seed, index, 0x2E0]))
-    z_offset = round(float(geometry.uniform(-120.0, -40.0)), 1)
-    order = geometry.permutation(n_slices) if shuffle_files else np.arange(n_slices)
     patient_id = patient_id if patient_id is not None else f"ICH-{seed}-{index}"
-    uids = {
-        "study": study_instance_uid or phantom_uid(seed, index, "ich-study"),
-        "series": phantom_uid(seed, index, "ich-series"),
-        "frame": phantom_uid(seed, index, "ich-frame-of-reference"),
-    }
-    when = dt.datetime(2024, 1, 1, 7, 0, 0) + dt.timedelta(
-        days=index % 365, minutes=(37 * index) % 720
+    header = PhantomHeader(
+        sop_class_uid=CT_IMAGE_STORAGE,
+        modality="CT",
+        study_description="CT HEAD WO CONTRAST",
+        series_number=2,
+        series_description=f"AXIAL {slice_thickness_mm:g}mm",
+        body_part="HEAD",
+        generator="pipelines.ich.synth",
     )
-    spacing = round(FIELD_OF_VIEW_MM / size, 6)  # DS holds at most 16 characters
+    uids, files = write_ct_series(
+        Path(out_dir),
+        (head.hu - RESCALE_INTERCEPT).astype(np.uint16),
+        CtSeriesHeader(
+            header,
+            tag="ich",
+            frame="ich-frame-of-reference",
+            patient_position="HFS",
+            window=BRAIN_WINDOW,
+            window_name="BRAIN",
+            field_of_view_mm=FIELD_OF_VIEW_MM,
+            z_range=(-120.0, -40.0),
+            thickness_mm=slice_thickness_mm,
+            shuffle=shuffle_files,
+        ),
+        seed=seed,
+        index=index,
+        patient_id=patient_id,
+        study_uid=study_instance_uid,
+        study_id=f"ICH{index:05d}",
+        accession=f"ICH{seed % 10000:04d}{index:06d}",
+        when=dt.datetime(2024, 1, 1, 7, 0, 0)
+        + dt.timedelta(days=index % 365, minutes=(37 * index) % 720),
+        file_name="ID_{sop}.dcm",
+    )
     negative = dict.fromkeys(LABELS, 0)
-
-    slices: list[SynthSlice | None] = [None] * n_slices
-    for k in (int(i) for i in order):
-        sop = phantom_uid(seed, index, f"ich-sop-{k}")
-        z_mm = round(z_offset + k * slice_thickness_mm, 3)
-        ds = _build_slice(
-            stored[k],
-            uids=uids,
-            sop_uid=sop,
-            slice_index=k,
-            z_mm=z_mm,
-            patient_name=f"PHANTOM^{patient_id}",
-            patient_id=patient_id,
-            study_id=f"ICH{index:05d}",
-            accession=f"ICH{seed % 10000:04d}{index:06d}",
-            when=when,
-            spacing=spacing,
-            thickness=slice_thickness_mm,
-        )
-        path = out_dir / f"ID_{sop}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        slices[k] = SynthSlice(
-            path=path,
+    slices = [
+        SynthSlice(
+            path=f.path,
             patient_id=patient_id,
             study_instance_uid=uids["study"],
             series_instance_uid=uids["series"],
-            sop_instance_uid=sop,
-            slice_index=k,
-            z_mm=z_mm,
-            labels=dict(labels[k]) if labels else dict(negative),
+            sop_instance_uid=f.sop_instance_uid,
+            slice_index=f.slice_index,
+            z_mm=f.z_mm,
+            labels=dict(labels[f.slice_index]) if labels else dict(negative),
         )
+        for f in files
+    ]
     logger.debug(
         "wrote head CT series %s (%d slices, hemorrhages=%s) to %s",
         uids["series"],
@@ -769,7 +707,7 @@ def write_head_ct_series(
         sorted(set(hemorrhages)),
         out_dir,
     )
-    return [s for s in slices if s is not None]
+    return slices
 
 
 def series_hemorrhages(

@@ -24,7 +24,6 @@ same command again resumes. CUDA is used when present.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,17 +38,15 @@ from pipelines.card import (
     ExplainerSpec,
     LabelPerformance,
     LabelSpec,
-    Provenance,
 )
 from pipelines.common.augment import AugmentSpec, image_augment
 from pipelines.common.metrics import choose_thresholds, multilabel_report, rounded
 from pipelines.common.train import (
-    EpochStats,
     TrainConfig,
+    TrainingRun,
     fit,
     resolve_device,
     save_model,
-    seed_everything,
 )
 from pipelines.ich.data import (
     DataError,
@@ -120,7 +117,7 @@ def _describe(parts: Sequence[Sequence[LabelledSlice]]) -> dict[str, Any]:
     for name, part in zip(("train", "validation", "test"), parts, strict=True):
         y = np.array([s.labels for s in part]).reshape(-1, len(LABELS))
         out[name] = {
-            "groups": len({s.group for s in part}),
+            "patients": len({s.group for s in part}),
             "slices": len(part),
             "positives": {label: int(y[:, i].sum()) for i, label in enumerate(LABELS)},
         }
@@ -166,12 +163,7 @@ def train_ich(
         If the data cannot be read or are too few to split.
     """
     recipe = recipe or IchRecipe()
-    say = say or logger.info
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    work = out / "train"
-    t0 = time.perf_counter()
-    seed_everything(recipe.seed)
+    run = TrainingRun.start("ich", out_dir, say=say, seed=recipe.seed)
 
     labels = read_labels(labels_csv)
     slices = index_folder(dicom_dir, labels)
@@ -183,16 +175,11 @@ def train_ich(
             "validation; at least 3 are needed (more for meaningful metrics)"
         )
     split_info = _describe(parts)
-    say(
-        "[ich] "
-        + ", ".join(
-            f"{k}: {v['groups']} patients / {v['slices']} slices" for k, v in split_info.items()
-        )
-    )
+    run.log_splits(split_info, "slices")
 
     mean, std = channel_statistics(train_part, recipe.size, seed=recipe.seed)
     spec = input_spec(recipe.size, mean, std)
-    say(f"[ich] normalisation mean {mean} std {std}")
+    run.log(f"normalisation mean {mean} std {std}")
     datasets = {
         name_: SliceDataset(part, spec, cache=recipe.cache)
         for name_, part in (("train", train_part), ("val", val_part), ("test", test_part))
@@ -221,13 +208,7 @@ def train_ich(
     def scheduler(opt: torch.optim.Optimizer) -> Any:
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
 
-    def report(stats: EpochStats) -> None:
-        say(
-            f"[ich] epoch {stats.epoch}/{recipe.epochs}: train loss {stats.train_loss:.4f}, "
-            f"val loss {stats.val_loss:.4f} ({stats.seconds:.0f}s)"
-        )
-
-    say(f"[ich] training {recipe.backbone} at {recipe.size} px on {len(train_part)} slices")
+    run.log(f"training {recipe.backbone} at {recipe.size} px on {len(train_part)} slices")
     t_train = time.perf_counter()
     result = fit(
         model,
@@ -238,8 +219,8 @@ def train_ich(
         optimizer_factory=optimizer,
         scheduler_factory=scheduler,
         augment=image_augment(recipe.augment, mean, std),
-        out_dir=work,
-        on_epoch_end=report,
+        out_dir=run.work,
+        on_epoch_end=run.epoch_reporter(recipe.epochs),
     )
     train_seconds = time.perf_counter() - t_train
 
@@ -296,8 +277,8 @@ def train_ich(
         performance += study_performance(metrics[split_name]["study"], split_name)
     if "held_out_test" in metrics:
         test = metrics["held_out_test"]
-        say(
-            "[ich] held-out test: weighted log loss "
+        run.log(
+            "held-out test: weighted log loss "
             f"{test['weighted_log_loss']['value']:.4f}; AUC "
             + ", ".join(
                 f"{label} {test['per_label'][label]['roc_auc']['value']:.3f}" for label in LABELS
@@ -309,8 +290,8 @@ def train_ich(
     ).model_dump(mode="json")
     card_path = save_model(
         model,
-        out,
-        name=name or out.name,
+        run.out,
+        name=name or run.out.name,
         pipeline="ich",
         version="0.1.0",
         description=description
@@ -326,14 +307,12 @@ def train_ich(
             target_layer=recipe.target_layer or default_target_layer(recipe.backbone),
             top_k=recipe.heatmap_top_k,
         ),
-        provenance=Provenance(
+        provenance=run.provenance(
             synthetic=synthetic,
-            clinical_use=False,
             data=data_note
             or f"RSNA-format data from {Path(dicom_dir).name} with labels {Path(labels_csv).name}",
             generator="pipelines.ich.synth.write_rsna_dataset" if synthetic else None,
             seed=recipe.seed,
-            trained_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             recipe={
                 **asdict(recipe),
                 "augment": dataclasses.asdict(recipe.augment),
@@ -348,7 +327,6 @@ def train_ich(
                 "splits": split_info,
                 "best_epoch": result.best_epoch,
                 "device": result.device,
-                "torch": torch.__version__,
                 "train_seconds": round(train_seconds, 1),
                 "history": result.history_rows(),
             },
@@ -357,5 +335,4 @@ def train_ich(
         performance=performance,
         options=options,
     )
-    say(f"[ich] wrote {card_path} in {time.perf_counter() - t0:.0f}s")
-    return card_path
+    return run.finish(card_path)
