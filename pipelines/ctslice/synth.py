@@ -63,7 +63,7 @@ import csv
 import datetime as dt
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -472,23 +472,18 @@ def _draw_inflamed_gallbladder(
     _paint(img, _ellipse(x, y, centre, axes, px, angle), hu["bile"])
 
 
-def _contrast_bolus(
-    agent: tuple[str, int, float], phase: Phase, when: dt.datetime
-) -> Callable[[Dataset], None]:
-    """The Contrast/Bolus module (C.7.6.4) of an enhanced series, as a ``more`` for
-    :func:`write_ct_series`."""
+def _add_contrast_bolus(
+    ds: Dataset, agent: tuple[str, int, float], phase: Phase, when: dt.datetime
+) -> None:
+    """The Contrast/Bolus module (C.7.6.4) of an enhanced series' slice."""
     name, concentration, volume = agent
     start = when - dt.timedelta(seconds=70 if phase == "portal_venous" else 30)
-
-    def add(ds: Dataset) -> None:
-        ds.ContrastBolusAgent = name
-        ds.ContrastBolusRoute = "IV"
-        ds.ContrastBolusVolume = volume
-        ds.ContrastBolusStartTime = start.strftime("%H%M%S")
-        ds.ContrastBolusIngredient = "IODINE"
-        ds.ContrastBolusIngredientConcentration = concentration
-
-    return add
+    ds.ContrastBolusAgent = name
+    ds.ContrastBolusRoute = "IV"
+    ds.ContrastBolusVolume = volume
+    ds.ContrastBolusStartTime = start.strftime("%H%M%S")
+    ds.ContrastBolusIngredient = "IODINE"
+    ds.ContrastBolusIngredientConcentration = concentration
 
 
 def write_abdomen_series(
@@ -569,12 +564,11 @@ def write_abdomen_series(
         body_part="ABDOMEN",
         generator="pipelines.ctslice.synth",
     )
-    bolus = _contrast_bolus(agent, phase, when) if agent is not None else None
 
     def more(ds: Dataset) -> None:
         ds.ProtocolName = description[1]
-        if bolus is not None:
-            bolus(ds)
+        if agent is not None:
+            _add_contrast_bolus(ds, agent, phase, when)
 
     uids, files = write_ct_series(
         Path(out_dir),

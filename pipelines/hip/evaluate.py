@@ -57,6 +57,7 @@ from pipelines.hip.model import PIPELINE, HipOptions
 from pipelines.hip.pipeline import (
     HipOsteoporosis,
     NeckSearch,
+    Prepared,
     classify_crops,
     find_necks,
     neck_boxes,
@@ -112,28 +113,33 @@ def localiser_score(
     return float(np.mean(values)) if values else 0.0
 
 
+def _prepared(item: HipItem, options: HipOptions) -> Prepared:
+    """``item`` read and prepared for the localiser, as the node prepares it."""
+    try:
+        return prepare_radiograph(item.path, options.localiser)
+    except RadiographError as exc:
+        raise HipDataError(f"an image cannot be used: {exc}") from None
+
+
 def node_refusals(items: Sequence[HipItem], options: HipOptions) -> dict[str, str]:
     """The images the node refuses before its models run, by SOP Instance UID, with the reason.
 
     Seed 003 excluded radiographs with metal implants and of poor quality
     (:mod:`pipelines.hip.quality`); the node refuses them with the card's
-    ``options.exclusions``. Training and evaluation leave them out the same
-    way, so that the card's metrics are measured on what the node analyses.
+    ``options.exclusions``. Training leaves them out before it splits, and
+    :func:`run_node` (evaluation) as it reads, so that the card's metrics are
+    measured on what the node analyses.
 
     Raises
     ------
     HipDataError
         If an image cannot be read.
     """
-    refused: dict[str, str] = {}
     if not options.exclusions.enabled:
-        return refused
+        return {}
+    refused: dict[str, str] = {}
     for item in items:
-        try:
-            prepared = prepare_radiograph(item.path, options.localiser)
-        except RadiographError as exc:
-            raise HipDataError(f"an image cannot be used: {exc}") from None
-        reason = exclusion_reason(prepared.image, options.exclusions)
+        reason = exclusion_reason(_prepared(item, options).image, options.exclusions)
         if reason is not None:
             refused[item.sop_instance_uid] = reason
     return refused
@@ -152,28 +158,35 @@ def run_node(
     options: HipOptions,
     spec: InputSpec,
     device: torch.device | str,
-) -> list[tuple[NeckSearch, np.ndarray]]:
-    """The node's necks and probabilities on every item (localiser, crops, classifier).
+) -> tuple[dict[str, str], list[tuple[HipItem, NeckSearch, np.ndarray]]]:
+    """What the node does with every item: the ones it refuses (the study's exclusions, by
+    SOP Instance UID, with the reason), and for the others, in order, the necks it finds and
+    their probabilities (localiser, crops, classifier). Each image is read once.
 
     Raises
     ------
     HipDataError
         If an image cannot be read.
     """
-    out: list[tuple[NeckSearch, np.ndarray]] = []
+    refused: dict[str, str] = {}
+    out: list[tuple[HipItem, NeckSearch, np.ndarray]] = []
     batch = options.batch_size
     for start in range(0, len(items), batch):
-        chunk = items[start : start + batch]
-        try:
-            prepared = [prepare_radiograph(item.path, options.localiser) for item in chunk]
-        except RadiographError as exc:
-            raise HipDataError(f"an evaluation image cannot be used: {exc}") from None
-        for search in find_necks(localiser, prepared, device, options):
+        kept: list[tuple[HipItem, Prepared]] = []
+        for item in items[start : start + batch]:
+            prepared = _prepared(item, options)
+            reason = exclusion_reason(prepared.image, options.exclusions)
+            if reason is None:
+                kept.append((item, prepared))
+            else:
+                refused[item.sop_instance_uid] = reason
+        searches = find_necks(localiser, [p for _, p in kept], device, options) if kept else []
+        for (item, _), search in zip(kept, searches, strict=True):
             probs = classify_crops(
                 classifier, [n.crop for n in search.necks], spec, device, batch_size=batch
             )
-            out.append((search, probs))
-    return out
+            out.append((item, search, probs))
+    return refused, out
 
 
 def classification_summary(
@@ -194,16 +207,14 @@ def classification_summary(
     }
 
 
-def _coco(
-    items: Sequence[HipItem], runs: Sequence[tuple[NeckSearch, np.ndarray]]
-) -> tuple[dict, list]:
+def _coco(runs: Sequence[tuple[HipItem, NeckSearch, np.ndarray]]) -> tuple[dict, list]:
     gt: dict[str, Any] = {
         "images": [],
         "annotations": [],
         "categories": [{"id": 1, "name": NECK_CLASS}],
     }
     detections: list[dict[str, Any]] = []
-    for image_id, (item, (search, _)) in enumerate(zip(items, runs, strict=True), start=1):
+    for image_id, (item, search, _) in enumerate(runs, start=1):
         gt["images"].append({"id": image_id})
         for x0, y0, x1, y1 in item.necks.values():
             gt["annotations"].append(
@@ -242,7 +253,7 @@ def evaluate_items(
 ) -> dict[str, Any]:
     """Both views of the module docstring on ``items`` (plain types, for a card or JSON).
 
-    Images the node refuses (:func:`node_refusals`) are left out of both views
+    Images the node refuses (:func:`run_node`) are left out of both views
     and counted in ``excluded``.
 
     Raises
@@ -250,8 +261,8 @@ def evaluate_items(
     HipDataError
         If an image cannot be read, or the node refuses every one.
     """
-    refused = node_refusals(items, options)
-    items = [item for item in items if item.sop_instance_uid not in refused]
+    refused, runs = run_node(localiser, classifier, items, options, spec, device)
+    items = [item for item, _, _ in runs]
     if not items:
         raise HipDataError(
             f"the node refuses all {len(refused)} image(s) (the study's exclusions): "
@@ -275,9 +286,8 @@ def evaluate_items(
         ),
     }
 
-    runs = run_node(localiser, classifier, items, options, spec, device)
     found_iou, found_y, found_p, extra = [], [], [], 0
-    for item, (search, node_probs) in zip(items, runs, strict=True):
+    for item, search, node_probs in runs:
         kept = {neck.side: (neck, p) for neck, p in zip(search.necks, node_probs, strict=True)}
         for side, truth in item.necks.items():
             overlap = iou(kept[side][0].box, truth) if side in kept else 0.0
@@ -299,7 +309,7 @@ def evaluate_items(
         n=n_bootstrap,
         seed=seed,
     )
-    gt, detections = _coco(items, runs)
+    gt, detections = _coco(runs)
     ap = per_class_ap50(gt, detections, n_bootstrap=n_bootstrap, seed=seed)[NECK_CLASS]
     report["localiser"] = {
         "necks": int(ious.size),
@@ -307,7 +317,7 @@ def evaluate_items(
         "recall_iou50": {"value": recall, "ci_low": lo, "ci_high": hi},
         "mean_iou": float(ious.mean()) if ious.size else float("nan"),
         "wrong_boxes": int(extra),
-        "images_without_neck": sum(1 for search, _ in runs if not search.necks),
+        "images_without_neck": sum(1 for _, search, _ in runs if not search.necks),
         "ap50": {"value": ap.ap50, "ci_low": ap.ci_low, "ci_high": ap.ci_high},
         "score_threshold": options.localiser.score_threshold,
     }
