@@ -427,6 +427,40 @@ def test_evaluation_leaves_out_what_the_node_refuses_and_says_so(
     assert saved["excluded"]["images"] == len(implants)
 
 
+def test_training_leaves_out_what_the_node_refuses_before_it_splits(tmp_path: Path) -> None:
+    """The card is trained and measured on what the node analyses: images it refuses (here
+    prostheses) are left out of every split, and the card's recipe counts them."""
+    from pipelines.hip.train import HipRecipe, LocaliserRecipe, train_hip
+
+    data = write_hip_dataset(
+        tmp_path / "data", patients=8, seed=HELD_OUT_SEED + 4, size=320, implant_fraction=0.5
+    )
+    labels = tmp_path / "labels.csv"
+    write_labels(pair_dexa(data.dicom_dir, data.dexa_csv), labels)
+    labelled = [image for image in data.images if image.sop_instance_uid in read_labels(labels)]
+    implants = [image for image in labelled if image.implant is not None]
+    assert implants and len(implants) < len(labelled)
+    recipe = HipRecipe(
+        size=32,
+        epochs=1,
+        batch_size=8,
+        test_fraction=0.0,
+        localiser=LocaliserRecipe(size=96, max_size=128, epochs=1),
+        bootstrap_resamples=20,
+    )
+    said: list[str] = []
+    card = load_card(
+        train_hip(data.dicom_dir, data.voc_dir, labels, tmp_path / "model", recipe, say=said.append)
+    )
+    recipe_record = card.provenance.recipe
+    assert recipe_record["excluded"] == {
+        "images": len(implants),
+        "reasons": {"metal implant suspected": len(implants)},
+    }
+    assert recipe_record["splits"]["pool"]["images"] == len(labelled) - len(implants)
+    assert any(f"left out {len(implants)} image(s) the node refuses" in line for line in said)
+
+
 def _cli(*args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "dicom_node.cli", *args], capture_output=True, text=True, timeout=600
