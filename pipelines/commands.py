@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
+import re
 import sys
-from collections.abc import Callable, Iterable
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipelines.study import studies
 
@@ -60,6 +63,113 @@ def model_ready(card: object) -> int:
     """The closing line of every ``train`` command."""
     print(f"model ready: {card} (route series to it with a pipelines: entry naming this card)")
     return EXIT_OK
+
+
+#: A numpydoc parameter line: ``name : type`` (or ``a, b : type``), not indented.
+_PARAMETER = re.compile(r"^([a-z_][a-z0-9_, ]*?)\s*:\s*\S")
+
+
+def parameter_docs(function: Callable[..., object]) -> dict[str, str]:
+    """The numpydoc ``Parameters`` descriptions of ``function``, one line each, by name."""
+    docs: dict[str, str] = {}
+    in_section, names = False, []
+    for line in (inspect.getdoc(function) or "").splitlines():
+        text = line.strip()
+        if text == "Parameters":
+            in_section = True
+        elif not in_section or not text or set(text) == {"-"}:
+            continue
+        elif not line[0].isspace():
+            match = _PARAMETER.match(line)
+            if match is None:
+                break  # the next section
+            names = [name.strip() for name in match.group(1).split(",")]
+        else:
+            for name in names:
+                docs[name] = f"{docs.get(name, '')} {text}".strip()
+    # help is plain text: ``x`` and :role:`x` read as x
+    return {name: re.sub(r"(?::[a-z]+:)?`+~?([^`]+)`+", r"\1", doc) for name, doc in docs.items()}
+
+
+def add_writer_arguments(
+    parser: argparse.ArgumentParser,
+    writer: Callable[..., object],
+    *,
+    defaults: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
+    skip: Iterable[str] = (),
+) -> None:
+    """``--out`` and one option per keyword-only parameter of a phantom ``writer``.
+
+    A ``synth`` command's options are its writer's parameters: their defaults
+    come from the signature (or ``defaults``, for one the writer requires), their
+    help from its numpydoc ``Parameters``, their choices from a ``Literal``; a
+    ``(int, int)`` takes two values. ``flags`` renames an option (``n_slices`` ->
+    ``--slices``). :func:`writer_options` reads them back.
+    """
+    given, renamed, hints = dict(defaults or {}), dict(flags or {}), typing.get_type_hints(writer)
+    docs = parameter_docs(writer)
+    parser.add_argument("--out", required=True, help=docs.get("out_dir", "output folder"))
+    for name, param in inspect.signature(writer).parameters.items():
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY or name in skip:
+            continue
+        default = given.get(name, param.default)
+        if default is inspect.Parameter.empty:
+            raise ValueError(f"{writer.__name__}() requires {name}: give its command a default")
+        kwargs: dict[str, Any] = {"dest": name, "default": default}
+        hint = hints[name]
+        if typing.get_origin(hint) is Literal:
+            kwargs["choices"] = typing.get_args(hint)
+        elif isinstance(default, tuple):
+            kwargs.update(type=type(default[0]), nargs=len(default), metavar=name.upper())
+        else:
+            kwargs.update(type=type(default), metavar=renamed.get(name, name).upper())
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        text = docs.get(name, name.replace("_", " ")).replace("%", "%%")
+        flag = "--" + renamed.get(name, name).replace("_", "-")
+        parser.add_argument(flag, help=f"{text} (default: {shown})", **kwargs)
+
+
+def writer_options(writer: Callable[..., object], args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``writer`` that :func:`add_writer_arguments` gave options."""
+    names = inspect.signature(writer).parameters
+    return {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in vars(args).items()
+        if name in names and name != "out_dir"
+    }
+
+
+def add_synth_command(
+    groups: CommandGroups,
+    name: str,
+    writer: Callable[..., Any],
+    describe: Callable[[Any, argparse.Namespace], str],
+    *,
+    help: str,  # noqa: A002 - argparse's own word
+    defaults: Mapping[str, Any] | None = None,
+    flags: Mapping[str, str] | None = None,
+    skip: Iterable[str] = (),
+) -> argparse.ArgumentParser:
+    """``synth <name>``: write phantoms with ``writer(out, **options)`` and print
+    ``describe(result, args)``; options as :func:`add_writer_arguments` derives them.
+
+    A ``ValueError`` of the writer (a bad share, a folder holding foreign files) is
+    reported as a data error, not a traceback.
+    """
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            result = writer(Path(args.out), **writer_options(writer, args))
+        except ValueError as exc:
+            return data_error(exc)
+        print(describe(result, args))
+        return EXIT_OK
+
+    parser = groups.synth.add_parser(name, help=help)
+    add_writer_arguments(parser, writer, defaults=defaults, flags=flags, skip=skip)
+    parser.set_defaults(func=run, writer=writer)
+    return parser
 
 
 def add_model_output_arguments(
@@ -104,8 +214,11 @@ def run_training(
     """Call a study's trainer ``train(*inputs, out_dir=, recipe=, name=, device=, synthetic=,
     [workers=,] say=, **extra)`` with the options of :func:`add_model_output_arguments`, and
     close as every ``train`` does: the card's path, or a data error that says what to fix."""
+    from pipelines.common.train import DataSplitError
+
     if "workers" in args:
         extra["workers"] = args.workers
+    refused: tuple[type[Exception], ...] = (*errors, DataSplitError)
     try:
         card = train(
             *inputs,
@@ -117,7 +230,7 @@ def run_training(
             say=print,
             **extra,
         )
-    except errors as exc:
+    except refused as exc:
         return data_error(exc)
     return model_ready(card)
 

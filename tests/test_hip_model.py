@@ -482,7 +482,7 @@ def test_cli_synth_pair_dexa_train_with_folds_and_evaluate(tmp_path: Path) -> No
     data = tmp_path / "data"
     out = _cli(
         "synth", "hip", "--out", str(data), "--patients", "16", "--seed", "5", "--size", "160",
-        "--first-year", "2021", "--last-year", "2022",
+        "--years", "2021", "2022",
     )  # fmt: skip
     assert "synthetic hip radiographs" in out
     out = _cli(

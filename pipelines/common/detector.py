@@ -31,9 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torchvision.models import mobilenet_v3_large, resnet18, resnet50
 from torchvision.models.detection import FasterRCNN
@@ -59,6 +61,36 @@ COCO_CLASSES = 91
 def supported_detectors() -> list[str]:
     """Architecture names :func:`build_detector` accepts."""
     return sorted(ARCHITECTURES)
+
+
+class DetectorSettings(BaseModel):
+    """The detector sizes a card's ``options`` set, shared by every study that detects.
+
+    Defaults are torchvision's; smaller proposal and sample counts are faster on a
+    CPU. A study's options subclass this and add (or re-default) their own;
+    :meth:`detector_sizes` passes these to :func:`build_detector`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: IoU above which a lower-scoring box of the same class is suppressed
+    nms_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    detections_per_image: int = Field(100, ge=1)
+    #: FrozenBatchNorm2d in the backbone (fine-tuned from COCO weights)
+    frozen_batchnorm: bool = False
+    rpn_pre_nms_top_n_train: int = Field(2000, ge=1)
+    rpn_post_nms_top_n_train: int = Field(2000, ge=1)
+    rpn_pre_nms_top_n_test: int = Field(1000, ge=1)
+    rpn_post_nms_top_n_test: int = Field(1000, ge=1)
+    box_batch_size_per_image: int = Field(512, ge=1)
+    #: width of the box head's fully connected layers (None: torchvision's 1024)
+    representation_size: int | None = Field(None, ge=1)
+    #: anchor sizes in input pixels (None: torchvision's 32-512)
+    anchor_sizes: list[int] | None = None
+
+    def detector_sizes(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`build_detector` these settings hold."""
+        return {name: getattr(self, name) for name in DetectorSettings.model_fields}
 
 
 def build_detector(

@@ -789,3 +789,19 @@ def label_performance(
             "metrics": metrics,
         }
     )
+
+
+def labels_performance(
+    report: Mapping[str, Any],
+    *,
+    unit: str,
+    split: str,
+    names: Sequence[str] = ("sensitivity", "specificity", "ppv", "roc_auc"),
+) -> list[Any]:
+    """:func:`label_performance` of every label of a report with ``n`` and ``per_label``
+    (or ``per_class``) entries: a card's headline entries for one split and unit."""
+    per_label = report["per_label"] if "per_label" in report else report["per_class"]
+    return [
+        label_performance(entry, label=name, unit=unit, split=split, n=report["n"], names=names)
+        for name, entry in per_label.items()
+    ]

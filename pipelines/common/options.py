@@ -54,23 +54,26 @@ def field_docs(cls: type) -> dict[str, str]:
 
     They are the recipe's documentation, written once; the options show them
     as their help. A comment over several lines is joined; a field without
-    one is absent.
+    one is absent. Base classes' comments count, a subclass's win.
     """
-    try:
-        lines = inspect.getsource(cls).splitlines()
-    except (OSError, TypeError):
-        return {}
     docs: dict[str, str] = {}
-    pending: list[str] = []
-    for line in lines:
-        text = line.strip()
-        if text.startswith("#:"):
-            pending.append(text[2:].strip())
+    for klass in reversed(cls.__mro__):  # a base's field documented once serves every study
+        if klass is object or not dataclasses.is_dataclass(klass):
             continue
-        match = _FIELD.match(line)
-        if match and pending:
-            docs[match.group(1)] = " ".join(pending)
-        pending = []
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        pending: list[str] = []
+        for line in lines:
+            text = line.strip()
+            if text.startswith("#:"):
+                pending.append(text[2:].strip())
+                continue
+            match = _FIELD.match(line)
+            if match and pending:
+                docs[match.group(1)] = " ".join(pending)
+            pending = []
     return docs
 
 
@@ -100,7 +103,8 @@ def _walk(
     hints = typing.get_type_hints(recipe)
     docs = field_docs(recipe)
     out = []
-    for field in dataclasses.fields(recipe):
+    # a study's own fields first, then the keyword-only ones every recipe shares
+    for field in sorted(dataclasses.fields(recipe), key=lambda f: bool(f.kw_only)):
         path, dest = f"{where}{field.name}", f"{prefix}{field.name}"
         default = _default(field, instance)
         if path in skip or field.name in skip or default is dataclasses.MISSING:
@@ -162,7 +166,8 @@ def add_recipe_arguments(
         default = own.get(dest, default)
         flag = "--" + dest.replace("_", "-")
         name = path.rsplit(".", 1)[-1]
-        text = texts.get(dest, texts.get(name, doc))
+        # argparse formats help with %: a documented "95 %" must reach it as "95 %%"
+        text = texts.get(dest, texts.get(name, doc)).replace("%", "%%")
         kwargs: dict[str, Any] = {"dest": dest, "default": default}
         element = _optional_of(hint)
         if isinstance(default, bool):

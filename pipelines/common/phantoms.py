@@ -576,6 +576,27 @@ class CtSliceFile:
     z_mm: float
 
 
+def refuse_foreign_files(folder: Path, expected: set[Path]) -> None:
+    """Stop before writing into a folder that holds files this dataset would not write.
+
+    Left there, they would become part of the data set: its readers take the
+    whole folder (``masks_to_coco``, the VOC and DICOM indexers).
+
+    Raises
+    ------
+    ValueError
+        Naming the folder, how many files are foreign and one of them.
+    """
+    if not folder.is_dir():
+        return
+    foreign = sorted(p for p in folder.rglob("*") if p.is_file() and p not in expected)
+    if foreign:
+        raise ValueError(
+            f"{folder} holds {len(foreign)} file(s) this dataset does not write, e.g. "
+            f"{foreign[0].relative_to(folder)}; write into an empty folder or remove them"
+        )
+
+
 def write_ct_series(
     out_dir: Path,
     stored: np.ndarray,
@@ -609,7 +630,7 @@ def write_ct_series(
     geometry = np.random.default_rng(np.random.SeedSequence([seed, index, 0x2E0]))
     z_offset = round(float(geometry.uniform(*series.z_range)), 1)
     order = geometry.permutation(n_slices) if series.shuffle else np.arange(n_slices)
-    spacing = round(series.field_of_view_mm / stored.shape[2], 6)  # DS: 16 characters at most
+    spacing = round(series.field_of_view_mm / columns, 6)  # DS: 16 characters at most
     half = round((columns - 1) / 2.0 * spacing, 4)
     written: list[CtSliceFile | None] = [None] * n_slices
     for k in (int(i) for i in order):

@@ -23,13 +23,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from pipelines.card import Provenance
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,10 @@ TrainStep = Callable[[nn.Module, Any, Any], torch.Tensor]
 #: ``validate(model, val_set, device) -> (val_loss or None, selection metric)``, for
 #: models whose validation is not a loss over concatenated logits (e.g. detection mAP)
 Validate = Callable[[nn.Module, Dataset, torch.device], tuple[float | None, float]]
+
+
+class DataSplitError(ValueError):
+    """The data are too few to split into the parts a trainer needs."""
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -114,6 +121,8 @@ class TrainResult:
     #: epoch the run resumed after (0 for a fresh run)
     resumed_from: int = 0
     device: str = "cpu"
+    #: wall time of the run, seconds (set by :meth:`TrainingRun.fit`)
+    seconds: float = 0.0
 
     def history_rows(self) -> list[dict[str, Any]]:
         """Per-epoch losses, rounded, for a model card's provenance."""
@@ -591,11 +600,38 @@ def save_model(model: nn.Module, out_dir: Path, **card_fields: Any) -> Path:
     return card_path
 
 
+class TrainOptions(TypedDict, total=False):
+    """How a study's ``train_*`` runs and labels its card, beside its data and recipe.
+
+    Every trainer takes these as keyword arguments and hands them to
+    :meth:`TrainingRun.start`; they change where and how loudly it trains,
+    never the weights.
+    """
+
+    #: card name; default the model folder's name
+    name: str | None
+    #: "cuda", "cpu", ... or None: CUDA when available, else CPU
+    device: str | None
+    #: show a tqdm bar with the running loss
+    progress: bool
+    #: the data are generated phantoms: the card says so and is never marked for clinical use
+    synthetic: bool
+    #: the card's description; "" = the study's own
+    description: str
+    #: the card's provenance note on the data; "" = one naming the input files
+    data_note: str
+    #: DataLoader processes reading and preparing inputs (0: in the training process)
+    workers: int
+    #: where progress lines go (default: this module's logger)
+    say: Callable[[str], None] | None
+
+
 @dataclass
 class TrainingRun:
     """The bookkeeping every study's ``train_*`` shares, so that a trainer reads as its
     protocol: the model folder (``train/`` below it for checkpoints), progress lines tagged
-    with the study, the clock, and the provenance fields every card records.
+    with the study, the :class:`TrainOptions`, the clock, and the card fields every trainer
+    writes the same way.
 
     Start one with :meth:`start`, which also seeds every generator (before any data are
     read, as each trainer always did, so weights stay the same).
@@ -603,7 +639,14 @@ class TrainingRun:
 
     tag: str
     out: Path
-    say: Callable[[str], None]
+    say: Callable[[str], None] | None = None
+    name: str | None = None
+    device: str | None = None
+    progress: bool = True
+    synthetic: bool = False
+    description: str = ""
+    data_note: str = ""
+    workers: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -612,14 +655,14 @@ class TrainingRun:
         tag: str,
         out_dir: str | Path,
         *,
-        say: Callable[[str], None] | None,
         seed: int | None,
+        **options: Unpack[TrainOptions],
     ) -> TrainingRun:
         """Create the model folder and, unless ``seed`` is None (a trainer that seeds each of
         its runs itself), seed torch, numpy and random."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        run = cls(tag, out, say or logger.info)
+        run = cls(tag, out, **options)
         if seed is not None:
             seed_everything(seed)
         return run
@@ -629,9 +672,14 @@ class TrainingRun:
         """``<out>/train``: checkpoints and per-run tables, removed when the card is written."""
         return self.out / "train"
 
+    @property
+    def torch_device(self) -> torch.device:
+        """The device the run trains and predicts on."""
+        return resolve_device(self.device)
+
     def log(self, text: str) -> None:
         """One progress line, ``[tag] text``."""
-        self.say(f"[{self.tag}] {text}")
+        (self.say or logger.info)(f"[{self.tag}] {text}")
 
     def log_splits(self, splits: dict[str, dict[str, Any]], items: str) -> None:
         """``train: 42 patients / 840 slices, ...`` from ``{split: {patients, <items>}}``."""
@@ -640,6 +688,20 @@ class TrainingRun:
                 f"{k}: {v['patients']} patients / {v[items]} {items}" for k, v in splits.items()
             )
         )
+
+    def require_patients(self, parts: Sequence[Sequence[Any]], patients: int) -> None:
+        """Refuse a split without train or validation items, naming the ``patients`` it had.
+
+        Raises
+        ------
+        DataSplitError
+            A :class:`ValueError` the commands print as a data error.
+        """
+        if not parts[0] or not parts[1]:
+            raise DataSplitError(
+                f"{patients} patient(s) cannot be split into train and validation; at least 3 "
+                "are needed (more for meaningful metrics)"
+            )
 
     def epoch_reporter(
         self, epochs: int, *, what: str = "", metric: str = "val loss"
@@ -658,30 +720,87 @@ class TrainingRun:
 
         return report
 
+    def fit(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        val_set: Dataset | None,
+        *,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        folder: str = "",
+        what: str = "",
+        metric: str = "val loss",
+        **hooks: Any,
+    ) -> TrainResult:
+        """:func:`fit` on this run's device, progress and workers, checkpointing under
+        ``work/folder`` and reporting each epoch (an empty ``val_set`` counts as none).
+
+        ``hooks`` are :func:`fit`'s pluggable keyword arguments (``loss_fn``,
+        ``optimizer_factory``, ``augment``...). The result's ``seconds`` is the
+        call's wall time.
+        """
+        t0 = time.perf_counter()
+        config = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            device=self.device,
+            progress=self.progress,
+            num_workers=self.workers,
+        )
+        result = fit(
+            model,
+            train_set,
+            val_set if val_set is not None and len(val_set) else None,  # type: ignore[arg-type]
+            config,
+            out_dir=self.work / folder if folder else self.work,
+            on_epoch_end=self.epoch_reporter(epochs, what=what, metric=metric),
+            **hooks,
+        )
+        result.seconds = time.perf_counter() - t0
+        return result
+
     def provenance(
         self,
         *,
-        synthetic: bool,
         data: str,
         seed: int,
         recipe: dict[str, Any],
         generator: str | None = None,
-    ) -> Any:
+    ) -> Provenance:
         """The card's :class:`pipelines.card.Provenance`: never for clinical use from a trainer
-        (a hospital validates and sets that), trained now, with this torch and ``recipe``."""
+        (a hospital validates and sets that), trained now, with this torch and ``recipe``.
+
+        ``data`` describes the input unless the run has a ``data_note``; ``generator``
+        (the phantom writer) is recorded for synthetic data only.
+        """
         import datetime as dt
 
         from pipelines.card import Provenance
 
         return Provenance(
-            synthetic=synthetic,
+            synthetic=self.synthetic,
             clinical_use=False,
-            data=data,
-            generator=generator,
+            data=self.data_note or data,
+            generator=generator if self.synthetic else None,
             seed=seed,
             trained_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
             recipe={**recipe, "torch": torch.__version__},
         )
+
+    def save(self, model: nn.Module, *, description: str, **card_fields: Any) -> Path:
+        """:func:`save_model` into the model folder under the run's card name, with the run's
+        description or else ``description`` (the study's); log it and return the card path."""
+        card_path = save_model(
+            model,
+            self.out,
+            name=self.name or self.out.name,
+            description=self.description or description,
+            **card_fields,
+        )
+        return self.finish(card_path)
 
     def finish(self, card_path: Path) -> Path:
         """Log the card and the run's wall time; return ``card_path``."""

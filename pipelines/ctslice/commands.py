@@ -4,35 +4,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pipelines import commands as cli
 
 PIPELINE = "ct-slice-classifier"
 
 
-def cmd_synth_ct_abdomen(args: argparse.Namespace) -> int:
-    from pipelines.ctslice.synth import write_abdomen_dataset
-
-    try:
-        csv_path, slices = write_abdomen_dataset(
-            Path(args.out),
-            patients=args.patients,
-            seed=args.seed,
-            contrast=args.contrast,
-            n_slices=args.slices,
-            size=args.size,
-            positive_fraction=args.positive_fraction,
-        )
-    except ValueError as exc:
-        return cli.data_error(exc)
+def _describe_abdomen(written: tuple[Path, list[Any]], args: argparse.Namespace) -> str:
+    csv_path, slices = written
     positives = sum(s.label != "normal" for s in slices)
     series = len({s.series_instance_uid for s in slices})
-    print(
+    return (
         f"wrote {len(slices)} synthetic abdominal CT slices in {series} series of "
         f"{args.patients} patients ({positives} slices with cholecystitis) to "
         f"{Path(args.out) / 'dicom'} and the slice list to {csv_path}"
     )
-    return cli.EXIT_OK
 
 
 def _read_slices(args: argparse.Namespace) -> list:
@@ -111,25 +98,18 @@ def _data_arguments(p: argparse.ArgumentParser) -> None:
 def add_commands(groups: cli.CommandGroups) -> None:
     """``synth ct-abdomen``, ``train ct-slice-classifier``, ``evaluate ct-slice-classifier``."""
     from pipelines.common.options import add_recipe_arguments
+    from pipelines.ctslice.synth import write_abdomen_dataset
     from pipelines.ctslice.train import SliceRecipe
 
-    p = groups.synth.add_parser(
+    cli.add_synth_command(
+        groups,
         "ct-abdomen",
+        write_abdomen_dataset,
+        _describe_abdomen,
         help="abdominal CT series with/without contrast and cholecystitis (DICOM + slices.csv)",
+        defaults={"patients": 10, "seed": 0},
+        flags={"n_slices": "slices"},
     )
-    p.add_argument("--out", required=True, help="output folder (dicom/, slices.csv)")
-    p.add_argument("--patients", type=int, default=10, help="number of patients")
-    p.add_argument("--slices", type=int, default=16, help="axial slices per series")
-    p.add_argument("--size", type=int, default=256, help="rows = columns of each slice")
-    p.add_argument(
-        "--contrast",
-        choices=["enhanced", "unenhanced", "both"],
-        default="both",
-        help="series per patient: one phase, or both in one study (default)",
-    )
-    p.add_argument("--positive-fraction", type=float, default=0.5, help="share with cholecystitis")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_synth_ct_abdomen)
 
     p = groups.train.add_parser(
         PIPELINE,

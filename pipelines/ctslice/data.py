@@ -30,12 +30,10 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import torch
-from torch.utils.data import Dataset as TorchDataset
 
 from pipelines.card import InputSpec
-from pipelines.common.preprocess import to_model_input
 from pipelines.common.split import grouped_split
-from pipelines.ich.slices import SliceError, read_slice
+from pipelines.ich.slices import CachedSlices
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +229,7 @@ def raw_spec(spec: InputSpec) -> InputSpec:
     )
 
 
-class SliceDataset(TorchDataset):
+class SliceDataset(CachedSlices):
     """``(image, class index)`` items for :func:`pipelines.common.train.fit`.
 
     ``image`` is the normalised (channels, size, size) float32 input, exactly
@@ -242,6 +240,8 @@ class SliceDataset(TorchDataset):
     set must be clean; fix or remove the file).
     """
 
+    data_error = DataError
+
     def __init__(
         self,
         slices: Sequence[LabelledSlice],
@@ -250,11 +250,9 @@ class SliceDataset(TorchDataset):
         *,
         cache: bool = True,
     ) -> None:
-        self.slices = list(slices)
+        super().__init__(slices, raw_spec(spec), cache=cache)
         self.labels = tuple(labels)
         self.spec = spec
-        self._raw = raw_spec(spec)
-        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
         index = {label: i for i, label in enumerate(self.labels)}
         try:
             self._targets = np.array([index[s.label] for s in self.slices], dtype=np.int64)
@@ -264,22 +262,9 @@ class SliceDataset(TorchDataset):
         self._mean = torch.tensor(_per_channel(spec.mean, c)).view(c, 1, 1)
         self._std = torch.tensor(_per_channel(spec.std, c)).view(c, 1, 1)
 
-    def __len__(self) -> int:
-        return len(self.slices)
-
     def windowed(self, index: int) -> torch.Tensor:
         """The slice windowed to [0, 1] at the input size, before normalisation."""
-        if self._cache is not None and index in self._cache:
-            return self._cache[index].float()
-        item = self.slices[index]
-        try:
-            _, image = read_slice(item.path, self._raw)
-        except SliceError as exc:
-            raise DataError(f"{item.path}: {exc}") from exc
-        x = to_model_input([image], self._raw)[0]
-        if self._cache is not None:
-            self._cache[index] = x.half()
-        return x
+        return self.read_input(index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.windowed(index).expand(self.spec.channels, -1, -1)
@@ -288,7 +273,11 @@ class SliceDataset(TorchDataset):
     def with_spec(self, spec: InputSpec) -> SliceDataset:
         """The same slices with another normalisation (the cache is shared when the size is)."""
         other = SliceDataset(self.slices, self.labels, spec, cache=self._cache is not None)
-        if other._cache is not None and self._cache is not None and raw_spec(spec) == self._raw:
+        if (
+            other._cache is not None
+            and self._cache is not None
+            and raw_spec(spec) == self._read_spec
+        ):
             other._cache = self._cache
         return other
 

@@ -67,16 +67,7 @@ import pydicom
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.base import (
-    Finding,
-    Heatmap,
-    ModelInput,
-    Pipeline,
-    PipelineResult,
-    Scored,
-    SeriesInput,
-    SourceImage,
-)
+from pipelines import base
 from pipelines.card import CardError, InputSpec, ModelCard
 from pipelines.card import parse_options as parse_card_options
 from pipelines.common.aggregate import Aggregation, aggregate, key_slices
@@ -149,7 +140,7 @@ def build_model(card: ModelCard) -> torch.nn.Module:
 
 
 #: One slice that was scored: its file, UID and (Rows, Columns).
-ScoredSlice = SourceImage
+ScoredSlice = base.SourceImage
 
 
 @dataclass(frozen=True)
@@ -184,7 +175,7 @@ class _Ref:
 
 
 @register(PIPELINE_NAME)
-class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
+class CtSliceClassifier(base.Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
     """Seed 000's CT slice classifier: slice softmax, series decision, key slices, Grad-CAM."""
 
     reports = "series"
@@ -224,7 +215,9 @@ class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
 
     # -- prepare: each series in anatomical order -------------------------------------
 
-    def units(self, series: Sequence[SeriesInput], skipped: list[tuple[str, str]]) -> list[_Unit]:
+    def units(
+        self, series: Sequence[base.SeriesInput], skipped: list[tuple[str, str]]
+    ) -> list[_Unit]:
         units: list[_Unit] = []
         for s in series:
             uid = s.series_instance_uid
@@ -239,11 +232,13 @@ class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
             units.extend(_Unit(uid, info) for info in ordered.slices)
         return units
 
-    def load(self, unit: _Unit) -> ModelInput[_Ref, torch.Tensor]:
+    def load(self, unit: _Unit) -> base.ModelInput[_Ref, torch.Tensor]:
         sop, image = read_slice(unit.path, self.spec)
         shape = (int(image.shape[-2]), int(image.shape[-1]))
         x = to_model_input([image], self.spec)[0]
-        return ModelInput(_Ref(unit.series_instance_uid, ScoredSlice(unit.path, sop, shape)), x)
+        return base.ModelInput(
+            _Ref(unit.series_instance_uid, ScoredSlice(unit.path, sop, shape)), x
+        )
 
     # -- forward -----------------------------------------------------------------------
 
@@ -255,7 +250,7 @@ class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
 
     # -- interpret: per series ---------------------------------------------------------
 
-    def scored_series(self, scored: Scored[_Ref, np.ndarray]) -> list[ScoredSeries]:
+    def scored_series(self, scored: base.Scored[_Ref, np.ndarray]) -> list[ScoredSeries]:
         """The scored slices of a job grouped by series, in the order the series came."""
         groups: dict[str, tuple[list[ScoredSlice], list[np.ndarray]]] = {}
         for ref, p in zip(scored.refs, scored.outputs, strict=True):
@@ -267,7 +262,9 @@ class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
             for uid, (slices, probs) in groups.items()
         ]
 
-    def score_series(self, series: SeriesInput, skipped: list[tuple[str, str]]) -> ScoredSeries:
+    def score_series(
+        self, series: base.SeriesInput, skipped: list[tuple[str, str]]
+    ) -> ScoredSeries:
         """Order, read and score the slices of one series (no aggregation, no heatmaps).
 
         The evaluation (:mod:`pipelines.ctslice.evaluate`) calls this too, so
@@ -308,14 +305,14 @@ class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
                 wanted,
             )
 
-    def interpret(self, scored: Scored[_Ref, np.ndarray]) -> PipelineResult:
-        result = PipelineResult()
+    def interpret(self, scored: base.Scored[_Ref, np.ndarray]) -> base.PipelineResult:
+        result = base.PipelineResult()
         for series in self.scored_series(scored):
             result.findings.extend(self._findings(series))
             result.heatmaps.extend(self._heatmaps(series, scored.skipped))
         return result
 
-    def _findings(self, scored: ScoredSeries) -> list[Finding]:
+    def _findings(self, scored: ScoredSeries) -> list[base.Finding]:
         series_probs = self.series_probabilities(scored)
         findings = []
         for i in self.reported:
@@ -331,7 +328,7 @@ class CtSliceClassifier(Pipeline[_Unit, _Ref, torch.Tensor, np.ndarray]):
             findings.append(self.finding(label, float(series_probs[i]), sources))
         return findings
 
-    def _heatmaps(self, scored: ScoredSeries, skipped: list[tuple[str, str]]) -> list[Heatmap]:
+    def _heatmaps(self, scored: ScoredSeries, skipped: list[tuple[str, str]]) -> list[base.Heatmap]:
         if self.explain_layer is None:
             return []
         reported = scored.probabilities[:, self.reported]

@@ -656,6 +656,25 @@ def write_abdomen_dataset(
     With ``contrast="both"`` each patient has one study with an unenhanced
     and an enhanced series (a biphasic examination), both with or both
     without cholecystitis. Patient ``i`` is ``(seed, first_index + i)``.
+
+    Parameters
+    ----------
+    out_dir : Path
+        Output folder (dicom/, slices.csv); created if missing.
+    patients : int
+        Number of patients.
+    seed : int
+        Dataset seed.
+    contrast : str
+        Series per patient: one phase, or both in one study.
+    n_slices : int
+        Axial slices per series.
+    size : int
+        Rows = columns of each slice.
+    positive_fraction : float
+        Share of the patients with cholecystitis.
+    first_index : int
+        Index of the first patient (to extend a data set with new patients).
     """
     if contrast not in ("enhanced", "unenhanced", "both"):
         raise ValueError(f"contrast must be enhanced, unenhanced or both, got {contrast!r}")

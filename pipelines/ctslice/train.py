@@ -52,7 +52,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 
 import numpy as np
 import torch
@@ -82,14 +82,13 @@ from pipelines.common.models import (
     default_target_layer,
     supported_architectures,
 )
+from pipelines.common.recipe import SplitRecipe, one_of
 from pipelines.common.train import (
-    TrainConfig,
     TrainingRun,
+    TrainOptions,
     TrainResult,
-    fit,
     predict,
     resolve_device,
-    save_model,
     seed_everything,
 )
 from pipelines.ctslice.data import (
@@ -144,7 +143,7 @@ _LOWER_IS_BETTER = frozenset({"loss", "fpr", "fnr"})
 
 
 @dataclass(frozen=True)
-class SliceRecipe:
+class SliceRecipe(SplitRecipe):
     """Every training choice; all of it is written to the card's provenance."""
 
     architecture: str = "mobilenet_v3_large"
@@ -169,8 +168,6 @@ class SliceRecipe:
     zero_init_residual: bool = True
     #: threshold of every reported label
     threshold: float = 0.5
-    #: train / validation / held-out test shares of the patients
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     #: validation value that picks the chosen setting of a grid
     select: str = "accuracy"
     aggregation: Aggregation = "top_k_mean"
@@ -181,19 +178,12 @@ class SliceRecipe:
     #: Grad-CAM layer; "" = the architecture's last feature block
     target_layer: str = ""
     heatmap_top_k: int = 3
-    #: local torchvision ImageNet weights (never downloaded); "" = from scratch
-    pretrained: str = ""
     #: keep windowed slices in memory (a few hundred MB for the study's 2,456 at 299 px)
     cache: bool = True
-    bootstrap_resamples: int = 1000
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.architecture not in supported_architectures():
-            raise ValueError(
-                f"unsupported architecture {self.architecture!r}; use one of "
-                f"{', '.join(supported_architectures())}"
-            )
+        super().__post_init__()
+        one_of("architecture", self.architecture, supported_architectures())
         smallest = MIN_TRAIN_SIZE.get(self.architecture, 32)
         if self.size < smallest:
             raise ValueError(
@@ -204,18 +194,9 @@ class SliceRecipe:
                     else ""
                 )
             )
-        if self.optimizer not in ("adamw", "adam", "sgd"):
-            raise ValueError(f"optimizer must be adamw, adam or sgd, got {self.optimizer!r}")
-        if self.schedule not in ("onecycle", "cosine", "constant"):
-            raise ValueError(
-                f"schedule must be onecycle, cosine or constant, got {self.schedule!r}"
-            )
-        if self.select not in SELECT_METRICS:
-            raise ValueError(f"select must be one of {', '.join(SELECT_METRICS)}")
-        if len(self.split) != 3 or self.split[0] <= 0 or self.split[1] <= 0:
-            raise ValueError(
-                f"split must be three shares with train and validation > 0: {self.split}"
-            )
+        one_of("optimizer", self.optimizer, ("adamw", "adam", "sgd"))
+        one_of("schedule", self.schedule, ("onecycle", "cosine", "constant"))
+        one_of("select", self.select, SELECT_METRICS)
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.window_width <= 0:
             raise ValueError("epochs >= 1, batch_size >= 2, lr > 0 and window_width > 0 required")
 
@@ -384,9 +365,7 @@ def train_run(
     data: _Data,
     *,
     seed: int,
-    work: Path,
-    device: str | None,
-    progress: bool,
+    folder: str,
     log: TrainingRun,
     tag: str,
 ) -> RunResult:
@@ -418,17 +397,15 @@ def train_run(
         return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
 
     mean, std = spec.mean, spec.std
-    result = fit(
+    result = log.fit(
         model,
         train_set,
-        val_set if len(val_set) else None,
-        TrainConfig(
-            epochs=recipe.epochs,
-            batch_size=recipe.batch_size,
-            seed=seed,
-            device=device,
-            progress=progress,
-        ),
+        val_set,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        seed=seed,
+        folder=folder,
+        what=tag,
         loss_fn=nn.CrossEntropyLoss(),
         optimizer_factory=_optimizer(recipe),
         scheduler_factory=scheduler,
@@ -446,8 +423,6 @@ def train_run(
             std,
         ),
         train_step=aux_train_step(recipe.aux_weight),
-        out_dir=work,
-        on_epoch_end=log.epoch_reporter(recipe.epochs, what=tag),
     )
     run = RunResult(
         recipe=recipe,
@@ -458,7 +433,7 @@ def train_run(
         spec=spec,
     )
     if len(val_set):
-        run.validation = split_metrics(run, val_set, data.reported, device)
+        run.validation = split_metrics(run, val_set, data.reported, log.device)
     return run
 
 
@@ -554,14 +529,8 @@ def train_ct_slices(
     repeats: int = 0,
     labels: Sequence[str] | None = None,
     normal: str = "normal",
-    name: str | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    synthetic: bool = False,
-    description: str = "",
-    data_note: str = "",
     generator: str | None = None,
-    say: Callable[[str], None] | None = None,
+    **options: Unpack[TrainOptions],
 ) -> Path:
     """Run the study's protocol on labelled slices; write ``<out_dir>/card.yaml`` + weights.
 
@@ -585,9 +554,10 @@ def train_ct_slices(
         Output order; default the ``normal`` label, then the others sorted.
     normal
         The label that is not a finding (``report: false``).
-    synthetic
-        The data are generated phantoms: the card says so and is never
-        marked for clinical use.
+    generator
+        The phantom writer of synthetic data, for the card's provenance.
+    options
+        The :class:`~pipelines.common.train.TrainOptions`.
 
     Raises
     ------
@@ -598,17 +568,13 @@ def train_ct_slices(
     if repeats < 0:
         raise DataError(f"repeats must be >= 0, got {repeats}")
     # each run seeds itself (the setting's seed, a repeat's seed + r)
-    log = TrainingRun.start("ct-slice", out_dir, say=say, seed=None)
+    log = TrainingRun.start("ct-slice", out_dir, seed=None, **options)
     work = log.work
     work.mkdir(parents=True, exist_ok=True)
 
     order = label_order(slices, labels, normal)
     parts = split_slices(slices, recipe.split, order, normal=normal, seed=recipe.seed)
-    if not parts[0] or not parts[1]:
-        raise DataError(
-            f"{len({s.group for s in slices})} patient(s) cannot be split into train and "
-            "validation; at least 3 are needed (more for meaningful metrics)"
-        )
+    log.require_patients(parts, len({s.group for s in slices}))
     split_info = _describe(parts, order)
     log.log_splits(split_info, "slices")
     data = _Data(parts, order, recipe, normal)
@@ -627,9 +593,7 @@ def train_ct_slices(
             setting,
             data,
             seed=recipe.seed,
-            work=work / "runs" / f"{i:03d}",
-            device=device,
-            progress=progress,
+            folder=f"runs/{i:03d}",
             log=log,
             tag=tag,
         )
@@ -674,13 +638,11 @@ def train_ct_slices(
                 chosen.recipe,
                 data,
                 seed=recipe.seed + r,
-                work=work / "repeats" / f"{r:03d}",
-                device=device,
-                progress=progress,
+                folder=f"repeats/{r:03d}",
                 log=log,
                 tag=tag,
             )
-            values = split_metrics(run, report_set, data.reported, device)
+            values = split_metrics(run, report_set, data.reported, log.device)
             repeat_rows.append(
                 {"repeat": r, "seed": recipe.seed + r, "best_epoch": run.train.best_epoch, **values}
             )
@@ -712,7 +674,7 @@ def train_ct_slices(
         if not len(dataset):
             continue
         report = slice_and_series_report(
-            _probabilities(chosen, dataset, device),
+            _probabilities(chosen, dataset, log.device),
             dataset.targets(),
             dataset.series(),
             order,
@@ -744,21 +706,18 @@ def train_ct_slices(
             "held-out test of the chosen run:\n"
             + format_study_table({"slice": test["slice"], "series": test["series"]})
         )
-    options = CtSliceOptions(
+    card_options = CtSliceOptions(
         aggregation=recipe.aggregation,
         aggregation_k=recipe.aggregation_k,
         max_key_slices=recipe.max_key_slices,
         contrast=recipe.contrast,
     ).model_dump(mode="json")
     final = chosen.recipe
-    card_path = save_model(
+    card_path = log.save(
         chosen.model,
-        log.out,
-        name=name or log.out.name,
         pipeline=PIPELINE_NAME,
         version="0.1.0",
-        description=description
-        or (
+        description=(
             f"CT slice classifier (seed 000 protocol, {final.architecture}) over "
             f"{', '.join(order)}; slice probabilities aggregated per series."
         ),
@@ -771,8 +730,7 @@ def train_ct_slices(
             top_k=final.heatmap_top_k,
         ),
         provenance=log.provenance(
-            synthetic=synthetic,
-            data=data_note or f"{len(slices)} labelled CT slices",
+            data=f"{len(slices)} labelled CT slices",
             generator=generator,
             seed=recipe.seed,
             recipe={
@@ -799,8 +757,8 @@ def train_ct_slices(
         ),
         metrics=metrics,
         performance=performance,
-        options=options,
+        options=card_options,
     )
     for folder in ("runs", "repeats"):
         shutil.rmtree(work / folder, ignore_errors=True)
-    return log.finish(card_path)
+    return card_path

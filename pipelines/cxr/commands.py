@@ -5,28 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from pipelines import commands as cli
 
 
-def cmd_synth_cxr(args: argparse.Namespace) -> int:
-    from pipelines.cxr.synth import write_cxr_dataset
-
-    data = write_cxr_dataset(
-        Path(args.out),
-        n=args.n,
-        seed=args.seed,
-        size=args.size,
-        finding_rate=args.finding_rate,
-        monochrome1_fraction=args.monochrome1_fraction,
-    )
+def _describe_cxr(data: Any, args: argparse.Namespace) -> str:
     boxes = json.loads(data.annotations.read_text())["annotations"]
-    print(
+    return (
         f"wrote {len(data.images)} synthetic chest radiographs (DX) of {len(data.patients)} "
         f"patients to {data.images_dir}, finding masks to {data.masks_dir} and {len(boxes)} "
         f"COCO boxes to {data.annotations}"
     )
-    return cli.EXIT_OK
 
 
 def cmd_masks_to_coco(args: argparse.Namespace) -> int:
@@ -104,18 +94,17 @@ def cmd_evaluate_cxr(args: argparse.Namespace) -> int:
 def add_commands(groups: cli.CommandGroups) -> None:
     """``synth cxr``, ``dataset masks-to-coco``, ``train cxr-findings``, ``evaluate cxr-findings``."""
     from pipelines.common.options import add_recipe_arguments
+    from pipelines.cxr.synth import write_cxr_dataset
     from pipelines.cxr.train import CxrRecipe
 
-    p = groups.synth.add_parser(
-        "cxr", help="chest radiographs with findings: DX DICOM, binary masks and COCO boxes"
+    cli.add_synth_command(
+        groups,
+        "cxr",
+        write_cxr_dataset,
+        _describe_cxr,
+        help="chest radiographs with findings: DX DICOM, binary masks and COCO boxes",
+        defaults={"n": 20, "seed": 0},
     )
-    p.add_argument("--out", required=True, help="output folder (images/, masks/, annotations.json)")
-    p.add_argument("--n", type=int, default=20, help="number of images (two per patient)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=512, help="rows = columns of each image")
-    p.add_argument("--finding-rate", type=float, default=0.5, help="chance of each finding")
-    p.add_argument("--monochrome1-fraction", type=float, default=0.1)
-    p.set_defaults(func=cmd_synth_cxr)
 
     p = groups.dataset.add_parser(
         "masks-to-coco",

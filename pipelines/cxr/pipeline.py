@@ -45,23 +45,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
 from torchvision.models.detection import FasterRCNN
 
-from pipelines.base import (
-    Annotation,
-    Box,
-    Finding,
-    Heatmap,
-    ModelInput,
-    Pipeline,
-    PipelineResult,
-    Scored,
-)
+from pipelines import base
 from pipelines.card import CardError, InputSpec, ModelCard
 from pipelines.card import parse_options as parse_card_options
 from pipelines.common.cam import FpnAblationLayer, compute_heatmaps, fpn_reshape_transform
+from pipelines.common.detector import DetectorSettings
 from pipelines.common.models import load_weights
 from pipelines.cxr.model import as_model_image, build_detector, detect
 from pipelines.cxr.radiograph import Preprocessing, Radiograph, read_radiograph
@@ -73,16 +65,12 @@ logger = logging.getLogger(__name__)
 DETECTOR_CAM_METHODS = ("ablationcam", "eigencam")
 
 
-class CxrOptions(BaseModel):
-    """The ``options`` of a ``cxr-findings`` card."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class CxrOptions(DetectorSettings):
+    """The ``options`` of a ``cxr-findings`` card (the detector's sizes: :class:`DetectorSettings`)."""
 
     max_size: int = Field(1333, ge=32)
+    #: candidate boxes below this class score are dropped before NMS
     score_threshold: float = Field(0.05, ge=0.0, le=1.0)
-    nms_threshold: float = Field(0.5, gt=0.0, le=1.0)
-    detections_per_image: int = Field(100, ge=1)
-    frozen_batchnorm: bool = False
     log_gain: float = Field(255.0, gt=0.0)
     dark_clip_percent: float = Field(0.5, ge=0.0, lt=50.0)
     bright_clip_percent: float = Field(0.5, ge=0.0, lt=50.0)
@@ -90,12 +78,6 @@ class CxrOptions(BaseModel):
     max_boxes_per_label: int = Field(10, ge=1)
     ablation_ratio: float = Field(0.1, gt=0.0, le=1.0)
     ablation_batch_size: int = Field(8, ge=1)
-    # proposals and sampled boxes (torchvision's defaults; smaller is faster on a CPU)
-    rpn_pre_nms_top_n_train: int = Field(2000, ge=1)
-    rpn_post_nms_top_n_train: int = Field(2000, ge=1)
-    rpn_pre_nms_top_n_test: int = Field(1000, ge=1)
-    rpn_post_nms_top_n_test: int = Field(1000, ge=1)
-    box_batch_size_per_image: int = Field(512, ge=1)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -132,15 +114,8 @@ def detector_for(
         image_mean=spec.mean,
         image_std=spec.std,
         score_threshold=options.score_threshold,
-        nms_threshold=options.nms_threshold,
-        detections_per_image=options.detections_per_image,
-        frozen_batchnorm=options.frozen_batchnorm,
         trainable_layers=trainable_layers,
-        rpn_pre_nms_top_n_train=options.rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=options.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=options.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_test=options.rpn_post_nms_top_n_test,
-        box_batch_size_per_image=options.box_batch_size_per_image,
+        **options.detector_sizes(),
     )
 
 
@@ -153,7 +128,7 @@ def build_model(card: ModelCard, options: CxrOptions | None = None) -> FasterRCN
         raise CardError(f"card {card.name!r}: {exc}") from exc
 
 
-def source_box(uid: str, box: np.ndarray, image: Radiograph) -> Box | None:
+def source_box(uid: str, box: np.ndarray, image: Radiograph) -> base.Box | None:
     """A model-pixel box (x0, y0, x1, y1) in source pixels, clipped; None if it vanishes."""
     rows, cols = image.shape
     sy, sx = image.scale
@@ -162,7 +137,7 @@ def source_box(uid: str, box: np.ndarray, image: Radiograph) -> Box | None:
     y0, y1 = np.clip([y0 / sy, y1 / sy], 0.0, rows)
     if not (x1 > x0 and y1 > y0):
         return None
-    return Box(
+    return base.Box(
         uid, round(float(x0), 2), round(float(y0), 2), round(float(x1), 2), round(float(y1), 2)
     )
 
@@ -191,7 +166,7 @@ Detections = dict[str, np.ndarray]
 
 
 @register("cxr-findings")
-class ChestFindings(Pipeline[Path, _Image, np.ndarray, Detections]):
+class ChestFindings(base.Pipeline[Path, _Image, np.ndarray, Detections]):
     """Seed 001: Faster R-CNN boxes per finding on frontal chest radiographs."""
 
     reports = "image"
@@ -225,26 +200,26 @@ class ChestFindings(Pipeline[Path, _Image, np.ndarray, Detections]):
             path, self.card.input.size, self.options.max_size, self.options.preprocessing
         )
 
-    def load(self, unit: Path) -> ModelInput[_Image, np.ndarray]:
+    def load(self, unit: Path) -> base.ModelInput[_Image, np.ndarray]:
         image = self.prepare_file(Path(unit))
-        return ModelInput(_Image(Path(unit), image), image.image)
+        return base.ModelInput(_Image(Path(unit), image), image.image)
 
     def forward(self, batch: Sequence[np.ndarray]) -> list[Detections]:
         return detect(self.model, list(batch), self.device)
 
     # -- interpret ---------------------------------------------------------------------
 
-    def interpret(self, scored: Scored[_Image, Detections]) -> PipelineResult:
+    def interpret(self, scored: base.Scored[_Image, Detections]) -> base.PipelineResult:
         detected = [
             _Detected(ref.path, ref.image, out["boxes"], out["labels"], out["scores"])
             for ref, out in zip(scored.refs, scored.outputs, strict=True)
         ]
         findings = [finding for det in detected for finding in self._findings(det)]
-        return PipelineResult(findings=findings, heatmaps=self._heatmaps(detected))
+        return base.PipelineResult(findings=findings, heatmaps=self._heatmaps(detected))
 
-    def _reported(self, det: _Detected) -> list[tuple[int, float, Box]]:
+    def _reported(self, det: _Detected) -> list[tuple[int, float, base.Box]]:
         """(label index, score, source box) of the boxes at or above their label's threshold."""
-        kept: list[tuple[int, float, Box]] = []
+        kept: list[tuple[int, float, base.Box]] = []
         per_label: dict[int, int] = {}
         for box, label, score in zip(det.boxes, det.labels, det.scores, strict=True):
             index = int(label) - 1
@@ -262,10 +237,10 @@ class ChestFindings(Pipeline[Path, _Image, np.ndarray, Detections]):
             kept.append((index, float(score), mapped))
         return kept
 
-    def _findings(self, det: _Detected) -> list[Finding]:
+    def _findings(self, det: _Detected) -> list[base.Finding]:
         uid = (det.image.sop_instance_uid,)
         reported = self._reported(det)
-        findings: list[Finding] = []
+        findings: list[base.Finding] = []
         for index, spec in enumerate(self.card.labels):
             if not spec.report:
                 continue
@@ -291,7 +266,7 @@ class ChestFindings(Pipeline[Path, _Image, np.ndarray, Detections]):
             "ratio_channels_to_ablate": self.options.ablation_ratio,
         }
 
-    def _heatmaps(self, detected: Sequence[_Detected]) -> list[Heatmap]:
+    def _heatmaps(self, detected: Sequence[_Detected]) -> list[base.Heatmap]:
         top_k = self.card.explainer.top_k
         if top_k <= 0 or not detected:
             return []
@@ -329,11 +304,11 @@ class ChestFindings(Pipeline[Path, _Image, np.ndarray, Detections]):
             )
             self.model.eval()
             annotations = tuple(
-                Annotation(box, f"{self.card.labels[label].name} {score:.0%}")
+                base.Annotation(box, f"{self.card.labels[label].name} {score:.0%}")
                 for label, score, box in reported
             )
             heatmaps.append(
-                Heatmap(
+                base.Heatmap(
                     source=det.path,
                     sop_instance_uid=det.image.sop_instance_uid,
                     array=cam,

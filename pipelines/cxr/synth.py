@@ -69,6 +69,7 @@ from pipelines.common.phantoms import (
     MAX_VALUE,
     build_dx_dataset,
     phantom_uid,
+    refuse_foreign_files,
     set_image_pixels,
     smooth_noise,
     soft_ellipse,
@@ -474,22 +475,6 @@ def _write_mask(mask: np.ndarray, path: Path) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(path, format="PNG")
 
 
-def _refuse_foreign_files(folder: Path, expected: set[Path]) -> None:
-    """Stop before writing into a folder that holds files this dataset would not write.
-
-    Left there, they would become part of the annotations (masks_to_coco reads
-    the whole folder).
-    """
-    if not folder.is_dir():
-        return
-    foreign = sorted(p for p in folder.rglob("*") if p.is_file() and p not in expected)
-    if foreign:
-        raise ValueError(
-            f"{folder} holds {len(foreign)} file(s) this dataset does not write, e.g. "
-            f"{foreign[0].relative_to(folder)}; write into an empty folder or remove them"
-        )
-
-
 def write_cxr_dataset(
     out_dir: Path,
     *,
@@ -552,8 +537,8 @@ def write_cxr_dataset(
         for i in range(n)
     ]
     stems = [dataset_stem(seed, i) for i in range(n)]
-    _refuse_foreign_files(images_dir, {images_dir / f"{stem}.dcm" for stem in stems})
-    _refuse_foreign_files(
+    refuse_foreign_files(images_dir, {images_dir / f"{stem}.dcm" for stem in stems})
+    refuse_foreign_files(
         masks_dir,
         {
             masks_dir / name / f"{stem}.png"

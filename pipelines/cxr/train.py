@@ -34,11 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Unpack
 
 import torch
 
@@ -57,13 +55,8 @@ from pipelines.common.detection_metrics import (
     mean_ap,
 )
 from pipelines.common.metrics import label_performance, rounded
-from pipelines.common.train import (
-    TrainConfig,
-    TrainingRun,
-    fit,
-    resolve_device,
-    save_model,
-)
+from pipelines.common.recipe import SplitRecipe, one_of
+from pipelines.common.train import TrainingRun, TrainOptions
 from pipelines.cxr.coco import load_coco, split_by_patient
 from pipelines.cxr.data import DetectionDataset, collate, predict_coco
 from pipelines.cxr.labels import finding_code, finding_site
@@ -74,7 +67,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CxrRecipe:
+class CxrRecipe(SplitRecipe):
     """Every training choice; all of it is written to the card's provenance."""
 
     architecture: str = "fasterrcnn_resnet50_fpn"
@@ -88,35 +81,19 @@ class CxrRecipe:
     nesterov: bool = True
     weight_decay: float = 1e-4
     #: "constant" (the seed's) or "onecycle" (warm-up then cosine decay; for training from scratch)
-    schedule: str = "constant"
+    schedule: Literal["constant", "onecycle"] = "constant"
     augment: DetectionAugmentSpec = field(default_factory=DetectionAugmentSpec)
-    #: train / validation / held-out test shares of the patients
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    #: local file of torchvision's COCO weights for ``architecture``; "" = from scratch
-    pretrained: str = ""
     #: backbone stages trained when fine-tuning (torchvision's default 3); None = all
     trainable_layers: int | None = None
     #: detector settings written to the card's options (see pipelines.cxr.pipeline)
     options: dict[str, Any] = field(default_factory=dict)
     explainer: str = "ablationcam"
     heatmap_top_k: int = 1
-    #: keep prepared images in memory (small data sets only)
-    cache: bool = False
-    bootstrap_resamples: int = 1000
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.split) != 3 or self.split[0] <= 0 or self.split[1] <= 0:
-            raise ValueError(
-                f"split must be three shares with train and validation > 0: {self.split}"
-            )
-        if self.architecture not in supported_detectors():
-            raise ValueError(
-                f"unknown architecture {self.architecture!r}; use one of "
-                f"{', '.join(supported_detectors())}"
-            )
-        if self.schedule not in ("constant", "onecycle"):
-            raise ValueError(f"schedule must be 'constant' or 'onecycle', got {self.schedule!r}")
+        super().__post_init__()
+        one_of("architecture", self.architecture, supported_detectors())
+        one_of("schedule", self.schedule, ("constant", "onecycle"))
 
 
 def card_options(recipe: CxrRecipe) -> CxrOptions:
@@ -149,53 +126,31 @@ def train_cxr(
     coco_json: str | Path,
     out_dir: str | Path,
     recipe: CxrRecipe | None = None,
-    *,
-    name: str | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    synthetic: bool = False,
-    description: str = "",
-    data_note: str = "",
-    workers: int = 0,
-    say: Callable[[str], None] | None = None,
+    **options: Unpack[TrainOptions],
 ) -> Path:
     """Train, evaluate and write ``<out_dir>/card.yaml`` + ``weights.pt``; return the card path.
 
-    Parameters
-    ----------
-    images_dir, coco_json
-        DICOM images and their COCO detection annotations
-        (:mod:`pipelines.cxr.coco`; ``dicom-node dataset masks-to-coco`` makes
-        one from binary masks).
-    out_dir
-        The model folder; ``train/`` below it holds the resumable checkpoint.
-    recipe
-        Hyper-parameters (default :class:`CxrRecipe`, the seed's).
-    name
-        Card name; default the folder's name.
-    synthetic
-        The data are generated phantoms: the card says so and is never
-        marked for clinical use.
-    workers
-        DataLoader processes reading and preparing images (0: in this process).
+    ``images_dir`` holds the DICOM images that ``coco_json`` annotates
+    (:mod:`pipelines.cxr.coco`; ``dicom-node dataset masks-to-coco`` makes one from
+    binary masks); ``train/`` below ``out_dir`` holds the resumable checkpoint;
+    ``recipe`` defaults to :class:`CxrRecipe`, the seed's; ``options`` are the
+    :class:`~pipelines.common.train.TrainOptions`.
 
     Raises
     ------
-    pipelines.cxr.coco.CocoError
+    pipelines.cxr.coco.CocoError, DataSplitError
         If the annotations are invalid or the patients too few to split.
     """
     recipe = recipe or CxrRecipe()
-    run = TrainingRun.start("cxr", out_dir, say=say, seed=recipe.seed)
+    run = TrainingRun.start("cxr", out_dir, seed=recipe.seed, **options)
 
     images_dir = Path(images_dir)
     coco = load_coco(Path(coco_json), images_dir)
     parts = split_by_patient(coco, recipe.split, seed=recipe.seed, images_dir=images_dir)
-    if not parts[0]["images"] or not parts[1]["images"]:
-        raise ValueError(
-            f"{len({p for part in parts for p in (i['patient_id'] for i in part['images'])})} "
-            "patient(s) cannot be split into train and validation; at least 3 are needed "
-            "(more for meaningful metrics)"
-        )
+    run.require_patients(
+        [part["images"] for part in parts],
+        len({image["patient_id"] for part in parts for image in part["images"]}),
+    )
     split_info = _describe(parts)
     run.log_splits(split_info, "images")
     classes = [cat["name"] for cat in coco["categories"]]
@@ -206,8 +161,8 @@ def train_cxr(
             "edit its labels to the hospital's codes",
             unknown,
         )
-    options = card_options(recipe)
-    preprocessing = options.preprocessing
+    settings = card_options(recipe)
+    preprocessing = settings.preprocessing
     datasets = {
         key: DetectionDataset(
             part,
@@ -224,21 +179,13 @@ def train_cxr(
         recipe.architecture,
         len(classes),
         spec,
-        options,
+        settings,
         trainable_layers=recipe.trainable_layers
         if recipe.trainable_layers is not None
         else (3 if recipe.pretrained else None),
     )
     if recipe.pretrained:
         load_coco_pretrained(model, Path(recipe.pretrained))
-    config = TrainConfig(
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        seed=recipe.seed,
-        device=device,
-        progress=progress,
-        num_workers=workers,
-    )
     steps = recipe.epochs * -(-len(datasets["train"]) // recipe.batch_size)
 
     def optimizer(params: Any) -> torch.optim.Optimizer:
@@ -273,12 +220,14 @@ def train_cxr(
         f"{len(datasets['train'])} images"
         + (" from COCO weights" if recipe.pretrained else " from scratch")
     )
-    t_train = time.perf_counter()
-    result = fit(
+    result = run.fit(
         model,
         datasets["train"],
         datasets["val"],
-        config,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
+        metric="val mAP",
         optimizer_factory=optimizer,
         scheduler_factory=scheduler if recipe.schedule == "onecycle" else None,
         scheduler_interval="batch",
@@ -287,12 +236,9 @@ def train_cxr(
         validate=validate,
         collate_fn=collate,
         maximize=True,
-        out_dir=run.work,
-        on_epoch_end=run.epoch_reporter(recipe.epochs, metric="val mAP"),
     )
-    train_seconds = time.perf_counter() - t_train
 
-    run_device = resolve_device(device)
+    run_device = run.torch_device
     detections = {
         key: predict_coco(model, datasets[key], run_device)
         for key in ("val", "test")
@@ -300,7 +246,7 @@ def train_cxr(
     }
     chosen = f1_thresholds(parts[1], detections["val"])
     # never below the candidate floor; 0.5 where validation has no box of the class
-    thresholds = [0.5 if t is None else max(t, options.score_threshold) for t in chosen.values()]
+    thresholds = [0.5 if t is None else max(t, settings.score_threshold) for t in chosen.values()]
     metrics: dict[str, Any] = {}
     performance: list[LabelPerformance] = []
     for key, split_name, part in (
@@ -334,14 +280,11 @@ def train_cxr(
             + ", ".join(f"{c} AP50 {v['ap50']}" for c, v in test["per_class"].items())
         )
 
-    card_path = save_model(
+    return run.save(
         model,
-        run.out,
-        name=name or run.out.name,
         pipeline="cxr-findings",
         version="0.1.0",
-        description=description
-        or (
+        description=(
             "Chest radiograph findings detected with Faster R-CNN (seed 001): one box per "
             "finding, its score as the certainty."
         ),
@@ -357,10 +300,8 @@ def train_cxr(
             method=recipe.explainer, target_layer="backbone", top_k=recipe.heatmap_top_k
         ),
         provenance=run.provenance(
-            synthetic=synthetic,
-            data=data_note
-            or f"COCO annotations {Path(coco_json).name} on DICOM images in {images_dir.name}",
-            generator="pipelines.cxr.synth.write_cxr_dataset" if synthetic else None,
+            data=f"COCO annotations {Path(coco_json).name} on DICOM images in {images_dir.name}",
+            generator="pipelines.cxr.synth.write_cxr_dataset",
             seed=recipe.seed,
             recipe={
                 **dataclasses.asdict(recipe),
@@ -372,7 +313,7 @@ def train_cxr(
                 "splits": split_info,
                 "best_epoch": result.best_epoch,
                 "device": result.device,
-                "train_seconds": round(train_seconds, 1),
+                "train_seconds": round(result.seconds, 1),
                 "history": [
                     {**row, "val_map": None if h.val_metric is None else round(h.val_metric, 4)}
                     for row, h in zip(result.history_rows(), result.history, strict=True)
@@ -381,9 +322,8 @@ def train_cxr(
         ),
         metrics=metrics,
         performance=performance,
-        options=options.model_dump(mode="json"),
+        options=settings.model_dump(mode="json"),
     )
-    return run.finish(card_path)
 
 
 def _performance(

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
+from typing import Any
 
 from pipelines import commands as cli
 
 
-def cmd_synth_radiograph(args: argparse.Namespace) -> int:
+def _write_labelled_radiographs(out_dir: Path, **options: Any) -> list[Any]:
+    """:func:`~pipelines.common.phantoms.write_radiograph_dataset`, then the labels CSV
+    ``train generic`` reads (``file, label, sop_instance_uid`` and the lesion)."""
     import csv
 
     from pipelines.common.phantoms import write_radiograph_dataset
 
-    out = Path(args.out)
-    phantoms = write_radiograph_dataset(
-        out, n=args.n, seed=args.seed, lesion_fraction=args.lesion_fraction
-    )
-    with open(out / "labels.csv", "w", newline="") as fh:
+    phantoms = write_radiograph_dataset(out_dir, **options)
+    with open(out_dir / "labels.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["file", "label", "sop_instance_uid", "lesion", "row", "col", "radius"])
         for p in phantoms:
@@ -35,8 +36,7 @@ def cmd_synth_radiograph(args: argparse.Namespace) -> int:
                     ),
                 ]
             )
-    print(f"wrote {len(phantoms)} synthetic radiographs (DX) and labels.csv to {out}")
-    return cli.EXIT_OK
+    return phantoms
 
 
 def cmd_train_generic(args: argparse.Namespace) -> int:
@@ -91,16 +91,19 @@ def cmd_evaluate_generic(args: argparse.Namespace) -> int:
 
 def add_commands(groups: cli.CommandGroups) -> None:
     from pipelines.common.options import add_recipe_arguments
+    from pipelines.common.phantoms import write_radiograph_dataset
     from pipelines.generic.recipe import GenericRecipe  # plain data: --help stays quick
 
-    p = groups.synth.add_parser(
-        "radiograph", help="chest-like DX radiographs, some with a bright round lesion"
+    cli.add_synth_command(
+        groups,
+        "radiograph",
+        functools.wraps(write_radiograph_dataset)(_write_labelled_radiographs),
+        lambda phantoms, args: (
+            f"wrote {len(phantoms)} synthetic radiographs (DX) and labels.csv to {args.out}"
+        ),
+        help="chest-like DX radiographs, some with a bright round lesion",
+        defaults={"n": 10, "seed": 0},
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n", type=int, default=10, help="number of single-image studies")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lesion-fraction", type=float, default=0.5)
-    p.set_defaults(func=cmd_synth_radiograph)
 
     p = groups.train.add_parser(
         "generic",

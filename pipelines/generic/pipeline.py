@@ -35,15 +35,7 @@ from pydicom.dataset import Dataset
 
 from imaging.files import UnreadableDicom, read_dataset
 from imaging.pixels import PixelDataError
-from pipelines.base import (
-    Heatmap,
-    ModelInput,
-    Pipeline,
-    PipelineResult,
-    Scored,
-    SourceImage,
-    UnusableInput,
-)
+from pipelines import base
 from pipelines.card import CardError, ModelCard
 from pipelines.common.cam import compute_heatmaps
 from pipelines.common.models import build_classifier, load_weights
@@ -56,7 +48,7 @@ DEFAULT_BATCH_SIZE = 16
 
 
 @register("generic")
-class GenericClassifier(Pipeline[Path, SourceImage, torch.Tensor, np.ndarray]):
+class GenericClassifier(base.Pipeline[Path, base.SourceImage, torch.Tensor, np.ndarray]):
     """Softmax classifier over the card's labels, with Grad-CAM explanations.
 
     The model is built and its weights loaded once, in eval mode, on
@@ -126,7 +118,7 @@ class GenericClassifier(Pipeline[Path, SourceImage, torch.Tensor, np.ndarray]):
         try:
             ds = read_dataset(path)
         except UnreadableDicom as exc:
-            raise UnusableInput(str(exc)) from None
+            raise base.UnusableInput(str(exc)) from None
         uid = str(ds.get("SOPInstanceUID", "")) or path.name
         reason = self._unusable(ds)
         if reason is None:
@@ -138,13 +130,13 @@ class GenericClassifier(Pipeline[Path, SourceImage, torch.Tensor, np.ndarray]):
                 if np.isfinite(image).all():
                     return uid, image
                 reason = "pixel values are not finite"
-        raise UnusableInput(reason, ident=uid)
+        raise base.UnusableInput(reason, ident=uid)
 
-    def load(self, unit: Path) -> ModelInput[SourceImage, torch.Tensor]:
+    def load(self, unit: Path) -> base.ModelInput[base.SourceImage, torch.Tensor]:
         uid, image = self._read(Path(unit))
         shape = (int(image.shape[-2]), int(image.shape[-1]))
         x = to_model_input([image], self.card.input)[0]
-        return ModelInput(SourceImage(Path(unit), uid, shape), x)
+        return base.ModelInput(base.SourceImage(Path(unit), uid, shape), x)
 
     @staticmethod
     def _unusable(ds: Dataset) -> str | None:
@@ -168,16 +160,16 @@ class GenericClassifier(Pipeline[Path, SourceImage, torch.Tensor, np.ndarray]):
 
     # -- interpret -----------------------------------------------------------------------
 
-    def interpret(self, scored: Scored[SourceImage, np.ndarray]) -> PipelineResult:
+    def interpret(self, scored: base.Scored[base.SourceImage, np.ndarray]) -> base.PipelineResult:
         findings = []
         for item, probs in zip(scored.refs, scored.outputs, strict=True):
             for i in self.reported:
                 label = self.card.labels[i]
                 findings.append(self.finding(label, probs[i], [item.sop_instance_uid]))
                 logger.debug("%s %s p=%.4f", item.sop_instance_uid, label.name, probs[i])
-        return PipelineResult(findings=findings, heatmaps=self._heatmaps(scored))
+        return base.PipelineResult(findings=findings, heatmaps=self._heatmaps(scored))
 
-    def _heatmaps(self, scored: Scored[SourceImage, np.ndarray]) -> list[Heatmap]:
+    def _heatmaps(self, scored: base.Scored[base.SourceImage, np.ndarray]) -> list[base.Heatmap]:
         if self.explain_layer is None or not self.reported or not scored.refs:
             return []
         best = [max(self.reported, key=lambda i: p[i]) for p in scored.outputs]
@@ -188,7 +180,7 @@ class GenericClassifier(Pipeline[Path, SourceImage, torch.Tensor, np.ndarray]):
             item = scored.refs[j]
             try:
                 images.append(self._read(item.path)[1])
-            except UnusableInput as exc:  # changed on disk since it was scored
+            except base.UnusableInput as exc:  # changed on disk since it was scored
                 self.skip(scored.skipped, item.sop_instance_uid, str(exc))
                 continue
             classes.append(best[j])

@@ -29,10 +29,10 @@ import csv
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import pydicom
@@ -52,7 +52,7 @@ from pipelines.card import (
 from pipelines.common.metrics import (
     binary_report,
     classification_report,
-    label_performance,
+    labels_performance,
     rounded,
     write_metrics,
 )
@@ -60,12 +60,10 @@ from pipelines.common.models import build_classifier, load_weights
 from pipelines.common.preprocess import display_image, to_model_input
 from pipelines.common.split import grouped_split
 from pipelines.common.train import (
-    TrainConfig,
     TrainingRun,
-    fit,
+    TrainOptions,
     horizontal_flip,
     predict,
-    save_model,
     sgd,
     stratified_kfold,
 )
@@ -178,17 +176,8 @@ def classes_report(
 
 
 def _performance(report: dict[str, Any], split: str) -> list[LabelPerformance]:
-    return [
-        label_performance(
-            entry,
-            label=name,
-            unit="image",
-            split=split,
-            n=report["n"],
-            names=("sensitivity", "specificity", "ppv", "f1", "accuracy", "roc_auc"),
-        )
-        for name, entry in report["per_class"].items()
-    ]
+    names = ("sensitivity", "specificity", "ppv", "f1", "accuracy", "roc_auc")
+    return labels_performance(report, unit="image", split=split, names=names)
 
 
 def train_generic(
@@ -197,14 +186,12 @@ def train_generic(
     out_dir: str | Path,
     recipe: GenericRecipe | None = None,
     *,
-    name: str | None = None,
     normal_label: str = "normal",
-    device: str | None = None,
-    synthetic: bool = False,
-    progress: bool = True,
-    say: Callable[[str], None] | None = None,
+    **options: Unpack[TrainOptions],
 ) -> Path:
     """Cross-validate, keep the best fold, test once, write the card; return its path.
+
+    ``options`` are the :class:`~pipelines.common.train.TrainOptions`.
 
     Raises
     ------
@@ -212,8 +199,7 @@ def train_generic(
         If the data cannot be read or are too few for the folds and the test share.
     """
     recipe = recipe or GenericRecipe()
-    run = TrainingRun.start("generic", out_dir, say=say, seed=recipe.seed)
-    out = run.out
+    run = TrainingRun.start("generic", out_dir, seed=recipe.seed, **options)
     items = read_labels(Path(images_dir), Path(labels_csv))
     classes = sorted({item.label for item in items})
     reported = [c for c in classes if c != normal_label]
@@ -248,23 +234,20 @@ def train_generic(
         model = build_classifier(recipe.architecture, len(classes))
         train_set = TensorDataset(*(t[train_idx] for t in data.tensors))
         val_set = TensorDataset(*(t[val_idx] for t in data.tensors))
-        result = fit(
+        result = run.fit(
             model,
             train_set,
             val_set,
-            TrainConfig(
-                epochs=recipe.epochs,
-                batch_size=recipe.batch_size,
-                seed=recipe.seed + fold,
-                device=device,
-                progress=progress,
-            ),
+            epochs=recipe.epochs,
+            batch_size=recipe.batch_size,
+            seed=recipe.seed + fold,
+            folder=f"fold-{fold}",
+            what=f"fold {fold}/{recipe.folds}",
             loss_fn=torch.nn.CrossEntropyLoss(),
             optimizer_factory=sgd(
                 lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
             ),
             augment=horizontal_flip(recipe.hflip_probability) if recipe.hflip_probability else None,
-            out_dir=out / "train" / f"fold-{fold}",
         )
         model.cpu().eval()
         out_of_fold[val_idx] = _probabilities(model, val_set)
@@ -289,10 +272,8 @@ def train_generic(
         f"held-out test: accuracy {held['report']['accuracy']:.3f}; "
         + ", ".join(f"{c} recall {held['per_class'][c]['recall']['value']:.3f}" for c in reported)
     )
-    card_path = save_model(
+    return run.save(
         model,
-        out,
-        name=name or out.name,
         pipeline="generic",
         version="0.1.0",
         description=f"Seed 004 recipe ({recipe.architecture}) over {', '.join(classes)}.",
@@ -309,7 +290,6 @@ def train_generic(
         input=spec,
         explainer=ExplainerSpec(method="gradcam", target_layer=recipe.target_layer, top_k=3),
         provenance=run.provenance(
-            synthetic=synthetic,
             data=f"{len(items)} labelled images in {Path(images_dir).name} "
             f"({Path(labels_csv).name})",
             seed=recipe.seed,
@@ -328,7 +308,6 @@ def train_generic(
         metrics=rounded({"cross_validation": cross, "held_out_test": held}),
         performance=_performance(cross, "cross_validation") + _performance(held, "held_out_test"),
     )
-    return run.finish(card_path)
 
 
 def evaluate_generic(

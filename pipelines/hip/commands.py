@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pipelines import commands as cli
 
 
-def cmd_synth_hip(args: argparse.Namespace) -> int:
-    from pipelines.hip.synth import write_hip_dataset
-
-    data = write_hip_dataset(
-        Path(args.out),
-        patients=args.patients,
-        seed=args.seed,
-        size=args.size,
-        years=(args.first_year, args.last_year),
-        osteoporosis_fraction=args.osteoporosis_fraction,
-    )
+def _describe_hip(data: Any, args: argparse.Namespace) -> str:
     positives = sum(image.label for image in data.images)
-    print(
+    return (
         f"wrote {len(data.images)} synthetic hip radiographs (DX) of {args.patients} patients "
         f"({positives} osteoporotic by their T-score) to {data.dicom_dir}, LabelImg boxes to "
         f"{data.voc_dir} and DEXA results to {data.dexa_csv}"
     )
-    return cli.EXIT_OK
 
 
 def cmd_pair_dexa(args: argparse.Namespace) -> int:
@@ -133,19 +123,17 @@ def cmd_evaluate_hip(args: argparse.Namespace) -> int:
 def add_commands(groups: cli.CommandGroups) -> None:
     """``synth hip``, ``dataset pair-dexa``, ``train hip-osteoporosis``, ``evaluate hip-osteoporosis``."""
     from pipelines.common.options import add_recipe_arguments
+    from pipelines.hip.synth import write_hip_dataset
     from pipelines.hip.train import HipRecipe
 
-    p = groups.synth.add_parser(
-        "hip", help="hip / pelvis radiographs (DX) with LabelImg neck boxes and a DEXA CSV"
+    cli.add_synth_command(
+        groups,
+        "hip",
+        write_hip_dataset,
+        _describe_hip,
+        help="hip / pelvis radiographs (DX) with LabelImg neck boxes and a DEXA CSV",
+        defaults={"patients": 20, "seed": 0},
     )
-    p.add_argument("--out", required=True, help="output folder (dicom/, voc/, dexa.csv)")
-    p.add_argument("--patients", type=int, default=20, help="patients (one or two images each)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=384, help="columns of an AP pelvis image")
-    p.add_argument("--first-year", type=int, default=2018)
-    p.add_argument("--last-year", type=int, default=2022)
-    p.add_argument("--osteoporosis-fraction", type=float, default=0.4)
-    p.set_defaults(func=cmd_synth_hip)
 
     p = groups.dataset.add_parser(
         "pair-dexa",

@@ -50,7 +50,7 @@ from torchvision.models.detection import FasterRCNN
 
 from pipelines.card import CardError, ModelCard, sha256_file
 from pipelines.card import parse_options as parse_card_options
-from pipelines.common.detector import build_detector, supported_detectors
+from pipelines.common.detector import DetectorSettings, build_detector, supported_detectors
 from pipelines.common.models import build_classifier
 from pipelines.hip.quality import ExclusionLimits
 
@@ -63,7 +63,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LocaliserOptions(_Strict):
+class LocaliserOptions(DetectorSettings):
     """``options.localiser`` of a ``hip-osteoporosis`` card."""
 
     architecture: str = "fasterrcnn_mobilenet_v3_large_fpn"
@@ -79,18 +79,11 @@ class LocaliserOptions(_Strict):
     score_threshold: float = Field(0.5, ge=0.0, le=1.0)
     #: the detector drops candidates below this before NMS
     candidate_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    # one neck per side: fewer proposals and detections than torchvision's
     nms_threshold: float = Field(0.3, gt=0.0, le=1.0)
     detections_per_image: int = Field(10, ge=1)
-    frozen_batchnorm: bool = False
-    rpn_pre_nms_top_n_train: int = Field(2000, ge=1)
-    rpn_post_nms_top_n_train: int = Field(2000, ge=1)
     rpn_pre_nms_top_n_test: int = Field(300, ge=1)
     rpn_post_nms_top_n_test: int = Field(100, ge=1)
-    box_batch_size_per_image: int = Field(512, ge=1)
-    #: width of the box head's fully connected layers (None: torchvision's 1024)
-    representation_size: int | None = Field(None, ge=1)
-    #: anchor sizes in input pixels (None: torchvision's 32-512)
-    anchor_sizes: list[int] | None = None
 
     @field_validator("sha256")
     @classmethod
@@ -134,17 +127,8 @@ def build_localiser(spec: LocaliserOptions, *, trainable_layers: int | None = No
         image_mean=spec.image_mean,
         image_std=spec.image_std,
         score_threshold=spec.candidate_threshold,
-        nms_threshold=spec.nms_threshold,
-        detections_per_image=spec.detections_per_image,
-        frozen_batchnorm=spec.frozen_batchnorm,
         trainable_layers=trainable_layers,
-        rpn_pre_nms_top_n_train=spec.rpn_pre_nms_top_n_train,
-        rpn_post_nms_top_n_train=spec.rpn_post_nms_top_n_train,
-        rpn_pre_nms_top_n_test=spec.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_test=spec.rpn_post_nms_top_n_test,
-        box_batch_size_per_image=spec.box_batch_size_per_image,
-        representation_size=spec.representation_size,
-        anchor_sizes=spec.anchor_sizes,
+        **spec.detector_sizes(),
     )
 
 

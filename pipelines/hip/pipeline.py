@@ -45,18 +45,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 
-from pipelines.base import (
-    Annotation,
-    Box,
-    Finding,
-    Heatmap,
-    ModelInput,
-    Pipeline,
-    PipelineResult,
-    Scored,
-    SourceImage,
-    UnusableInput,
-)
+from pipelines import base
 from pipelines.card import CardError, InputSpec, ModelCard
 from pipelines.common.cam import compute_heatmaps
 from pipelines.common.detector import detect
@@ -268,7 +257,7 @@ class _Image:
 
 
 @register("hip-osteoporosis")
-class HipOsteoporosis(Pipeline[Path, SourceImage, Prepared, NeckScores]):
+class HipOsteoporosis(base.Pipeline[Path, base.SourceImage, Prepared, NeckScores]):
     """Seed 003: femoral-neck localiser + ResNet-18 osteoporosis classifier per side."""
 
     reports = "femoral neck"
@@ -314,14 +303,14 @@ class HipOsteoporosis(Pipeline[Path, SourceImage, Prepared, NeckScores]):
         """Read, guard and prepare one file for the localiser (raises RadiographError)."""
         return prepare_radiograph(path, self.options.localiser)
 
-    def load(self, unit: Path) -> ModelInput[SourceImage, Prepared]:
+    def load(self, unit: Path) -> base.ModelInput[base.SourceImage, Prepared]:
         prepared = self.prepare_file(Path(unit))
         radiograph = prepared.radiograph
         excluded = exclusion_reason(prepared.image, self.options.exclusions)
         if excluded is not None:
-            raise UnusableInput(excluded, ident=radiograph.sop_instance_uid)
-        return ModelInput(
-            SourceImage(Path(unit), radiograph.sop_instance_uid, radiograph.shape), prepared
+            raise base.UnusableInput(excluded, ident=radiograph.sop_instance_uid)
+        return base.ModelInput(
+            base.SourceImage(Path(unit), radiograph.sop_instance_uid, radiograph.shape), prepared
         )
 
     # -- forward: localise the necks, classify their crops ----------------------------
@@ -343,7 +332,7 @@ class HipOsteoporosis(Pipeline[Path, SourceImage, Prepared, NeckScores]):
 
     # -- interpret ---------------------------------------------------------------------
 
-    def interpret(self, scored: Scored[SourceImage, NeckScores]) -> PipelineResult:
+    def interpret(self, scored: base.Scored[base.SourceImage, NeckScores]) -> base.PipelineResult:
         threshold = self.options.localiser.score_threshold
         images: list[_Image] = []
         for source, output in zip(scored.refs, scored.outputs, strict=True):
@@ -365,22 +354,22 @@ class HipOsteoporosis(Pipeline[Path, SourceImage, Prepared, NeckScores]):
                 )
             )
         findings = [finding for image in images for finding in self._findings(image)]
-        return PipelineResult(findings=findings, heatmaps=self._heatmaps(images))
+        return base.PipelineResult(findings=findings, heatmaps=self._heatmaps(images))
 
-    def _findings(self, image: _Image) -> list[Finding]:
+    def _findings(self, image: _Image) -> list[base.Finding]:
         uid = (image.sop_instance_uid,)
         return [
             self.finding(
                 self.label,
                 float(p),
                 uid,
-                box=Box(image.sop_instance_uid, *neck.box),
+                box=base.Box(image.sop_instance_uid, *neck.box),
                 laterality=neck.side.code.to_code(),
             )
             for neck, p in zip(image.necks, image.probabilities, strict=True)
         ]
 
-    def _heatmaps(self, images: Sequence[_Image]) -> list[Heatmap]:
+    def _heatmaps(self, images: Sequence[_Image]) -> list[base.Heatmap]:
         if self.explain_layer is None or not images:
             return []
         chosen = sorted(range(len(images)), key=lambda i: -images[i].best)
@@ -402,13 +391,13 @@ class HipOsteoporosis(Pipeline[Path, SourceImage, Prepared, NeckScores]):
             for neck, cam, p in zip(image.necks, maps, image.probabilities, strict=True):
                 paste_heatmap(canvas, neck.region, cam)
                 annotations.append(
-                    Annotation(
-                        Box(image.sop_instance_uid, *neck.box),
+                    base.Annotation(
+                        base.Box(image.sop_instance_uid, *neck.box),
                         f"{self.label.name} {neck.side.value} {float(p):.0%}",
                     )
                 )
             heatmaps.append(
-                Heatmap(
+                base.Heatmap(
                     source=image.path,
                     sop_instance_uid=image.sop_instance_uid,
                     array=canvas,

@@ -68,6 +68,7 @@ from pipelines.common.phantoms import (
     MAX_VALUE,
     build_dx_dataset,
     phantom_uid,
+    refuse_foreign_files,
     set_image_pixels,
     smooth_noise,
 )
@@ -464,17 +465,6 @@ def _code(value: str, meaning: str) -> Dataset:
     return item
 
 
-def _refuse_foreign_files(folder: Path, expected: set[Path]) -> None:
-    if not folder.is_dir():
-        return
-    foreign = sorted(p for p in folder.rglob("*") if p.is_file() and p not in expected)
-    if foreign:
-        raise ValueError(
-            f"{folder} holds {len(foreign)} file(s) this dataset does not write, e.g. "
-            f"{foreign[0].relative_to(folder)}; write into an empty folder or remove them"
-        )
-
-
 def write_hip_dataset(
     out_dir: Path,
     *,
@@ -509,13 +499,20 @@ def write_hip_dataset(
         Columns of an AP pelvis (rows are 0.75 of it); at least :data:`MIN_SIZE`.
     years : (int, int)
         First and last year of the radiographs (inclusive).
-    osteoporosis_fraction, second_image_fraction, single_hip_fraction, flipped_fraction,
-    monochrome1_fraction, implant_fraction : float
-        Probabilities, each in [0, 1]: a patient has osteoporosis / a second
-        radiograph; an image shows one hip / is stored flipped / is MONOCHROME1
-        / has a metal hip prosthesis (:func:`draw_implant`) on one side, an
-        image the study excluded (0 by default; drawn from a stream of its own,
-        so the other images do not change with it).
+    osteoporosis_fraction : float
+        Probability that a patient has osteoporosis (by the T-score).
+    second_image_fraction : float
+        Probability that a patient has a second radiograph.
+    single_hip_fraction : float
+        Probability that an image shows one hip.
+    flipped_fraction : float
+        Probability that an image is stored flipped.
+    monochrome1_fraction : float
+        Probability that an image is written as MONOCHROME1.
+    implant_fraction : float
+        Probability that an image has a metal hip prosthesis on one side
+        (:func:`draw_implant`), an image the study excluded. Drawn from a stream of
+        its own, so the other images do not change with it.
 
     Returns
     -------
@@ -552,8 +549,8 @@ def write_hip_dataset(
     ]
     n_images = sum(len(plan.dates) for plan in plans)
     stems = [f"hip_{seed}_{i:05d}" for i in range(n_images)]
-    _refuse_foreign_files(dicom_dir, {dicom_dir / f"{s}.dcm" for s in stems})
-    _refuse_foreign_files(voc_dir, {voc_dir / f"{s}.xml" for s in stems})
+    refuse_foreign_files(dicom_dir, {dicom_dir / f"{s}.dcm" for s in stems})
+    refuse_foreign_files(voc_dir, {voc_dir / f"{s}.xml" for s in stems})
     dicom_dir.mkdir(parents=True, exist_ok=True)
     voc_dir.mkdir(parents=True, exist_ok=True)
 

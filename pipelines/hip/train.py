@@ -46,10 +46,10 @@ import logging
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Unpack
 
 import numpy as np
 import torch
@@ -65,15 +65,13 @@ from pipelines.common.augment import (
 from pipelines.common.detector import collate, load_coco_pretrained, supported_detectors
 from pipelines.common.metrics import label_performance, repeat_summary, rounded
 from pipelines.common.models import supported_architectures
+from pipelines.common.recipe import Recipe, one_of
 from pipelines.common.split import grouped_split
 from pipelines.common.train import (
-    TrainConfig,
     TrainingRun,
+    TrainOptions,
     TrainResult,
-    fit,
     predict,
-    resolve_device,
-    save_model,
     sgd,
     stratified_kfold,
 )
@@ -137,7 +135,7 @@ class LocaliserRecipe:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     #: "onecycle" (warm-up then cosine, per batch) or "constant"
-    schedule: str = "onecycle"
+    schedule: Literal["constant", "onecycle"] = "onecycle"
     augment: DetectionAugmentSpec = field(
         default_factory=lambda: DetectionAugmentSpec(rotation=5.0, brightness=0.1, contrast=0.1)
     )
@@ -149,17 +147,12 @@ class LocaliserRecipe:
     pretrained: str = ""
 
     def __post_init__(self) -> None:
-        if self.architecture not in supported_detectors():
-            raise ValueError(
-                f"unknown localiser architecture {self.architecture!r}; use one of "
-                f"{', '.join(supported_detectors())}"
-            )
-        if self.schedule not in ("constant", "onecycle"):
-            raise ValueError(f"schedule must be 'constant' or 'onecycle', got {self.schedule!r}")
+        one_of("localiser architecture", self.architecture, supported_detectors())
+        one_of("localiser schedule", self.schedule, ("constant", "onecycle"))
 
 
 @dataclass(frozen=True)
-class HipRecipe:
+class HipRecipe(Recipe):
     """Every training choice (defaults: the study's); all of it is written to the card."""
 
     architecture: str = "resnet18"
@@ -187,19 +180,10 @@ class HipRecipe:
     target_layer: str = "layer4"
     heatmap_top_k: int = 1
     localiser: LocaliserRecipe = field(default_factory=LocaliserRecipe)
-    #: local torchvision ImageNet weights of the classifier; "" = from scratch
-    pretrained: str = ""
-    #: keep prepared inputs in memory (small data sets)
-    cache: bool = False
-    bootstrap_resamples: int = 1000
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.architecture not in supported_architectures():
-            raise ValueError(
-                f"unknown architecture {self.architecture!r}; use one of "
-                f"{', '.join(supported_architectures())}"
-            )
+        super().__post_init__()
+        one_of("architecture", self.architecture, supported_architectures())
         if self.folds < 0 or self.folds == 1:
             raise ValueError(f"folds must be 0 (one split) or at least 2, got {self.folds}")
         if not 0.0 < self.val_fraction < 1.0 or not 0.0 <= self.test_fraction < 1.0:
@@ -280,9 +264,6 @@ def train_localiser(
     val_items: Sequence[HipItem],
     recipe: HipRecipe,
     run: TrainingRun,
-    *,
-    device: str | None,
-    progress: bool,
 ) -> tuple[nn.Module, TrainResult, LocaliserOptions]:
     """Train the one-class localiser; return it (best epoch), the run and its options."""
     loc = recipe.localiser
@@ -322,17 +303,16 @@ def train_localiser(
         f"training the localiser ({loc.architecture} at {spec.size} px) on "
         f"{len(train_set)} images, validating on {len(val_set)}"
     )
-    result = fit(
+    result = run.fit(
         model,
         train_set,
-        val_set if len(val_set) else None,
-        TrainConfig(
-            epochs=loc.epochs,
-            batch_size=loc.batch_size,
-            seed=recipe.seed,
-            device=device,
-            progress=progress,
-        ),
+        val_set,
+        epochs=loc.epochs,
+        batch_size=loc.batch_size,
+        seed=recipe.seed,
+        folder="localiser",
+        what="localiser",
+        metric="val mean neck IoU",
         optimizer_factory=optimizer,
         scheduler_factory=scheduler if loc.schedule == "onecycle" else None,
         scheduler_interval="batch",
@@ -341,8 +321,6 @@ def train_localiser(
         validate=validate,
         collate_fn=collate,
         maximize=True,
-        out_dir=run.work / "localiser",
-        on_epoch_end=run.epoch_reporter(loc.epochs, what="localiser", metric="val mean neck IoU"),
     )
     return model, result, spec
 
@@ -355,8 +333,6 @@ def train_classifier(
     run: TrainingRun,
     *,
     run_seed: int,
-    device: str | None,
-    progress: bool,
     tag: str,
     folder: str,
 ) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
@@ -372,29 +348,25 @@ def train_classifier(
     def scheduler(opt: torch.optim.Optimizer) -> Any:
         return torch.optim.lr_scheduler.StepLR(opt, step_size=recipe.step_size, gamma=recipe.gamma)
 
-    result = fit(
+    result = run.fit(
         model,
         train_set,
-        val_set if len(val_set) else None,
-        TrainConfig(
-            epochs=recipe.epochs,
-            batch_size=recipe.batch_size,
-            seed=run_seed,
-            device=device,
-            progress=progress,
-        ),
+        val_set,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        seed=run_seed,
+        folder=folder,
+        what=tag,
         loss_fn=nn.BCEWithLogitsLoss(),
         optimizer_factory=sgd(
             lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
         ),
         scheduler_factory=scheduler,
         augment=image_augment(recipe.augment, spec.mean, spec.std),
-        out_dir=run.work / folder,
-        on_epoch_end=run.epoch_reporter(recipe.epochs, what=tag),
     )
     summary: dict[str, Any] = {}
     if len(val_set):
-        logits, targets = predict(model, val_set, batch_size=32, device=resolve_device(device))
+        logits, targets = predict(model, val_set, batch_size=32, device=run.torch_device)
         if targets is None:
             raise ValueError("the validation crops have no labels")
         probs = torch.sigmoid(logits[:, 0]).numpy()
@@ -428,19 +400,13 @@ def train_hip(
     labels_csv: str | Path,
     out_dir: str | Path,
     recipe: HipRecipe | None = None,
-    *,
-    name: str | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    synthetic: bool = False,
-    description: str = "",
-    data_note: str = "",
-    say: Callable[[str], None] | None = None,
+    **options: Unpack[TrainOptions],
 ) -> Path:
     """Train both models, evaluate them and write ``<out_dir>/card.yaml``; return its path.
 
     ``<out_dir>`` gets ``weights.pt`` (the classifier), ``weights-localiser.pt`` and
-    the card; ``train/`` below it holds the resumable checkpoints.
+    the card; ``train/`` below it holds the resumable checkpoints. ``options`` are the
+    :class:`~pipelines.common.train.TrainOptions`.
 
     Raises
     ------
@@ -448,7 +414,7 @@ def train_hip(
         If the data cannot be read or are too few to split.
     """
     recipe = recipe or HipRecipe()
-    run = TrainingRun.start("hip", out_dir, say=say, seed=recipe.seed)
+    run = TrainingRun.start("hip", out_dir, seed=recipe.seed, **options)
     out = run.out
 
     index = index_hip_data(dicom_dir, read_voc_folder(voc_dir), read_labels(labels_csv))
@@ -484,17 +450,13 @@ def train_hip(
     fit_part, val_part = _by_group(
         pool, (1.0 - recipe.val_fraction, recipe.val_fraction), recipe.seed
     )
-    run_device = resolve_device(device)
+    run_device = run.torch_device
 
-    t_loc = time.perf_counter()
-    localiser, loc_result, loc_spec = train_localiser(
-        fit_part, val_part, recipe, run, device=device, progress=progress
-    )
-    localiser_seconds = time.perf_counter() - t_loc
+    localiser, loc_result, loc_spec = train_localiser(fit_part, val_part, recipe, run)
     localiser.cpu()
     torch.save(localiser.state_dict(), out / LOCALISER_FILE)
     loc_spec = loc_spec.model_copy(update={"sha256": sha256_file(out / LOCALISER_FILE)})
-    options = HipOptions(localiser=loc_spec, crop_margin=recipe.crop_margin)
+    node_options = HipOptions(localiser=loc_spec, crop_margin=recipe.crop_margin)
 
     c = recipe.channels
     spec = InputSpec(size=recipe.size, channels=c, mean=[0.5] * c, std=[0.25] * c)
@@ -515,8 +477,6 @@ def train_hip(
             spec,
             run,
             run_seed=recipe.seed + k - 1,
-            device=device,
-            progress=progress,
             tag=tag,
             folder=f"fold-{k}-of-{len(runs)}" if len(runs) > 1 else "classifier",
         )
@@ -569,7 +529,7 @@ def train_hip(
             model,
             localiser,
             test,
-            options,
+            node_options,
             spec,
             recipe.threshold,
             run_device,
@@ -590,14 +550,11 @@ def train_hip(
         if entry
     ]
 
-    card_path = save_model(
+    card_path = run.save(
         model,
-        out,
-        name=name or out.name,
         pipeline=PIPELINE,
         version="0.1.0",
-        description=description
-        or (
+        description=(
             "Osteoporosis per femoral neck on hip / pelvis radiographs (seed 003): a Faster "
             "R-CNN finds each neck, a ResNet-18 classifies its crop (right femurs mirrored)."
         ),
@@ -617,13 +574,11 @@ def train_hip(
             method=recipe.explainer, target_layer=recipe.target_layer, top_k=recipe.heatmap_top_k
         ),
         provenance=run.provenance(
-            synthetic=synthetic,
-            data=data_note
-            or (
+            data=(
                 f"radiographs in {Path(dicom_dir).name}, VOC boxes in {Path(voc_dir).name}, "
                 f"DEXA labels {Path(labels_csv).name}"
             ),
-            generator="pipelines.hip.synth.write_hip_dataset" if synthetic else None,
+            generator="pipelines.hip.synth.write_hip_dataset",
             seed=recipe.seed,
             recipe={
                 **dataclasses.asdict(recipe),
@@ -652,16 +607,16 @@ def train_hip(
                 ],
                 "device": result.device,
                 "torch_threads": torch.get_num_threads(),
-                "localiser_train_seconds": round(localiser_seconds, 1),
+                "localiser_train_seconds": round(loc_result.seconds, 1),
                 "classifier_train_seconds": round(classifier_seconds, 1),
             },
         ),
         metrics=rounded(metrics),
         performance=performance,
-        options=options.model_dump(mode="json"),
+        options=node_options.model_dump(mode="json"),
     )
     # the runs are complete: their checkpoints would only make a rerun skip training
     for folder in [run.work / "localiser", *run.work.glob("fold-*")]:
         shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(run.work / "classifier", ignore_errors=True)
-    return run.finish(card_path)
+    return card_path

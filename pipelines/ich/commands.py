@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from pipelines import commands as cli
 
 
-def cmd_synth_ich(args: argparse.Namespace) -> int:
-    from pipelines.ich.synth import write_rsna_dataset
-
-    labels, slices = write_rsna_dataset(
-        Path(args.out),
-        patients=args.patients,
-        seed=args.seed,
-        n_slices=args.slices,
-        size=args.size,
-        positive_fraction=args.positive_fraction,
-    )
+def _describe_rsna(written: tuple[Path, list[Any]], args: argparse.Namespace) -> str:
+    labels, slices = written
     positives = sum(s.labels["any"] for s in slices)
-    print(
+    return (
         f"wrote {len(slices)} synthetic head CT slices of {args.patients} patients "
         f"({positives} with hemorrhage) to {Path(args.out) / 'dicom'} and labels to {labels}"
     )
-    return cli.EXIT_OK
 
 
 #: The recipe's nested augmentation spec takes plain options (--rotation, --mixup-alpha).
@@ -71,18 +62,18 @@ def cmd_evaluate_ich(args: argparse.Namespace) -> int:
 def add_commands(groups: cli.CommandGroups) -> None:
     """``synth ich``, ``train ich``, ``evaluate ich``."""
     from pipelines.common.options import add_recipe_arguments
+    from pipelines.ich.synth import write_rsna_dataset
     from pipelines.ich.train import IchRecipe
 
-    p = groups.synth.add_parser(
-        "ich", help="head CT series in RSNA hemorrhage format (DICOM + labels.csv)"
+    cli.add_synth_command(
+        groups,
+        "ich",
+        write_rsna_dataset,
+        _describe_rsna,
+        help="head CT series in RSNA hemorrhage format (DICOM + labels.csv)",
+        defaults={"patients": 10, "seed": 0},
+        flags={"n_slices": "slices"},
     )
-    p.add_argument("--out", required=True, help="output folder (dicom/, labels.csv)")
-    p.add_argument("--patients", type=int, default=10, help="number of patients (one series each)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--slices", type=int, default=24, help="axial slices per series")
-    p.add_argument("--size", type=int, default=256, help="rows = columns of each slice")
-    p.add_argument("--positive-fraction", type=float, default=0.6)
-    p.set_defaults(func=cmd_synth_ich)
 
     p = groups.train.add_parser(
         "ich", help="seed 002 from RSNA-format head CT (ID_<sop>_<subtype>,Label)"

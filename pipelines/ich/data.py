@@ -27,14 +27,13 @@ import numpy as np
 import pydicom
 import torch
 from pydicom.dataset import Dataset
-from torch.utils.data import Dataset as TorchDataset
 
 from pipelines.card import InputSpec
 from pipelines.common.preprocess import to_model_input
 from pipelines.common.series import order_slices
 from pipelines.common.split import grouped_split
 from pipelines.ich.labels import LABELS
-from pipelines.ich.slices import SliceError, input_spec, read_slice
+from pipelines.ich.slices import CachedSlices, SliceError, input_spec, read_slice
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +220,7 @@ def split_by_group(
     )
 
 
-class SliceDataset(TorchDataset):
+class SliceDataset(CachedSlices):
     """``((image, z), labels)`` items for :func:`pipelines.common.train.fit`.
 
     ``image`` is the normalised (3, size, size) float32 input, ``z`` a 0-d
@@ -230,34 +229,18 @@ class SliceDataset(TorchDataset):
     set must be clean; fix or remove the file).
     """
 
+    data_error = DataError
+
     def __init__(
         self, slices: Sequence[LabelledSlice], spec: InputSpec, *, cache: bool = False
     ) -> None:
-        self.slices = list(slices)
+        super().__init__(slices, spec, cache=cache)
         self.spec = spec
-        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
-
-    def __len__(self) -> int:
-        return len(self.slices)
-
-    def image(self, index: int) -> torch.Tensor:
-        """The normalised input of slice ``index``."""
-        if self._cache is not None and index in self._cache:
-            return self._cache[index].float()
-        item = self.slices[index]
-        try:
-            _, stack = read_slice(item.path, self.spec)
-        except SliceError as exc:
-            raise DataError(f"{item.path}: {exc}") from exc
-        x = to_model_input([stack], self.spec)[0]
-        if self._cache is not None:
-            self._cache[index] = x.half()
-        return x
 
     def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         item = self.slices[index]
         return (
-            (self.image(index), torch.tensor(item.z, dtype=torch.float32)),
+            (self.read_input(index), torch.tensor(item.z, dtype=torch.float32)),
             torch.tensor(item.labels, dtype=torch.float32),
         )
 

@@ -31,7 +31,7 @@ from pipelines.card import CardError, LabelPerformance, LabelSpec, load_card
 from pipelines.common.aggregate import aggregate
 from pipelines.common.metrics import (
     binary_report,
-    label_performance,
+    labels_performance,
     model_identity,
     multilabel_report,
     roc_curve,
@@ -101,17 +101,7 @@ def study_report(
 
 def study_performance(report: dict[str, Any], split: str) -> list[LabelPerformance]:
     """The card's headline entries of a :func:`study_report`: per study, each label."""
-    return [
-        label_performance(
-            entry,
-            label=name,
-            unit="study",
-            split=split,
-            n=report["n"],
-            names=("sensitivity", "specificity", "ppv", "roc_auc"),
-        )
-        for name, entry in report["per_label"].items()
-    ]
+    return labels_performance(report, unit="study", split=split)
 
 
 def evaluate_ich(

@@ -45,15 +45,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torchvision.transforms.v2 import functional as TF
 
-from pipelines.base import (
-    Finding,
-    Heatmap,
-    ModelInput,
-    Pipeline,
-    PipelineResult,
-    Scored,
-    SeriesInput,
-)
+from pipelines import base
 from pipelines.card import CardError, ModelCard
 from pipelines.card import parse_options as parse_card_options
 from pipelines.common.aggregate import aggregate
@@ -155,7 +147,7 @@ SliceInput = tuple[torch.Tensor, float]
 
 
 @register("ich")
-class IntracranialHemorrhage(Pipeline[_Slice, _Slice, SliceInput, np.ndarray]):
+class IntracranialHemorrhage(base.Pipeline[_Slice, _Slice, SliceInput, np.ndarray]):
     """Seed 002 on a head CT: six labels, supporting slices, Grad-CAM of ``any``."""
 
     reports = "study"
@@ -199,7 +191,9 @@ class IntracranialHemorrhage(Pipeline[_Slice, _Slice, SliceInput, np.ndarray]):
 
     # -- prepare: order the slices of every series, read and window them -------------
 
-    def units(self, series: Sequence[SeriesInput], skipped: list[tuple[str, str]]) -> list[_Slice]:
+    def units(
+        self, series: Sequence[base.SeriesInput], skipped: list[tuple[str, str]]
+    ) -> list[_Slice]:
         slices: list[_Slice] = []
         for s in series:
             try:
@@ -213,11 +207,11 @@ class IntracranialHemorrhage(Pipeline[_Slice, _Slice, SliceInput, np.ndarray]):
             )
         return slices
 
-    def load(self, unit: _Slice) -> ModelInput[_Slice, SliceInput]:
+    def load(self, unit: _Slice) -> base.ModelInput[_Slice, SliceInput]:
         uid, image = read_slice(unit.path, self.card.input)
         shape = (int(image.shape[-2]), int(image.shape[-1]))
         x = to_model_input([image], self.card.input)[0]
-        return ModelInput(_Slice(unit.path, uid, unit.z, shape), (x, unit.z))
+        return base.ModelInput(_Slice(unit.path, uid, unit.z, shape), (x, unit.z))
 
     # -- forward: slices of any job, with their positions ------------------------------
 
@@ -229,14 +223,14 @@ class IntracranialHemorrhage(Pipeline[_Slice, _Slice, SliceInput, np.ndarray]):
 
     # -- interpret: study findings, supporting slices, heatmaps ------------------------
 
-    def interpret(self, scored: Scored[_Slice, np.ndarray]) -> PipelineResult:
+    def interpret(self, scored: base.Scored[_Slice, np.ndarray]) -> base.PipelineResult:
         probs = np.clip(np.stack(scored.outputs), 0.0, 1.0)
-        return PipelineResult(
+        return base.PipelineResult(
             findings=self._findings(scored.refs, probs),
             heatmaps=self._heatmaps(scored.refs, probs, scored.skipped),
         )
 
-    def _findings(self, slices: Sequence[_Slice], probs: np.ndarray) -> list[Finding]:
+    def _findings(self, slices: Sequence[_Slice], probs: np.ndarray) -> list[base.Finding]:
         study = aggregate(probs, self.options.aggregation, self.options.aggregation_k)
         findings = []
         for i, label in enumerate(self.card.labels):
@@ -255,7 +249,7 @@ class IntracranialHemorrhage(Pipeline[_Slice, _Slice, SliceInput, np.ndarray]):
 
     def _heatmaps(
         self, slices: Sequence[_Slice], probs: np.ndarray, skipped: list[tuple[str, str]]
-    ) -> list[Heatmap]:
+    ) -> list[base.Heatmap]:
         if self.explain_layer is None or not slices:
             return []
         chosen = np.argsort(-probs[:, self.any_index], kind="stable")[: self.card.explainer.top_k]
@@ -283,7 +277,7 @@ class IntracranialHemorrhage(Pipeline[_Slice, _Slice, SliceInput, np.ndarray]):
         self.model.eval()
         label = self.card.labels[self.any_index].name
         return [
-            Heatmap(source=s.path, sop_instance_uid=s.sop_instance_uid, array=m, label=label)
+            base.Heatmap(source=s.path, sop_instance_uid=s.sop_instance_uid, array=m, label=label)
             for s, m in zip(items, maps, strict=True)
         ]
 

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from pydicom.dataset import Dataset
+from torch.utils.data import Dataset as TorchDataset
 
 from imaging.files import UnreadableDicom, read_dataset
 from imaging.pixels import PixelDataError
 from pipelines.base import UnusableInput
 from pipelines.card import InputSpec
-from pipelines.common.preprocess import display_image
+from pipelines.common.preprocess import display_image, to_model_input
 from pipelines.ich.labels import WINDOWS
 
 
@@ -80,3 +83,39 @@ def read_slice(path: Path, spec: InputSpec) -> tuple[str, np.ndarray]:
 def input_spec(size: int, mean: Sequence[float], std: Sequence[float]) -> InputSpec:
     """The card input of an ICH model: the seed's three windows at ``size`` pixels."""
     return InputSpec(size=size, channels=3, mean=list(mean), std=list(std), windows=list(WINDOWS))
+
+
+class CachedSlices(TorchDataset):
+    """A training set's slices read as :func:`read_slice` and
+    :func:`~pipelines.common.preprocess.to_model_input` make them, decoded once.
+
+    With ``cache`` each read input is kept in memory as float16, so epochs (and
+    grid runs) do not decode DICOM again. An unreadable slice raises
+    :attr:`data_error` naming the file: a training set must be clean.
+    Subclasses add ``__getitem__`` (what the input and target are).
+    """
+
+    #: the exception of an unreadable slice (each study's data module sets its own)
+    data_error: type[Exception] = ValueError
+
+    def __init__(self, slices: Sequence[Any], read_spec: InputSpec, *, cache: bool) -> None:
+        self.slices = list(slices)
+        self._read_spec = read_spec
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def read_input(self, index: int) -> torch.Tensor:
+        """Slice ``index`` as a float32 tensor at ``read_spec`` (from the cache when kept)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index].float()
+        path = self.slices[index].path
+        try:
+            _, image = read_slice(path, self._read_spec)
+        except SliceError as exc:
+            raise self.data_error(f"{path}: {exc}") from exc
+        x = to_model_input([image], self._read_spec)[0]
+        if self._cache is not None:
+            self._cache[index] = x.half()
+        return x

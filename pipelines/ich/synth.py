@@ -772,6 +772,23 @@ def write_rsna_dataset(
     its own (as in the RSNA data, where a patient may have several studies of one
     series each); its subtypes are :func:`series_hemorrhages` of the series count.
 
+    Parameters
+    ----------
+    out_dir : Path
+        Output folder (dicom/, labels.csv, manifest.csv); created if missing.
+    patients : int
+        Number of patients.
+    seed : int
+        Dataset seed.
+    n_slices : int
+        Axial slices per series.
+    size : int
+        Rows = columns of each slice.
+    positive_fraction : float
+        Share of the series with a hemorrhage.
+    series_per_patient : int
+        Series of each patient, each a study of its own.
+
     Returns
     -------
     labels_csv : Path

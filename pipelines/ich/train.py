@@ -25,11 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import torch
@@ -41,15 +40,9 @@ from pipelines.card import (
 )
 from pipelines.common.augment import AugmentSpec, image_augment
 from pipelines.common.metrics import choose_thresholds, multilabel_report, rounded
-from pipelines.common.train import (
-    TrainConfig,
-    TrainingRun,
-    fit,
-    resolve_device,
-    save_model,
-)
+from pipelines.common.recipe import SplitRecipe
+from pipelines.common.train import TrainingRun, TrainOptions
 from pipelines.ich.data import (
-    DataError,
     LabelledSlice,
     SliceDataset,
     channel_statistics,
@@ -72,7 +65,7 @@ def default_target_layer(backbone: str) -> str:
 
 
 @dataclass(frozen=True)
-class IchRecipe:
+class IchRecipe(SplitRecipe):
     """Every training choice; all of it is written to the card's provenance."""
 
     backbone: str = "resnet50"
@@ -84,18 +77,10 @@ class IchRecipe:
     z_features: int = 64
     hidden: int = 512
     dropout: float = 0.3
-    #: train / validation / held-out test shares of the patients
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     #: Grad-CAM layer; "" = the backbone's last block
     target_layer: str = ""
     heatmap_top_k: int = 3
-    #: local torchvision ImageNet weights of the backbone (never downloaded); "" = from scratch
-    pretrained: str = ""
-    #: keep preprocessed inputs in memory (small data sets only)
-    cache: bool = False
-    bootstrap_resamples: int = 1000
-    seed: int = 0
     #: test-time augmentation (the seed's: average over flips and rotations), used to
     #: score validation and test and written to the card, so the node scores the same way
     tta_hflip: bool = True
@@ -104,12 +89,6 @@ class IchRecipe:
     @property
     def tta(self) -> TTASpec:
         return TTASpec(hflip=self.tta_hflip, rotations=list(self.tta_rotations))
-
-    def __post_init__(self) -> None:
-        if len(self.split) != 3 or self.split[0] <= 0 or self.split[1] <= 0:
-            raise ValueError(
-                f"split must be three shares with train and validation > 0: {self.split}"
-            )
 
 
 def _describe(parts: Sequence[Sequence[LabelledSlice]]) -> dict[str, Any]:
@@ -129,51 +108,27 @@ def train_ich(
     labels_csv: str | Path,
     out_dir: str | Path,
     recipe: IchRecipe | None = None,
-    *,
-    name: str | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    synthetic: bool = False,
-    description: str = "",
-    data_note: str = "",
-    workers: int = 0,
-    say: Callable[[str], None] | None = None,
+    **options: Unpack[TrainOptions],
 ) -> Path:
     """Train, evaluate and write ``<out_dir>/card.yaml`` + ``weights.pt``; return the card path.
 
-    Parameters
-    ----------
-    dicom_dir, labels_csv
-        RSNA-format data (:mod:`pipelines.ich.data`).
-    out_dir
-        The model folder; ``train/`` below it holds the resumable checkpoint.
-    recipe
-        Hyper-parameters (default :class:`IchRecipe`).
-    name
-        Card name; default the folder's name.
-    synthetic
-        The data are generated phantoms: the card says so and is never
-        marked for clinical use.
-    workers
-        DataLoader processes reading and windowing slices (0: in this process).
+    ``dicom_dir`` and ``labels_csv`` are RSNA-format data (:mod:`pipelines.ich.data`);
+    ``train/`` below ``out_dir`` holds the resumable checkpoint; ``recipe`` defaults to
+    :class:`IchRecipe`; ``options`` are the :class:`~pipelines.common.train.TrainOptions`.
 
     Raises
     ------
-    DataError
+    DataError, DataSplitError
         If the data cannot be read or are too few to split.
     """
     recipe = recipe or IchRecipe()
-    run = TrainingRun.start("ich", out_dir, say=say, seed=recipe.seed)
+    run = TrainingRun.start("ich", out_dir, seed=recipe.seed, **options)
 
     labels = read_labels(labels_csv)
     slices = index_folder(dicom_dir, labels)
     parts = split_by_group(slices, recipe.split, seed=recipe.seed)
     train_part, val_part, test_part = parts
-    if not train_part or not val_part:
-        raise DataError(
-            f"{len({s.group for s in slices})} patient(s) cannot be split into train and "
-            "validation; at least 3 are needed (more for meaningful metrics)"
-        )
+    run.require_patients(parts, len({s.group for s in slices}))
     split_info = _describe(parts)
     run.log_splits(split_info, "slices")
 
@@ -193,14 +148,6 @@ def train_ich(
         pretrained_path=recipe.pretrained or None,
     )
     weights = torch.tensor([LOSS_WEIGHTS[label] for label in LABELS])
-    config = TrainConfig(
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        seed=recipe.seed,
-        device=device,
-        progress=progress,
-        num_workers=workers,
-    )
 
     def optimizer(params: Any) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -209,22 +156,20 @@ def train_ich(
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
 
     run.log(f"training {recipe.backbone} at {recipe.size} px on {len(train_part)} slices")
-    t_train = time.perf_counter()
-    result = fit(
+    result = run.fit(
         model,
         datasets["train"],
         datasets["val"],
-        config,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        seed=recipe.seed,
         loss_fn=WeightedBCE(weights),
         optimizer_factory=optimizer,
         scheduler_factory=scheduler,
         augment=image_augment(recipe.augment, mean, std),
-        out_dir=run.work,
-        on_epoch_end=run.epoch_reporter(recipe.epochs),
     )
-    train_seconds = time.perf_counter() - t_train
 
-    run_device = resolve_device(device)
+    run_device = run.torch_device
     tta = recipe.tta
     fill = air_fill(mean, std)
     probs = {
@@ -285,17 +230,14 @@ def train_ich(
             )
         )
 
-    options = IchOptions(
+    card_options = IchOptions(
         z_features=recipe.z_features, hidden=recipe.hidden, dropout=recipe.dropout, tta=tta
     ).model_dump(mode="json")
-    card_path = save_model(
+    return run.save(
         model,
-        run.out,
-        name=name or run.out.name,
         pipeline="ich",
         version="0.1.0",
-        description=description
-        or (
+        description=(
             "Intracranial hemorrhage on non-contrast head CT (seed 002): six independent "
             "probabilities per slice, aggregated per study."
         ),
@@ -308,10 +250,8 @@ def train_ich(
             top_k=recipe.heatmap_top_k,
         ),
         provenance=run.provenance(
-            synthetic=synthetic,
-            data=data_note
-            or f"RSNA-format data from {Path(dicom_dir).name} with labels {Path(labels_csv).name}",
-            generator="pipelines.ich.synth.write_rsna_dataset" if synthetic else None,
+            data=f"RSNA-format data from {Path(dicom_dir).name} with labels {Path(labels_csv).name}",
+            generator="pipelines.ich.synth.write_rsna_dataset",
             seed=recipe.seed,
             recipe={
                 **asdict(recipe),
@@ -327,12 +267,11 @@ def train_ich(
                 "splits": split_info,
                 "best_epoch": result.best_epoch,
                 "device": result.device,
-                "train_seconds": round(train_seconds, 1),
+                "train_seconds": round(result.seconds, 1),
                 "history": result.history_rows(),
             },
         ),
         metrics=metrics,
         performance=performance,
-        options=options,
+        options=card_options,
     )
-    return run.finish(card_path)
