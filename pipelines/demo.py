@@ -91,6 +91,42 @@ def default_jobs() -> int:
     return max(1, min(len(demo_models()), os.cpu_count() or 1))
 
 
+#: The lock file in a models folder that one ``build_demo`` at a time holds.
+BUILD_LOCK = ".build-demo.lock"
+
+
+@contextlib.contextmanager
+def _one_build_at_a_time(models_dir: Path) -> Iterator[None]:
+    """Hold the models folder's build lock; wait (and say so) while another process does.
+
+    Two builds into one folder (``scripts/run-node``'s background build and a
+    ``scripts/run-tests`` in the same checkout, or the tests' fixtures while
+    the demos build) would train the same model twice and write over each
+    other's files. The second one waits, then finds the first one's cards.
+    The lock is the kernel's (``flock``): a build killed with ``-9`` lets go.
+    """
+    import fcntl
+
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / BUILD_LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            logger.info("waiting for the demo build of %s in %s to finish", holder, models_dir)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"process {os.getpid()}")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def _environment(env: dict[str, str]) -> Iterator[None]:
     """This process's environment replaced by ``env`` while worker processes are started."""
@@ -143,6 +179,22 @@ def build_demo(
     code_path = code_path or codepath.default_code_path()
     env = codepath.environment(code_path)  # raises for an unknown or impossible path
     models_dir = Path(models_dir)
+    with _one_build_at_a_time(models_dir):
+        return _build_locked(names, models_dir, seed, force, progress, jobs, code_path, env, cache)
+
+
+def _build_locked(
+    names: list[str],
+    models_dir: Path,
+    seed: int,
+    force: bool,
+    progress: bool,
+    jobs: int,
+    code_path: str,
+    env: dict[str, str],
+    cache: bool,
+) -> list[Path]:
+    """:func:`build_demo` once it holds the folder's build lock."""
     keys = (
         {n: buildcache.build_key(n, seed=seed, code_path=code_path) for n in names} if cache else {}
     )

@@ -273,3 +273,48 @@ def test_build_demo_in_the_background_refuses_an_unknown_demo_before_marking_any
     assert done.returncode == 2
     assert "unknown demo model(s) ['no-such-demo']" in done.stderr
     assert not models.exists() and not (tmp_path / "build.log").exists()
+
+
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from pipelines.demo import _one_build_at_a_time
+with _one_build_at_a_time(Path(sys.argv[1])):
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def _holder(models_dir: Path, seconds: float) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(models_dir), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "holding"
+    return child
+
+
+def test_a_second_build_waits_for_the_first_and_says_whose(tmp_path: Path, caplog) -> None:
+    """Two ``build-demo`` runs into one models folder take turns (the run-node background build
+    and a test run in the same checkout would otherwise train one model twice, over each other)."""
+    from pipelines.demo import _one_build_at_a_time
+
+    child = _holder(tmp_path, 2.0)
+    t0 = time.monotonic()
+    with caplog.at_level("INFO", logger="pipelines.demo"), _one_build_at_a_time(tmp_path):
+        waited = time.monotonic() - t0
+    assert waited > 1.0
+    assert child.wait(timeout=10) == 0
+    assert f"waiting for the demo build of process {child.pid}" in caplog.text
+
+
+def test_a_killed_build_lets_the_next_one_in_at_once(tmp_path: Path) -> None:
+    from pipelines.demo import _one_build_at_a_time
+
+    child = _holder(tmp_path, 60.0)
+    child.kill()  # kill -9: the kernel drops its lock with the process
+    child.wait(timeout=10)
+    t0 = time.monotonic()
+    with _one_build_at_a_time(tmp_path):
+        assert time.monotonic() - t0 < 5.0

@@ -552,6 +552,8 @@ class CtSeriesHeader:
     header: PhantomHeader
     #: prefix of the series' UIDs (``<tag>-study``, ``<tag>-series``, ``<tag>-sop-<k>``)
     tag: str
+    #: prefix of the Study ID (``<ids><index>``) and the Accession Number (``<ids><seed><index>``)
+    ids: str
     #: frame of reference UID's name, per (seed, index): shared by a patient's series
     frame: str
     patient_position: str
@@ -606,8 +608,6 @@ def write_ct_series(
     index: int,
     patient_id: str,
     study_uid: str | None,
-    study_id: str,
-    accession: str,
     when: dt.datetime,
     file_name: str = "{sop}.dcm",
     more: Callable[[Dataset], None] | None = None,
@@ -642,8 +642,8 @@ def write_ct_series(
             when=when,
             patient_name=f"PHANTOM^{patient_id}",
             patient_id=patient_id,
-            study_id=study_id,
-            accession=accession,
+            study_id=f"{series.ids}{index:05d}",
+            accession=f"{series.ids}{seed % 10000:04d}{index:06d}",
             instance_number=k + 1,
         )
         ds.PatientPosition = series.patient_position

@@ -576,6 +576,7 @@ def write_abdomen_series(
         CtSeriesHeader(
             header,
             tag=f"abd-{contrast}",
+            ids="ABD",
             frame="abd-frame-of-reference",
             patient_position="FFS",
             window=ABDOMEN_WINDOW,
@@ -588,8 +589,6 @@ def write_abdomen_series(
         index=index,
         patient_id=patient_id,
         study_uid=study_instance_uid,
-        study_id=f"ABD{index:05d}",
-        accession=f"ABD{seed % 10000:04d}{index:06d}",
         when=when,
         more=more,
     )

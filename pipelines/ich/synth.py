@@ -667,6 +667,7 @@ def write_head_ct_series(
         CtSeriesHeader(
             header,
             tag="ich",
+            ids="ICH",
             frame="ich-frame-of-reference",
             patient_position="HFS",
             window=BRAIN_WINDOW,
@@ -680,8 +681,6 @@ def write_head_ct_series(
         index=index,
         patient_id=patient_id,
         study_uid=study_instance_uid,
-        study_id=f"ICH{index:05d}",
-        accession=f"ICH{seed % 10000:04d}{index:06d}",
         when=dt.datetime(2024, 1, 1, 7, 0, 0)
         + dt.timedelta(days=index % 365, minutes=(37 * index) % 720),
         file_name="ID_{sop}.dcm",
