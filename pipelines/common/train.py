@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -600,6 +600,16 @@ def save_model(model: nn.Module, out_dir: Path, **card_fields: Any) -> Path:
     return card_path
 
 
+class Schedule(Protocol):
+    """How long and in what batches :meth:`TrainingRun.fit` trains: any recipe has both."""
+
+    @property
+    def epochs(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+
 class TrainOptions(TypedDict, total=False):
     """How a study's ``train_*`` runs and labels its card, beside its data and recipe.
 
@@ -725,26 +735,27 @@ class TrainingRun:
         model: nn.Module,
         train_set: Dataset,
         val_set: Dataset | None,
+        schedule: Schedule,
         *,
-        epochs: int,
-        batch_size: int,
         seed: int,
         folder: str = "",
         what: str = "",
         metric: str = "val loss",
         **hooks: Any,
     ) -> TrainResult:
-        """:func:`fit` on this run's device, progress and workers, checkpointing under
-        ``work/folder`` and reporting each epoch (an empty ``val_set`` counts as none).
+        """:func:`fit` for ``schedule.epochs`` epochs of ``schedule.batch_size`` (a recipe) on
+        this run's device, progress and workers, checkpointing under ``work/folder`` and
+        reporting each epoch (an empty ``val_set`` counts as none).
 
         ``hooks`` are :func:`fit`'s pluggable keyword arguments (``loss_fn``,
         ``optimizer_factory``, ``augment``...). The result's ``seconds`` is the
         call's wall time.
         """
         t0 = time.perf_counter()
+        epochs = schedule.epochs
         config = TrainConfig(
             epochs=epochs,
-            batch_size=batch_size,
+            batch_size=schedule.batch_size,
             seed=seed,
             device=self.device,
             progress=self.progress,

@@ -274,17 +274,9 @@ def evaluate_ct_slices(
         From :func:`pipelines.ctslice.data.read_slice_csv` or ``read_class_dir``;
         every label must be one of the card's.
 
-    Returns
-    -------
-    dict
-        The metrics as written to ``metrics.json``.
-
-    Raises
-    ------
-    CardError
-        If the card is not a ``ct-slice-classifier`` card.
-    DataError
-        If a slice's label is not one of the card's, or no slice can be scored.
+    The returned metrics are those written to ``metrics.json``. A card of another
+    pipeline raises :class:`CardError`; a slice whose label the card lacks, or
+    slices none of which can be scored, raise :class:`DataError`.
     """
     import torch
 
