@@ -83,3 +83,45 @@ def test_train_refuses_too_few_patients_as_a_data_error(tmp_path: Path, capsys) 
     err = capsys.readouterr().err
     assert err.startswith("data error: 1 patient(s) cannot be split into train and validation")
     assert not (tmp_path / "model" / "card.yaml").exists()
+
+
+def test_named_optimizers_and_schedules_are_the_ones_the_trainers_share() -> None:
+    import torch
+
+    from pipelines.common.train import lr_schedule, optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    net[0].requires_grad_(False)  # a frozen stage
+    sgd = optimizer("sgd", lr=0.1, nesterov=True, trainable_only=True)(net.parameters())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
+    assert sum(len(g["params"]) for g in sgd.param_groups) == 2  # the frozen layer left out
+    adamw = optimizer("adamw", lr=0.1, weight_decay=0.01)(net.parameters())
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.01
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'; use one of sgd, adamw, adam"):
+        optimizer("lion", lr=0.1)
+
+    one = lr_schedule("onecycle", lr=1.0, epochs=2, steps=20, warmup=0.25)
+    assert one["scheduler_interval"] == "batch"
+    opt = torch.optim.SGD(net[1].parameters(), lr=1.0)
+    scheduler = one["scheduler_factory"](opt)
+    rates = []
+    for _ in range(20):
+        opt.step()
+        scheduler.step()
+        rates.append(opt.param_groups[0]["lr"])
+    assert (
+        max(rates) == pytest.approx(1.0, rel=1e-3) and rates.index(max(rates)) == 3
+    )  # warm-up: a quarter
+    # too few steps to warm up and decay: constant, not a division by zero
+    assert lr_schedule("onecycle", lr=1.0, epochs=1, steps=3)["scheduler_factory"] is None
+    assert lr_schedule("constant", lr=1.0, epochs=3)["scheduler_factory"] is None
+    step = lr_schedule("step", lr=1.0, epochs=9, step_size=2, gamma=0.5)
+    assert step["scheduler_interval"] == "epoch"
+    opt = torch.optim.SGD(net[1].parameters(), lr=1.0)
+    scheduler = step["scheduler_factory"](opt)
+    for _ in range(4):
+        opt.step()
+        scheduler.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
+        lr_schedule("linear", lr=1.0, epochs=1)

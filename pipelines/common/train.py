@@ -31,6 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from pipelines.common.recipe import one_of
+
 if TYPE_CHECKING:
     from pipelines.card import Provenance
 
@@ -162,11 +164,83 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
 
 def sgd(lr: float = 0.001, momentum: float = 0.9, weight_decay: float = 0.0) -> OptimizerFactory:
     """Optimizer factory for SGD with momentum (the seed recipe's default)."""
+    return optimizer("sgd", lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+#: The optimizers a recipe may name (:func:`optimizer`).
+OPTIMIZERS = ("sgd", "adamw", "adam")
+#: The learning-rate schedules a recipe may name (:func:`lr_schedule`).
+SCHEDULES = ("constant", "onecycle", "cosine", "step")
+
+
+def optimizer(
+    kind: str,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    trainable_only: bool = False,
+) -> OptimizerFactory:
+    """The :func:`fit` optimizer factory a recipe names: ``sgd`` (with ``momentum``, Nesterov's
+    when ``nesterov``), ``adamw`` or ``adam`` (``momentum`` unused).
+
+    ``trainable_only`` leaves out parameters that do not require gradients (a
+    detector's frozen backbone stages), as torchvision's references do.
+    """
+    one_of("optimizer", kind, OPTIMIZERS)
 
     def make(params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        chosen: Any = [p for p in params if p.requires_grad] if trainable_only else params
+        if kind == "sgd":
+            return torch.optim.SGD(
+                chosen, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
+            )
+        adam = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+        return adam(chosen, lr=lr, weight_decay=weight_decay)
 
     return make
+
+
+def lr_schedule(
+    kind: str,
+    *,
+    lr: float,
+    epochs: int,
+    steps: int = 0,
+    warmup: float = 0.15,
+    step_size: int = 1,
+    gamma: float = 0.1,
+) -> dict[str, Any]:
+    """:func:`fit`'s ``scheduler_factory`` and ``scheduler_interval`` for a named schedule.
+
+    ``constant``: none. ``onecycle``: per batch, a linear warm-up over the
+    ``warmup`` share of the ``steps`` to ``lr``, then cosine decay (with fewer
+    than 4 steps, constant: OneCycleLR cannot split them). ``cosine``: per
+    epoch, cosine decay over ``epochs``. ``step``: per epoch, ``lr`` times
+    ``gamma`` every ``step_size`` epochs.
+    """
+    one_of("schedule", kind, SCHEDULES)
+    factory: SchedulerFactory | None = None
+    if kind == "onecycle" and steps >= 4:
+
+        def factory(opt: torch.optim.Optimizer) -> Any:
+            return torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=lr, total_steps=steps, pct_start=warmup
+            )
+
+        return {"scheduler_factory": factory, "scheduler_interval": "batch"}
+    if kind == "cosine":
+
+        def factory(opt: torch.optim.Optimizer) -> Any:
+            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+
+    elif kind == "step":
+
+        def factory(opt: torch.optim.Optimizer) -> Any:
+            return torch.optim.lr_scheduler.StepLR(opt, step_size=step_size, gamma=gamma)
+
+    return {"scheduler_factory": factory, "scheduler_interval": "epoch"}
 
 
 def horizontal_flip(p: float = 0.5) -> Augment:

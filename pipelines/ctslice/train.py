@@ -87,6 +87,8 @@ from pipelines.common.train import (
     TrainingRun,
     TrainOptions,
     TrainResult,
+    lr_schedule,
+    optimizer,
     predict,
     resolve_device,
     seed_everything,
@@ -321,22 +323,6 @@ def zero_init_residual(model: nn.Module) -> int:
     return count
 
 
-def _optimizer(recipe: SliceRecipe) -> Callable[[Any], torch.optim.Optimizer]:
-    def make(params: Any) -> torch.optim.Optimizer:
-        if recipe.optimizer == "sgd":
-            return torch.optim.SGD(
-                params,
-                lr=recipe.lr,
-                momentum=recipe.momentum,
-                weight_decay=recipe.weight_decay,
-                nesterov=recipe.momentum > 0,
-            )
-        cls = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
-        return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-
-    return make
-
-
 def _steps_per_epoch(n: int, batch_size: int) -> int:
     """Optimizer steps of one epoch of :func:`fit` (it drops a final batch of one)."""
     return n // batch_size + (1 if n % batch_size > 1 else 0)
@@ -385,16 +371,14 @@ def train_run(
     if recipe.zero_init_residual and not recipe.pretrained:
         zero_init_residual(model)
     steps = recipe.epochs * _steps_per_epoch(len(train_set), recipe.batch_size)
-
-    def scheduler(opt: torch.optim.Optimizer) -> Any:
-        if recipe.schedule == "onecycle" and steps >= 4:
-            # a quarter of the steps warm up, at least two (fewer: OneCycleLR divides by zero)
-            return torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=recipe.lr, total_steps=steps, pct_start=max(0.25, 2.0 / steps)
-            )
-        if recipe.schedule == "cosine":
-            return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
-        return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    # onecycle: a quarter of the steps warm up, at least two
+    schedule = lr_schedule(
+        recipe.schedule,
+        lr=recipe.lr,
+        epochs=recipe.epochs,
+        steps=steps,
+        warmup=max(0.25, 2.0 / max(steps, 1)),
+    )
 
     mean, std = spec.mean, spec.std
     result = log.fit(
@@ -406,9 +390,14 @@ def train_run(
         folder=folder,
         what=tag,
         loss_fn=nn.CrossEntropyLoss(),
-        optimizer_factory=_optimizer(recipe),
-        scheduler_factory=scheduler,
-        scheduler_interval="batch" if recipe.schedule == "onecycle" else "epoch",
+        optimizer_factory=optimizer(
+            recipe.optimizer,
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            weight_decay=recipe.weight_decay,
+            nesterov=recipe.momentum > 0,
+        ),
+        **schedule,
         augment=image_augment(
             AugmentSpec(
                 hflip=recipe.hflip,

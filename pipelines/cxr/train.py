@@ -56,7 +56,7 @@ from pipelines.common.detection_metrics import (
 )
 from pipelines.common.metrics import label_performance, rounded
 from pipelines.common.recipe import SplitRecipe, one_of
-from pipelines.common.train import TrainingRun, TrainOptions
+from pipelines.common.train import TrainingRun, TrainOptions, lr_schedule, optimizer
 from pipelines.cxr.coco import load_coco, split_by_patient
 from pipelines.cxr.data import DetectionDataset, collate, predict_coco
 from pipelines.cxr.labels import finding_code, finding_site
@@ -188,22 +188,6 @@ def train_cxr(
         load_coco_pretrained(model, Path(recipe.pretrained))
     steps = recipe.epochs * -(-len(datasets["train"]) // recipe.batch_size)
 
-    def optimizer(params: Any) -> torch.optim.Optimizer:
-        trainable = [p for p in params if p.requires_grad]
-        return torch.optim.SGD(
-            trainable,
-            lr=recipe.lr,
-            momentum=recipe.momentum,
-            nesterov=recipe.nesterov,
-            weight_decay=recipe.weight_decay,
-        )
-
-    def scheduler(opt: torch.optim.Optimizer) -> Any:
-        # per batch: linear warm-up over the first 15 % of the steps, then cosine decay
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.15
-        )
-
     def train_step(model_: torch.nn.Module, images: Any, targets: Any) -> torch.Tensor:
         losses = model_(list(images), list(targets))
         return sum(losses.values())
@@ -227,9 +211,15 @@ def train_cxr(
         recipe,
         seed=recipe.seed,
         metric="val mAP",
-        optimizer_factory=optimizer,
-        scheduler_factory=scheduler if recipe.schedule == "onecycle" else None,
-        scheduler_interval="batch",
+        optimizer_factory=optimizer(
+            "sgd",
+            lr=recipe.lr,
+            momentum=recipe.momentum,
+            nesterov=recipe.nesterov,
+            weight_decay=recipe.weight_decay,
+            trainable_only=True,
+        ),
+        **lr_schedule(recipe.schedule, lr=recipe.lr, epochs=recipe.epochs, steps=steps),
         augment=detection_augment(recipe.augment),
         train_step=train_step,
         validate=validate,

@@ -71,6 +71,8 @@ from pipelines.common.train import (
     TrainingRun,
     TrainOptions,
     TrainResult,
+    lr_schedule,
+    optimizer,
     predict,
     sgd,
     stratified_kfold,
@@ -279,20 +281,6 @@ def train_localiser(
     )
     steps = loc.epochs * -(-len(train_set) // loc.batch_size)
 
-    def optimizer(params: Any) -> torch.optim.Optimizer:
-        return torch.optim.SGD(
-            [p for p in params if p.requires_grad],
-            lr=loc.lr,
-            momentum=loc.momentum,
-            nesterov=True,
-            weight_decay=loc.weight_decay,
-        )
-
-    def scheduler(opt: torch.optim.Optimizer) -> Any:
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=loc.lr, total_steps=steps, pct_start=0.15
-        )
-
     def train_step(model_: nn.Module, images: Any, targets: Any) -> torch.Tensor:
         return sum(model_(list(images), list(targets)).values())
 
@@ -312,9 +300,15 @@ def train_localiser(
         folder="localiser",
         what="localiser",
         metric="val mean neck IoU",
-        optimizer_factory=optimizer,
-        scheduler_factory=scheduler if loc.schedule == "onecycle" else None,
-        scheduler_interval="batch",
+        optimizer_factory=optimizer(
+            "sgd",
+            lr=loc.lr,
+            momentum=loc.momentum,
+            nesterov=True,
+            weight_decay=loc.weight_decay,
+            trainable_only=True,
+        ),
+        **lr_schedule(loc.schedule, lr=loc.lr, epochs=loc.epochs, steps=steps),
         augment=detection_augment(loc.augment),
         train_step=train_step,
         validate=validate,
@@ -344,9 +338,6 @@ def train_classifier(
     train_set = CropDataset(train_items, spec, margin=recipe.crop_margin, cache=recipe.cache)
     val_set = CropDataset(val_items, spec, margin=recipe.crop_margin, cache=recipe.cache)
 
-    def scheduler(opt: torch.optim.Optimizer) -> Any:
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=recipe.step_size, gamma=recipe.gamma)
-
     result = run.fit(
         model,
         train_set,
@@ -359,7 +350,13 @@ def train_classifier(
         optimizer_factory=sgd(
             lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
         ),
-        scheduler_factory=scheduler,
+        **lr_schedule(
+            "step",
+            lr=recipe.lr,
+            epochs=recipe.epochs,
+            step_size=recipe.step_size,
+            gamma=recipe.gamma,
+        ),
         augment=image_augment(recipe.augment, spec.mean, spec.std),
     )
     summary: dict[str, Any] = {}

@@ -41,7 +41,7 @@ from pipelines.card import (
 from pipelines.common.augment import AugmentSpec, image_augment
 from pipelines.common.metrics import choose_thresholds, multilabel_report, rounded
 from pipelines.common.recipe import SplitRecipe
-from pipelines.common.train import TrainingRun, TrainOptions
+from pipelines.common.train import TrainingRun, TrainOptions, lr_schedule, optimizer
 from pipelines.ich.data import (
     LabelledSlice,
     SliceDataset,
@@ -149,12 +149,6 @@ def train_ich(
     )
     weights = torch.tensor([LOSS_WEIGHTS[label] for label in LABELS])
 
-    def optimizer(params: Any) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-
-    def scheduler(opt: torch.optim.Optimizer) -> Any:
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe.epochs)
-
     run.log(f"training {recipe.backbone} at {recipe.size} px on {len(train_part)} slices")
     result = run.fit(
         model,
@@ -163,8 +157,8 @@ def train_ich(
         recipe,
         seed=recipe.seed,
         loss_fn=WeightedBCE(weights),
-        optimizer_factory=optimizer,
-        scheduler_factory=scheduler,
+        optimizer_factory=optimizer("adamw", lr=recipe.lr, weight_decay=recipe.weight_decay),
+        **lr_schedule("cosine", lr=recipe.lr, epochs=recipe.epochs),
         augment=image_augment(recipe.augment, mean, std),
     )
 
