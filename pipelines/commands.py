@@ -7,9 +7,9 @@ Each study package that has such tooling declares a ``commands`` module with
 an ``add_commands(groups)`` function in its ``STUDY`` (:mod:`pipelines.study`),
 so a new study brings its commands without editing the service's CLI.
 
-Command modules import only :mod:`argparse` at module level; torch, the
-generators and trainers are imported inside the handlers, so that
-``dicom-node --help`` stays fast.
+A command module imports :mod:`argparse` and this module's helpers at module
+level, nothing heavier: torch, the generators and trainers are imported inside
+the handlers, so that ``dicom-node --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ class CommandGroups:
 
 def add_pipeline_commands(groups: CommandGroups) -> None:
     """Let every study's ``commands`` module add its subcommands, in study order, and the demo
-    builder (:mod:`pipelines.demo`) its ``models build-demo``."""
-    from pipelines import demo
+    builder its ``models build-demo`` (:mod:`pipelines.demo_commands`)."""
+    from pipelines import demo_commands
 
-    demo.add_commands(groups)
+    demo_commands.add_commands(groups)
     for study in studies():
         if study.commands:
             importlib.import_module(study.module(study.commands)).add_commands(groups)

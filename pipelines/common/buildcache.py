@@ -49,6 +49,11 @@ def cache_root() -> Path:
 _PACKAGES = ("pipelines", "imaging")
 _ROOT = _PIPELINES.parent
 
+#: Modules a build imports (the registry re-exports the command line to the node) but never
+#: runs: a build calls the phantom writers and trainers itself, not through the ``dicom-node``
+#: command line. Leaving them out of the key lets the CLI change without retraining the demos.
+_COMMAND_LINE = frozenset({"pipelines.commands", "pipelines.demo_commands"})
+
 
 def _ours(name: str) -> bool:
     return name.split(".")[0] in _PACKAGES
@@ -92,7 +97,7 @@ def source_files(*roots: str) -> tuple[Path, ...]:
         parts = name.split(".")
         for i in range(1, len(parts) + 1):
             module = ".".join(parts[:i])
-            if module in seen:
+            if module in seen or module in _COMMAND_LINE:
                 continue
             path = _module_file(module)
             if path is None:
