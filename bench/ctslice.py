@@ -40,10 +40,10 @@ from pipelines.base import SeriesInput
 from pipelines.card import ModelCard, load_card, sha256_file, write_card
 from pipelines.common.models import default_target_layer
 from pipelines.common.preprocess import to_model_input
+from pipelines.common.slices import read_slice
 from pipelines.common.train import resolve_device
 from pipelines.ctslice.pipeline import CtSliceClassifier, build_model
 from pipelines.ctslice.synth import write_abdomen_series
-from pipelines.ich.slices import read_slice
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CARDS = (

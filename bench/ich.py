@@ -39,10 +39,10 @@ from pydicom.uid import generate_uid
 from bench import best_of, status_mb
 from pipelines.base import SeriesInput
 from pipelines.card import ModelCard, load_card, sha256_file, write_card
+from pipelines.common.slices import read_slice
 from pipelines.common.train import resolve_device
 from pipelines.ich.model import ICHNet
 from pipelines.ich.pipeline import IntracranialHemorrhage
-from pipelines.ich.slices import read_slice
 from pipelines.ich.synth import write_head_ct_series
 
 REPO = Path(__file__).resolve().parent.parent

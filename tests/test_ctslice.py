@@ -143,7 +143,7 @@ def test_slices_are_windowed_hounsfield_units(series_pair: dict[str, list]) -> N
     assert int(ds.RescaleIntercept) == RESCALE_INTERCEPT
 
     spec = InputSpec(size=96, channels=1, mean=[0.2], std=[0.5], window_center=40, window_width=400)
-    from pipelines.ich.slices import read_slice
+    from pipelines.common.slices import read_slice
 
     _, image = read_slice(slices[3].path, spec)
     expected = np.clip((hu - (40 - 200)) / 400, 0.0, 1.0)
@@ -321,7 +321,7 @@ def test_a_new_ct_task_runs_by_card_alone(tmp_path: Path, series_pair: dict[str,
     assert len(result.heatmaps) == 4  # top_k per series
 
     # the numbers: the card's window (100 / 700), max over slices, thresholds per label
-    from pipelines.ich.slices import read_slice
+    from pipelines.common.slices import read_slice
 
     model = build_classifier("resnet18", 3)
     model.load_state_dict(torch.load(card.weights_path, weights_only=True))

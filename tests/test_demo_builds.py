@@ -108,10 +108,10 @@ def test_a_build_key_covers_the_code_its_builder_imports_and_no_other() -> None:
         p.relative_to(buildcache._ROOT).as_posix()
         for p in buildcache.source_files("pipelines.ctslice.demo", "pipelines.demo")
     }
-    # ctslice reads slices with ich's reader, and pixels with the shared imaging helpers
+    # ctslice reads slices with the shared slice reader, and pixels with the imaging helpers
     assert {
         "pipelines/ctslice/train.py",
-        "pipelines/ich/slices.py",
+        "pipelines/common/slices.py",
         "pipelines/common/train.py",
         "pipelines/card.py",
         "imaging/pixels.py",
@@ -121,6 +121,8 @@ def test_a_build_key_covers_the_code_its_builder_imports_and_no_other() -> None:
     ), files
     hip = {p.name for p in buildcache.source_files("pipelines.hip.demo")}
     assert "slices.py" not in hip
+    # the command line is not in any key: editing it retrains nothing
+    assert not {"pipelines/commands.py", "pipelines/demo_commands.py"} & files, files
 
 
 def test_a_cached_build_is_copied_not_trained(

@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pipelines.card import CardError, InputSpec, WindowSpec
 from pipelines.common.augment import AugmentSpec, image_augment
 from pipelines.common.metrics import choose_thresholds
+from pipelines.common.slices import SliceError, slice_image
 from pipelines.common.train import TrainConfig, fit
 from pipelines.ich.data import (
     DataError,
@@ -28,7 +29,7 @@ from pipelines.ich.data import (
 from pipelines.ich.labels import LABELS, LOSS_WEIGHTS, WINDOWS
 from pipelines.ich.model import FixedPosition, ICHNet, WeightedBCE
 from pipelines.ich.pipeline import aggregate
-from pipelines.ich.slices import SliceError, input_spec, slice_image
+from pipelines.ich.slices import input_spec
 from pipelines.ich.synth import write_rsna_dataset
 from pipelines.ich.train import default_target_layer
 

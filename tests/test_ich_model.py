@@ -437,7 +437,7 @@ def test_tta_averages_the_views_and_top_k_mean_aggregates(
         torch.device("cpu"),
     )
     from pipelines.common.preprocess import to_model_input
-    from pipelines.ich.slices import read_slice
+    from pipelines.common.slices import read_slice
 
     x = to_model_input([read_slice(s.path, card.input)[1] for s in slices], card.input)
     z = torch.linspace(0, 1, len(slices))

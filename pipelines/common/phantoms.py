@@ -601,7 +601,7 @@ def refuse_foreign_files(folder: Path, expected: set[Path]) -> None:
 
 def write_ct_series(
     out_dir: Path,
-    stored: np.ndarray,
+    hu: np.ndarray,
     series: CtSeriesHeader,
     *,
     seed: int,
@@ -612,7 +612,8 @@ def write_ct_series(
     file_name: str = "{sop}.dcm",
     more: Callable[[Dataset], None] | None = None,
 ) -> tuple[dict[str, str], list[CtSliceFile]]:
-    """Write the slices ``stored`` (stored values, slice by slice) as CT Image Storage files.
+    """Write the slices ``hu`` (integer Hounsfield units, slice by slice, within the 12 stored
+    bits above :data:`CT_RESCALE_INTERCEPT`) as CT Image Storage files.
 
     The UIDs, the first slice's z and the file order are pure functions of
     ``(seed, index)`` (and ``series.tag``), so a series is rewritten bit for
@@ -621,6 +622,7 @@ def write_ct_series(
     slices in slice order (most inferior first).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    stored = (hu - CT_RESCALE_INTERCEPT).astype(np.uint16)
     n_slices, _, columns = stored.shape
     uids = {
         "study": study_uid or phantom_uid(seed, index, f"{series.tag}-study"),

@@ -202,6 +202,13 @@ def optimizer(
     return make
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of :func:`fit` over ``n`` samples: a final batch of one
+    is dropped (batch norm cannot train on it), so a one-cycle schedule's ``steps`` is
+    ``epochs * steps_per_epoch(n, batch_size)``."""
+    return n // batch_size + (1 if n % batch_size > 1 else 0)
+
+
 def lr_schedule(
     kind: str,
     *,

@@ -15,7 +15,7 @@ Seed 000 labelled single CT images. Two layouts are accepted:
 Slices are split by patient (by study when Patient ID is empty), never
 across patients (:func:`pipelines.common.split.grouped_split`), and read
 through the same windowing and resizing as inference
-(:func:`pipelines.ich.slices.read_slice`,
+(:func:`pipelines.common.slices.read_slice`,
 :func:`pipelines.common.preprocess.to_model_input`).
 """
 
@@ -32,8 +32,8 @@ import pydicom
 import torch
 
 from pipelines.card import InputSpec
+from pipelines.common.slices import CachedSlices
 from pipelines.common.split import grouped_split
-from pipelines.ich.slices import CachedSlices
 
 logger = logging.getLogger(__name__)
 

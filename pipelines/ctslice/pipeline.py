@@ -75,8 +75,8 @@ from pipelines.common.cam import compute_heatmaps
 from pipelines.common.models import MIN_INPUT_SIZE, build_classifier, load_weights
 from pipelines.common.preprocess import to_model_input
 from pipelines.common.series import SliceInfo, order_slices
+from pipelines.common.slices import SliceError, read_slice
 from pipelines.ctslice.labels import ABDOMEN_WINDOW
-from pipelines.ich.slices import SliceError, read_slice
 from pipelines.registry import register
 
 logger = logging.getLogger(__name__)

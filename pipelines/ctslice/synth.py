@@ -572,7 +572,7 @@ def write_abdomen_series(
 
     uids, files = write_ct_series(
         Path(out_dir),
-        (series.hu - RESCALE_INTERCEPT).astype(np.uint16),
+        series.hu,
         CtSeriesHeader(
             header,
             tag=f"abd-{contrast}",

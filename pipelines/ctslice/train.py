@@ -48,7 +48,6 @@ import csv
 import logging
 import math
 import shutil
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -84,6 +83,7 @@ from pipelines.common.models import (
 )
 from pipelines.common.recipe import SplitRecipe, one_of
 from pipelines.common.train import (
+    OPTIMIZERS,
     TrainingRun,
     TrainOptions,
     TrainResult,
@@ -92,6 +92,7 @@ from pipelines.common.train import (
     predict,
     resolve_device,
     seed_everything,
+    steps_per_epoch,
 )
 from pipelines.ctslice.data import (
     DataError,
@@ -196,7 +197,7 @@ class SliceRecipe(SplitRecipe):
                     else ""
                 )
             )
-        one_of("optimizer", self.optimizer, ("adamw", "adam", "sgd"))
+        one_of("optimizer", self.optimizer, OPTIMIZERS)
         one_of("schedule", self.schedule, ("onecycle", "cosine", "constant"))
         one_of("select", self.select, SELECT_METRICS)
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0 or self.window_width <= 0:
@@ -323,11 +324,6 @@ def zero_init_residual(model: nn.Module) -> int:
     return count
 
 
-def _steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimizer steps of one epoch of :func:`fit` (it drops a final batch of one)."""
-    return n // batch_size + (1 if n % batch_size > 1 else 0)
-
-
 def aux_train_step(aux_weight: float) -> Callable[[nn.Module, Any, Any], torch.Tensor]:
     """A :func:`fit` ``train_step``: cross-entropy, plus ``aux_weight`` x the auxiliary loss.
 
@@ -357,7 +353,6 @@ def train_run(
 ) -> RunResult:
     """Train one setting with ``seed`` and measure it on the validation split."""
     spec, (train_set, val_set, _) = data.at(recipe.size)
-    t0 = time.perf_counter()
     seed_everything(seed)
     model = build_classifier(
         recipe.architecture,
@@ -370,7 +365,7 @@ def train_run(
             module.momentum = recipe.bn_momentum
     if recipe.zero_init_residual and not recipe.pretrained:
         zero_init_residual(model)
-    steps = recipe.epochs * _steps_per_epoch(len(train_set), recipe.batch_size)
+    steps = recipe.epochs * steps_per_epoch(len(train_set), recipe.batch_size)
     # onecycle: a quarter of the steps warm up, at least two
     schedule = lr_schedule(
         recipe.schedule,
@@ -417,7 +412,7 @@ def train_run(
         seed=seed,
         model=model,
         train=result,
-        seconds=time.perf_counter() - t0,
+        seconds=result.seconds,
         spec=spec,
     )
     if len(val_set):

@@ -56,7 +56,13 @@ from pipelines.common.detection_metrics import (
 )
 from pipelines.common.metrics import label_performance, rounded
 from pipelines.common.recipe import SplitRecipe, one_of
-from pipelines.common.train import TrainingRun, TrainOptions, lr_schedule, optimizer
+from pipelines.common.train import (
+    TrainingRun,
+    TrainOptions,
+    lr_schedule,
+    optimizer,
+    steps_per_epoch,
+)
 from pipelines.cxr.coco import load_coco, split_by_patient
 from pipelines.cxr.data import DetectionDataset, collate, predict_coco
 from pipelines.cxr.labels import finding_code, finding_site
@@ -186,7 +192,7 @@ def train_cxr(
     )
     if recipe.pretrained:
         load_coco_pretrained(model, Path(recipe.pretrained))
-    steps = recipe.epochs * -(-len(datasets["train"]) // recipe.batch_size)
+    steps = recipe.epochs * steps_per_epoch(len(datasets["train"]), recipe.batch_size)
 
     def train_step(model_: torch.nn.Module, images: Any, targets: Any) -> torch.Tensor:
         losses = model_(list(images), list(targets))

@@ -31,9 +31,10 @@ from pydicom.dataset import Dataset
 from pipelines.card import InputSpec
 from pipelines.common.preprocess import to_model_input
 from pipelines.common.series import order_slices
+from pipelines.common.slices import CachedSlices, SliceError, read_slice
 from pipelines.common.split import grouped_split
 from pipelines.ich.labels import LABELS
-from pipelines.ich.slices import CachedSlices, SliceError, input_spec, read_slice
+from pipelines.ich.slices import input_spec
 
 logger = logging.getLogger(__name__)
 

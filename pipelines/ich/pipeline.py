@@ -53,9 +53,9 @@ from pipelines.common.cam import compute_heatmaps
 from pipelines.common.models import load_weights
 from pipelines.common.preprocess import to_model_input
 from pipelines.common.series import order_slices
+from pipelines.common.slices import SliceError, read_slice
 from pipelines.ich.labels import WINDOWS
 from pipelines.ich.model import FixedPosition, ICHNet
-from pipelines.ich.slices import SliceError, read_slice
 from pipelines.registry import register
 
 logger = logging.getLogger(__name__)

@@ -663,7 +663,7 @@ def write_head_ct_series(
     )
     uids, files = write_ct_series(
         Path(out_dir),
-        (head.hu - RESCALE_INTERCEPT).astype(np.uint16),
+        head.hu,
         CtSeriesHeader(
             header,
             tag="ich",

@@ -33,11 +33,7 @@ from typing import Any, Unpack
 import numpy as np
 import torch
 
-from pipelines.card import (
-    ExplainerSpec,
-    LabelPerformance,
-    LabelSpec,
-)
+from pipelines.card import ExplainerSpec, LabelPerformance, LabelSpec
 from pipelines.common.augment import AugmentSpec, image_augment
 from pipelines.common.metrics import choose_thresholds, multilabel_report, rounded
 from pipelines.common.recipe import SplitRecipe
