@@ -160,27 +160,19 @@ def test_each_demo_sr_carries_its_metrics_with_ci_in_the_findings_unit(
         assert any(f.present for f in result.findings), "no osteoporotic neck was called"
 
 
-#: Units the model itself finds before it classifies them: how many there are (n, n+) is
-#: measured, like a metric (the hip localiser finds more or fewer necks with other weights).
-FOUND_BY_THE_MODEL = frozenset({"femoral neck"})
-
-
 def _shape(tables: str) -> list[str]:
     """The tables with every metric cell blanked: what a build on any CPU must reproduce.
 
-    Labels, units, splits, n and n+ follow from the seed and split, except for a
-    unit the model finds itself (:data:`FOUND_BY_THE_MODEL`), whose counts are
-    blanked too; the metric values move with the CPU's kernels ("Demo metrics
-    are ranges"), so only whether a cell holds a value is compared.
+    Labels, units, splits, n and n+ follow from the seed and split (the hip model's
+    necks too: it is quoted per true neck, found or not); the metric values move
+    with the CPU's kernels ("Demo metrics are ranges"), so only whether a cell
+    holds a value is compared.
     """
     out = []
     for line in tables.strip().splitlines():
         cells = line.split(" | ")
         if line.startswith("| ") and len(cells) > 5 and not line.startswith("| label |"):
-            kept = 3 if cells[1] in FOUND_BY_THE_MODEL else 5
-            line = " | ".join(
-                [*cells[:kept], *("v" if c.strip(" |") else "" for c in cells[kept:])]
-            )
+            line = " | ".join([*cells[:5], *("v" if c.strip(" |") else "" for c in cells[5:])])
         out.append(line)
     return out
 

@@ -75,6 +75,7 @@ from pipelines.common.train import (
     optimizer,
     predict,
     sgd,
+    steps_per_epoch,
     stratified_kfold,
 )
 from pipelines.hip.codes import DEXA_ADVICE, FEMORAL_NECK, LABEL, OSTEOPOROSIS, POSITIVE
@@ -279,7 +280,7 @@ def train_localiser(
     val_set = LocaliserDataset(
         val_items, size=spec.size, max_size=spec.max_size, cache=recipe.cache
     )
-    steps = loc.epochs * -(-len(train_set) // loc.batch_size)
+    steps = loc.epochs * steps_per_epoch(len(train_set), loc.batch_size)
 
     def train_step(model_: nn.Module, images: Any, targets: Any) -> torch.Tensor:
         return sum(model_(list(images), list(targets)).values())
@@ -535,11 +536,12 @@ def train_hip(
         what = f"Study Date in {recipe.test_year}" if recipe.test_year is not None else "patients"
         run.log(f"held-out test ({what}):\n{format_report(report)}")
     localiser.cpu()
-    # what results quote: per femoral neck, as the node decides (localiser, then classifier)
+    # what results quote: per true femoral neck, as the node decides (localiser, then
+    # classifier; a neck it does not find is a neck it does not flag)
     performance = [
         label_performance(entry, label=LABEL, unit="femoral neck", split=split, n=entry["n"])
         for split, entry in (
-            ("held_out_test", metrics.get("held_out_test", {}).get("node", {}).get("binary")),
+            ("held_out_test", metrics.get("held_out_test", {}).get("end_to_end", {}).get("binary")),
             ("validation", metrics.get("validation", {}).get("binary")),
         )
         if entry
