@@ -20,9 +20,13 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+import torch
 from PIL import Image
 
-from pipelines.cxr.synth import write_cxr_dataset
+from pipelines import registry
+from pipelines.base import SeriesInput
+from pipelines.card import load_card
+from pipelines.cxr.synth import CxrImage, write_cxr_dataset
 from pipelines.ich.synth import write_head_ct_series
 
 from inputs import blank_hip
@@ -99,6 +103,26 @@ def _study_objects(pacs: Orthanc, study_uid: str) -> dict[str, list[pydicom.Data
     return objects
 
 
+def _most_found(images: list[CxrImage], card: Path) -> CxrImage:
+    """The held-out radiograph on which this build's detector calls the most findings.
+
+    The viewer tests need boxes to draw. Which phantom shows them depends on the
+    build (another CPU trains other weights, "Demo models on other machines"), so
+    the image is chosen by the model under test, not by its ground truth alone.
+    """
+    loaded = load_card(card)
+    pipeline = registry.get(loaded.pipeline)(loaded, torch.device("cpu"))
+
+    def called(image: CxrImage) -> int:
+        result = pipeline.run([SeriesInput(image.sop_instance_uid, (image.path,))])
+        return sum(f.present for f in result.findings)
+
+    counts = {image.stem: called(image) for image in images}
+    best = max(images, key=lambda image: (counts[image.stem], len(image.findings)))
+    assert counts[best.stem] > 0, f"the demo detector calls nothing on {len(images)} radiographs"
+    return best
+
+
 @pytest.fixture(scope="module")
 def room(
     tmp_path_factory: pytest.TempPathFactory,
@@ -116,7 +140,7 @@ def room(
         config={"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}},
     ).start()
     cxr = write_cxr_dataset(work / "cxr", n=6, seed=HELD_OUT_SEED, size=256)
-    image = max(cxr.images, key=lambda i: len(i.findings))
+    image = _most_found([i for i in cxr.images if i.findings], cxr_demo_card)
     head = write_head_ct_series(
         work / "ct", seed=HELD_OUT_SEED, index=1, hemorrhages=("subdural",), n_slices=12
     )
@@ -281,7 +305,7 @@ def test_chest_sr_draws_each_box_at_the_detector_coordinates_and_tracks_it(
 ) -> None:
     page, groups = _open_sr(room, room.cxr_study)
     boxes = [g for g in groups if g.planar]
-    assert boxes, "the held-out radiograph was chosen for its findings"
+    assert boxes, "the radiograph was chosen for the findings the detector calls on it"
     drawn = {a["uid"]: a for a in page.evaluate(ANNOTATIONS_JS, "DICOMSRDisplay")}
     page.screenshot(path=ARTIFACTS / "2-chest-sr.png")
     assert set(drawn) == {g.uid for g in groups}
