@@ -291,12 +291,15 @@ def evaluate_items(
     }
 
     found_iou, found_y, found_p, extra = [], [], [], 0
-    every_p: list[float] = []  # per true neck: the node's call on that side, none = 0
+    # per true neck: its label and the node's call on that side (no neck found there = 0)
+    every_y: list[int] = []
+    every_p: list[float] = []
     for item, search, node_probs in runs:
         kept = {neck.side: (neck, p) for neck, p in zip(search.necks, node_probs, strict=True)}
         for side, truth in item.necks.items():
             overlap = iou(kept[side][0].box, truth) if side in kept else 0.0
             found_iou.append(overlap)
+            every_y.append(item.label)
             every_p.append(float(kept[side][1]) if side in kept else 0.0)
             if overlap >= 0.5:
                 found_y.append(item.label)
@@ -332,7 +335,6 @@ def evaluate_items(
         if found_y
         else {"report": None, "binary": None}
     )
-    every_y = [item.label for item, _, _ in runs for _ in item.necks]
     report["end_to_end"] = classification_summary(
         every_y, every_p, threshold, n_bootstrap=n_bootstrap, seed=seed
     )
